@@ -1,0 +1,165 @@
+"""``ModuleFactory``: a specification of a module, and ``Model``: what ``make_model`` gives."""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from ._runner import Runner, Shape
+from ._tree import State, tree_leaves
+from .errors import ShapeError
+
+INPUT_MODES = ("sequence", "batch", "single")
+
+
+class ModuleFactory(abc.ABC):
+    """A specification of a (possibly recurrent) module whose input sizes are inferred.
+
+    A factory holds no parameters: every ``make_model`` call builds an independent model.
+    """
+
+    def make_model(self, in_shape, input_mode: str = "sequence", full_state: bool = False) -> Model:
+        """Build a model for inputs of ``in_shape`` (data dims only, no time or batch).
+
+        >>> from rnnbuilder import nn
+        >>> model = nn.Linear(3).make_model((5,))
+        >>> out, state = model(torch.zeros(7, 2, 5))     # (time, batch, 5)
+        >>> tuple(out.shape)
+        (7, 2, 3)
+        """
+        in_shape = _as_shape(in_shape)
+        return Model(self._build(in_shape), in_shape, input_mode, full_state)
+
+    def out_shape(self, in_shape: Shape | None) -> Shape | None:
+        """The output data shape for ``in_shape``; ``None`` in gives ``None`` unless it is fixed.
+
+        Shapes are inferred without touching the random number generator.
+        """
+        if in_shape is None:
+            return self._fixed_out_shape()
+        try:
+            with torch.device("meta"):
+                return self._build(in_shape).out_shape
+        except ShapeError:
+            raise
+        except Exception:
+            # Some custom modules can't run on the meta device: build for real, RNG untouched.
+            with torch.random.fork_rng(devices=[]):
+                return self._build(in_shape).out_shape
+
+    def _fixed_out_shape(self) -> Shape | None:
+        """The output shape if it doesn't depend on the input shape (lets placeholder cycles resolve)."""
+        return None
+
+    @abc.abstractmethod
+    def _build(self, in_shape: Shape) -> Runner:
+        """Build the runner for inputs of ``in_shape``."""
+
+
+class Model(torch.nn.Module):
+    """A built network. Call it as ``model(x, state=None) -> (out, state)``.
+
+    Shapes by ``input_mode``: ``'sequence'`` takes (time, batch, *in_shape), ``'batch'`` takes
+    (batch, *in_shape) as one timestep, ``'single'`` takes (*in_shape) as one timestep of batch 1.
+    The output has the same leading dims. With ``full_state=True`` the returned state holds the
+    state after every timestep, stacked along a leading time dim (``'sequence'`` mode only; pass
+    ``rnnbuilder.last_state(states)`` back in to continue).
+    """
+
+    def __init__(self, runner: Runner, in_shape: Shape, input_mode: str, full_state: bool):
+        super().__init__()
+        self.net = runner
+        self.in_shape = in_shape
+        self.input_mode = "sequence"
+        self.full_state = False
+        self._state_shapes: dict[int, list[tuple[int, ...]]] = {}
+        self.configure(input_mode=input_mode, full_state=full_state)
+
+    @property
+    def out_shape(self) -> Shape:
+        """The output data shape (no time or batch dims)."""
+        return self.net.out_shape
+
+    def configure(self, input_mode: str | None = None, full_state: bool | None = None) -> Model:
+        """Change the input mode and/or full-state output; ``None`` keeps the current setting."""
+        if input_mode is not None:
+            if input_mode not in INPUT_MODES:
+                raise ValueError(f"input_mode must be one of {', '.join(map(repr, INPUT_MODES))}, got {input_mode!r}")
+            self.input_mode = input_mode
+        if full_state is not None:
+            if not isinstance(full_state, bool):
+                raise TypeError(f"full_state must be True or False, got {full_state!r}")
+            self.full_state = full_state
+        return self
+
+    def get_initial_state(self, batch_size: int) -> State:
+        """The state before the first timestep, for ``batch_size`` parallel sequences."""
+        device, dtype = self._device_dtype()
+        return self.net.initial_state(batch_size, device, dtype)
+
+    def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+        seq = self._to_sequence(x)
+        if state is None:
+            dtype = seq.dtype if seq.is_floating_point() else self._device_dtype()[1]
+            state = self.net.initial_state(seq.shape[1], seq.device, dtype)
+        else:
+            self._check_state(state, seq.shape[1])
+        if self.full_state and self.input_mode == "sequence":
+            out, state = self.net.sequence_full(seq, state)
+        else:
+            out, state = self.net.sequence(seq, state)
+        return self._from_sequence(out), state
+
+    def _to_sequence(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        lead = {"sequence": 2, "batch": 1, "single": 0}[self.input_mode]
+        if x.dim() != lead + len(self.in_shape) or tuple(x.shape[lead:]) != self.in_shape:
+            names = {"sequence": "(time, batch, ", "batch": "(batch, ", "single": "("}[self.input_mode]
+            expected = names + ", ".join(map(str, self.in_shape)) + ")"
+            raise ShapeError(f"input_mode={self.input_mode!r} expects input of shape {expected}, got {tuple(x.shape)}")
+        return x.reshape(*(1,) * (2 - lead), *x.shape)
+
+    def _from_sequence(self, y: torch.Tensor) -> torch.Tensor:
+        if self.input_mode == "batch":
+            return y[0]
+        if self.input_mode == "single":
+            return y[0, 0]
+        return y
+
+    def _check_state(self, state: State, batch_size: int) -> None:
+        if batch_size not in self._state_shapes:
+            with torch.device("meta"):
+                expected = self.net.initial_state(batch_size, torch.device("meta"), torch.float32)
+            self._state_shapes[batch_size] = [tuple(t.shape) for t in tree_leaves(expected)]
+        try:
+            got = [tuple(t.shape) for t in tree_leaves(state)]
+        except TypeError as e:
+            raise ShapeError(f"state does not match this model: {e}") from None
+        want = self._state_shapes[batch_size]
+        if got != want:
+            raise ShapeError(
+                f"state does not match this model at batch size {batch_size}: expected leaf shapes "
+                f"{want}, got {got}. Pass the state this model returned, or None to start fresh"
+                " (with full_state=True, pass rnnbuilder.last_state(state))."
+            )
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        device, dtype = torch.device("cpu"), torch.get_default_dtype()
+        for t in self.net.parameters():
+            return t.device, t.dtype
+        for t in self.net.buffers():
+            device = t.device
+            break
+        return device, dtype
+
+
+def _as_shape(in_shape) -> Shape:
+    shape = (in_shape,) if isinstance(in_shape, int) else in_shape
+    if not (
+        isinstance(shape, (tuple, list))
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise ShapeError(f"in_shape must be a tuple of positive ints such as (64,), got {in_shape!r}")
+    return tuple(shape)

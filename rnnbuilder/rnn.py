@@ -1,0 +1,152 @@
+"""Classic recurrent layers: ``LSTM``, ``GRU`` (the math of ``torch.nn.LSTM``/``GRU``) and
+``TempConvPlus2d`` (a 2-D convolution that also reaches back over the last frames).
+
+>>> import torch
+>>> model = LSTM(8).make_model((3,))
+>>> out, (h, c) = model(torch.zeros(5, 2, 3))      # state: (num_layers, batch, hidden_size) each
+>>> tuple(out.shape), tuple(h.shape)
+((5, 2, 8), (1, 2, 8))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ._factory import ModuleFactory
+from ._runner import Runner, numel
+from .errors import ShapeError
+
+__all__ = ["LSTM", "GRU", "TempConvPlus2d"]
+
+
+@dataclass(frozen=True)
+class _TorchRNN(ModuleFactory):
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    dropout: float = 0.0
+    torch_class: ClassVar[type[torch.nn.RNNBase]]
+
+    def __post_init__(self):
+        for name in ("hidden_size", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive int, got {value!r}")
+
+    def _build(self, in_shape):
+        module = self.torch_class(numel(in_shape), self.hidden_size, self.num_layers, self.bias, dropout=self.dropout)
+        return TorchRNNRunner(in_shape, module)
+
+    def _fixed_out_shape(self):
+        return (self.hidden_size,)
+
+
+class TorchRNNRunner(Runner):
+    """A ``torch.nn.LSTM``/``GRU`` on the flattened input; the state has the shapes torch uses."""
+
+    def __init__(self, in_shape, module: torch.nn.RNNBase):
+        super().__init__(in_shape, (module.hidden_size,))
+        self.module = module
+
+    def initial_state(self, batch_size, device, dtype):
+        shape = (self.module.num_layers, batch_size, self.module.hidden_size)
+        h = torch.zeros(shape, device=device, dtype=dtype)
+        return (h, torch.zeros_like(h)) if isinstance(self.module, torch.nn.LSTM) else h
+
+    def step(self, x, state):
+        y, state = self.module(x.flatten(1).unsqueeze(0), state)
+        return y[0], state
+
+    def sequence(self, x, state):
+        return self.module(x.flatten(2), state)
+
+
+@dataclass(frozen=True)
+class LSTM(_TorchRNN):
+    """Long short-term memory, as ``torch.nn.LSTM``: (*in_shape) -> (hidden_size,).
+
+    The state is ``(h, c)``, each (num_layers, batch, hidden_size).
+    """
+
+    torch_class: ClassVar = torch.nn.LSTM
+
+
+@dataclass(frozen=True)
+class GRU(_TorchRNN):
+    """Gated recurrent unit, as ``torch.nn.GRU``: (*in_shape) -> (hidden_size,).
+
+    The state is ``h``, (num_layers, batch, hidden_size).
+    """
+
+    torch_class: ClassVar = torch.nn.GRU
+
+
+@dataclass(frozen=True)
+class TempConvPlus2d(ModuleFactory):
+    """A 2-D convolution over space combined with a causal convolution over the last
+    ``time_kernel_size`` frames (frame stacking), as one causal 3-D convolution:
+
+    ``y_t = b + sum_{k < time_kernel_size} W_k * x_{t-k}``, each ``W_k`` a 2-D kernel.
+
+    Shapes: (channels, height, width) -> (out_channels, height', width'). The state is the last
+    ``time_kernel_size - 1`` input frames, (batch, channels, time_kernel_size - 1, height, width),
+    zeros at the start.
+    """
+
+    out_channels: int
+    kernel_size: int | tuple[int, int]
+    time_kernel_size: int
+    stride: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] = 0
+    dilation: int | tuple[int, int] = 1
+    bias: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.time_kernel_size, int) or self.time_kernel_size < 1:
+            raise ValueError(f"TempConvPlus2d.time_kernel_size must be an int >= 1, got {self.time_kernel_size!r}")
+
+    def _build(self, in_shape):
+        if len(in_shape) != 3:
+            raise ShapeError(f"{self!r} expects input of shape (channels, height, width), got {tuple(in_shape)}")
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        conv = torch.nn.Conv3d(
+            in_shape[0],
+            self.out_channels,
+            (self.time_kernel_size, *pair(self.kernel_size)),
+            stride=(1, *pair(self.stride)),
+            padding=(0, *pair(self.padding)),
+            dilation=(1, *pair(self.dilation)),
+            bias=self.bias,
+        )
+        with torch.device("meta"):
+            probe = torch.nn.functional.conv3d(
+                torch.empty(1, in_shape[0], self.time_kernel_size, *in_shape[1:]),
+                torch.empty(conv.weight.shape),
+                stride=conv.stride,
+                padding=conv.padding,
+                dilation=conv.dilation,
+            )
+        return TempConvRunner(in_shape, (self.out_channels, *probe.shape[3:]), conv)
+
+
+class TempConvRunner(Runner):
+    def __init__(self, in_shape, out_shape, conv: torch.nn.Conv3d):
+        super().__init__(in_shape, out_shape)
+        self.conv = conv
+        self.history = conv.kernel_size[0] - 1
+
+    def initial_state(self, batch_size, device, dtype):
+        c, h, w = self.in_shape
+        return torch.zeros(batch_size, c, self.history, h, w, device=device, dtype=dtype)
+
+    def step(self, x, state):
+        y, state = self.sequence(x.unsqueeze(0), state)
+        return y[0], state
+
+    def sequence(self, x, state):
+        frames = torch.cat([state, x.permute(1, 2, 0, 3, 4)], dim=2)  # (batch, channels, time, h, w)
+        y = self.conv(frames).permute(2, 0, 1, 3, 4)
+        return y, frames[:, :, frames.shape[2] - self.history :]

@@ -1,0 +1,190 @@
+"""Spiking neuron factories. Each wraps a pure update from ``functional``.
+
+Neurons flatten each sample to n = prod(in_shape) neurons for their state and parameters and give
+spikes in the input's shape. The membrane starts at a learnable per-neuron value (zeros at first).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .._factory import ModuleFactory
+from .._runner import Runner, StatelessRunner, numel
+from . import functional as F
+from .surrogate import SpikeLinear, Surrogate
+
+__all__ = ["LIF", "NoReset", "Adaptive", "Cooldown", "Discontinuous", "NeuronFactory"]
+
+
+class NeuronFactory(ModuleFactory):
+    """Base of the stateful neuron factories: each names its state type and step function."""
+
+    state_type: ClassVar[type]
+    step_fn: ClassVar
+
+    def __post_init__(self):
+        for name in ("tau", "tau_thr"):
+            value = getattr(self, name, 1.0)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive number, got {value!r}")
+        _check_surrogate(self)
+
+    def _build(self, in_shape):
+        return NeuronRunner(in_shape, self)
+
+    @abc.abstractmethod
+    def neuron_parameters(self, runner: NeuronRunner) -> tuple:
+        """The parameter tuple for ``step_fn``."""
+
+    def neuron_buffers(self, n: int) -> dict[str, torch.Tensor]:
+        """Constant (n,) tensors the layer derives from its size; they follow ``.to(device)``."""
+        return {}
+
+    def initial_spikes(self, runner: NeuronRunner) -> torch.Tensor | None:
+        """The (n,) output before the first timestep, where it isn't zero."""
+        return None
+
+
+def _check_surrogate(factory) -> None:
+    if not isinstance(factory.spike_function, Surrogate):
+        raise TypeError(
+            f"{type(factory).__name__}.spike_function must be a Surrogate such as snn.SpikeLinear(), "
+            f"got {factory.spike_function!r}"
+        )
+
+
+class NeuronRunner(Runner):
+    """Holds a neuron layer's learnable initial membrane (n,) and calls its pure step function."""
+
+    def __init__(self, in_shape, factory: NeuronFactory):
+        super().__init__(in_shape, in_shape)
+        self.factory = factory
+        self.n = numel(in_shape)
+        self.initial_v = torch.nn.Parameter(torch.zeros(self.n))
+        for name, buffer in factory.neuron_buffers(self.n).items():
+            self.register_buffer(name, buffer, persistent=False)
+
+    def initial_state(self, batch_size, device, dtype):
+        v = self.initial_v.to(device=device, dtype=dtype).expand(batch_size, self.n)
+        rest = (
+            torch.zeros(batch_size, self.n, device=device, dtype=dtype) for _ in self.factory.state_type._fields[1:]
+        )
+        return self.factory.state_type(v, *rest)
+
+    def initial_output(self, batch_size, device, dtype):
+        spikes = self.factory.initial_spikes(self)
+        if spikes is None:
+            return super().initial_output(batch_size, device, dtype)
+        spikes = spikes.to(device=device, dtype=dtype)
+        return spikes.expand(batch_size, self.n).reshape(batch_size, *self.out_shape)
+
+    def step(self, x, state):
+        s, state = self.factory.step_fn(x.flatten(1), state, self.factory.neuron_parameters(self))
+        return s.reshape(x.shape), state
+
+    def sequence(self, x, state):
+        s, state = F.unroll(self.factory.step_fn, x.flatten(2), state, self.factory.neuron_parameters(self))
+        return s.reshape(x.shape), state
+
+
+@dataclass(frozen=True)
+class LIF(NeuronFactory):
+    """Leaky integrate-and-fire with subtractive reset.
+
+    ``v = beta * v + x``; ``s = H(v - 1)``; ``v = v - s``; ``beta = exp(-1 / tau)``, tau in timesteps.
+
+    >>> import torch
+    >>> out, state = LIF(tau=5.0).make_model((3,))(torch.full((2, 1, 3), 0.6))
+    >>> out[:, 0, 0].tolist()     # v = 0.6, then 0.6 * exp(-0.2) + 0.6 = 1.09 > 1
+    [0.0, 1.0]
+    """
+
+    tau: float = 5.0
+    spike_function: Surrogate = SpikeLinear()
+    state_type: ClassVar = F.LIFState
+    step_fn: ClassVar = staticmethod(F.lif_step)
+
+    def neuron_parameters(self, runner):
+        return F.LIFParameters(F.decay(self.tau), self.spike_function, True)
+
+
+@dataclass(frozen=True)
+class NoReset(NeuronFactory):
+    """LIF without the reset: ``v = beta * v + x``; ``s = H(v - 1)``."""
+
+    tau: float = 5.0
+    spike_function: Surrogate = SpikeLinear()
+    state_type: ClassVar = F.LIFState
+    step_fn: ClassVar = staticmethod(F.lif_step)
+
+    def neuron_parameters(self, runner):
+        return F.LIFParameters(F.decay(self.tau), self.spike_function, False)
+
+
+@dataclass(frozen=True)
+class Adaptive(NeuronFactory):
+    """Adaptive threshold (Bellec et al. 2018). The spike reads the previous membrane.
+
+    ``theta = 1 + a``; ``s = H((v - theta) / theta)``; ``v = beta * v + x - s * theta``;
+    ``a = beta_thr * a + gamma * s``, with ``beta_thr = exp(-1 / tau_thr)``.
+    """
+
+    tau: float = 5.0
+    spike_function: Surrogate = SpikeLinear()
+    tau_thr: float = 5.0
+    gamma: float = 0.25
+    state_type: ClassVar = F.AdaptiveState
+    step_fn: ClassVar = staticmethod(F.adaptive_step)
+
+    def neuron_parameters(self, runner):
+        return F.AdaptiveParameters(F.decay(self.tau), F.decay(self.tau_thr), float(self.gamma), self.spike_function)
+
+
+@dataclass(frozen=True)
+class Cooldown(NeuronFactory):
+    """Cooldown neuron: ``s = H(sign * (v - 1))`` on the previous membrane, then
+    ``v = beta * v + (1 - beta) * exp(x)``. ``sign`` is +1 for the first n // 2 neurons, -1 for the
+    rest, and those start spiking: a placeholder fed by this layer starts at 1 there.
+    """
+
+    tau: float = 5.0
+    spike_function: Surrogate = SpikeLinear()
+    state_type: ClassVar = F.CooldownState
+    step_fn: ClassVar = staticmethod(F.cooldown_step)
+
+    def neuron_parameters(self, runner):
+        return F.CooldownParameters(F.decay(self.tau), self.spike_function, runner.sign)
+
+    def neuron_buffers(self, n):
+        return {"sign": F.cooldown_sign(n)}
+
+    def initial_spikes(self, runner):
+        return (runner.sign < 0).float()
+
+
+class _Threshold(torch.nn.Module):
+    def __init__(self, p: F.DiscontinuousParameters):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return F.discontinuous_step(x, (), self.p)[0]
+
+
+@dataclass(frozen=True)
+class Discontinuous(ModuleFactory):
+    """Stateless spiking: ``s = H(x - threshold)``, i.e. LIF with tau -> 0."""
+
+    spike_function: Surrogate = SpikeLinear()
+    threshold: float = 1.0
+
+    def __post_init__(self):
+        _check_surrogate(self)
+
+    def _build(self, in_shape):
+        p = F.DiscontinuousParameters(float(self.threshold), self.spike_function)
+        return StatelessRunner(in_shape, in_shape, _Threshold(p))

@@ -1,0 +1,525 @@
+"""Networks as data: ``to_spec`` describes a factory as plain JSON, ``from_spec`` rebuilds it.
+
+A description carries no code. Its types are names that a ``Registry`` maps to classes an operator
+allowed: the built-ins (``"nn.Linear"``, ``"rnn.LSTM"``, ``"snn.LIF"``, surrogates such as
+``"snn.SpikeLinear"``, ``"Sequential"``, ``"Network"``) and registered custom factories. So a server
+can rebuild what untrusted clients send: nothing is evaluated or unpickled, every argument is
+checked against its type hint, and every mistake raises ``SpecError`` naming the exact place, such as
+``root.layers[2].factories[1].args.tau``.
+
+The format is ``{"format": "rnnbuilder.spec/1", "root": FACTORY}``. A FACTORY is one of
+
+- ``{"type": "nn.Linear", "args": {"out_features": 10}}``: arguments by name, omitted ones take
+  their defaults; surrogates are such objects too, and tuples are lists;
+- ``{"type": "Sequential", "factories": [FACTORY, ...]}``;
+- ``{"type": "Network", "layers": [NODE, ...], "names": [{"name": "output", "node": 2}, ...]}``.
+  Nodes refer to each other by index in ``"layers"``, and each comes after its inputs (a
+  placeholder may refer to a later layer). ``"names"`` are the network's attributes, in order. A
+  NODE is ``{"kind": "input"}``, ``{"kind": "layer", "input": i, "factories": [FACTORY, ...]}``,
+  ``{"kind": "stack" | "sum" | "list", "inputs": [i, ...]}`` or ``{"kind": "placeholder",
+  "layer": i, "hint": name or null, "initial_value": null | "zeros" | "ones" | number}``.
+
+>>> from rnnbuilder import Network, Placeholder, nn
+>>> n = Network()
+>>> n.output = Placeholder()
+>>> n.output = n.input.stack(n.output).apply(nn.Linear(8))
+>>> spec = to_spec(n)
+>>> for node in spec["root"]["layers"]:
+...     print(node)
+{'kind': 'input'}
+{'kind': 'placeholder', 'layer': 3, 'hint': 'output', 'initial_value': None}
+{'kind': 'stack', 'inputs': [0, 1]}
+{'kind': 'layer', 'input': 2, 'factories': [{'type': 'nn.Linear', 'args': {'out_features': 8, 'bias': True}}]}
+>>> spec["root"]["names"]
+[{'name': 'output', 'node': 3}]
+>>> to_spec(from_spec(spec)) == spec
+True
+>>> from_spec({"format": "rnnbuilder.spec/1", "root": {"type": "nn.Linear", "args": {"out_features": "8"}}})
+Traceback (most recent call last):
+...
+rnnbuilder.errors.SpecError: root.args.out_features: expected integer, got "8"
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import json
+import math
+import numbers
+import types
+import typing
+from dataclasses import MISSING, fields, is_dataclass
+from typing import Any
+
+import torch
+
+from . import initial, nn, rnn, snn
+from ._factory import ModuleFactory
+from ._graph import Layer, List, Network, Node, Placeholder, Sequential, Stack, Sum, _topological
+from .custom import CustomFactory
+from .errors import SpecError
+from .snn import Surrogate
+
+__all__ = ["FORMAT", "Registry", "builtin_registry", "default_registry", "register", "to_spec", "from_spec"]
+
+FORMAT = "rnnbuilder.spec/1"
+"""The format marker of the descriptions this version writes and reads."""
+
+_DESCRIBED = (ModuleFactory, Surrogate)
+_COMBINE = {cls.kind: cls for cls in (Stack, Sum, List)}
+_NODE_KEYS = {  # kind -> (required keys, optional keys)
+    "input": ((), ()),
+    "layer": (("input", "factories"), ()),
+    "placeholder": (("layer",), ("hint", "initial_value")),
+    **{kind: (("inputs",), ()) for kind in _COMBINE},
+}
+_INITIAL = {"zeros": initial.zeros, "ones": initial.ones}
+_SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", type(None): "null"}
+# Unannotated custom arguments take any JSON value; lists stay lists, as there is no hint to make tuples.
+_ANY = bool | int | float | str | list[Any] | ModuleFactory | Surrogate | None
+
+
+@functools.cache
+def _parameters(cls: type) -> dict[str, tuple[Any, bool]]:
+    """The constructor arguments of a describable class: name -> (type hint, required)."""
+    if issubclass(cls, CustomFactory):
+        try:
+            hints = typing.get_type_hints(cls.module_class.__init__)
+        except Exception:  # annotations that don't resolve: take any JSON value, as if unannotated
+            hints = {}
+        parameters = inspect.signature(cls.module_class).parameters.values()
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {p.name: (hints.get(p.name, Any), p.default is p.empty) for p in parameters if p.kind in named}
+    if not is_dataclass(cls):
+        raise TypeError(
+            f"{cls.__name__} can't be described as data: make it a dataclass or a rnnbuilder.custom factory"
+        )
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: (hints[f.name], f.default is MISSING and f.default_factory is MISSING) for f in fields(cls) if f.init
+    }
+
+
+class Registry:
+    """The types a description may name: ``name -> class``, each a factory or surrogate class.
+
+    >>> import torch
+    >>> from rnnbuilder import custom
+    >>> class Scale(torch.nn.Module):
+    ...     def __init__(self, factor: float = 2.0):
+    ...         super().__init__()
+    ...         self.factor = factor
+    ...     def forward(self, x):
+    ...         return x * self.factor
+    >>> ScaleFactory = custom.register_non_recurrent(Scale, flatten_input=False, shape_change=False)
+    >>> registry = builtin_registry()
+    >>> registry.register("example.Scale", ScaleFactory)
+    >>> spec = to_spec(ScaleFactory(factor=3), registry)
+    >>> spec["root"]
+    {'type': 'example.Scale', 'args': {'factor': 3}}
+    >>> from_spec(spec, registry)       # the hint makes it a float
+    ScaleFactory(factor=3.0)
+    """
+
+    def __init__(self):
+        self._types: dict[str, type] = {}
+        self._names: dict[type, str] = {}
+
+    def register(self, name: str, cls: type) -> None:
+        """Allow ``cls`` in descriptions as ``name``.
+
+        ``cls`` is ``Sequential``, ``Network``, a factory or surrogate dataclass, or a factory class
+        from ``rnnbuilder.custom.register_*``, whose module's constructor hints type its arguments.
+        A class registered under several names is described by the first.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a registered name must be a non-empty string, got {name!r}")
+        if not (isinstance(cls, type) and issubclass(cls, _DESCRIBED)):
+            raise TypeError(f"only factory and surrogate classes can be registered, got {cls!r}")
+        if not issubclass(cls, (Network, Sequential)):
+            _parameters(cls)  # fail now, not when a client names it
+        if self._types.setdefault(name, cls) is not cls:
+            raise ValueError(f"{name!r} is already registered for {self._types[name].__name__}")
+        self._names.setdefault(cls, name)
+
+    def factory_names(self) -> list[str]:
+        """The registered factory names, sorted."""
+        return self._names_of((ModuleFactory,))
+
+    def surrogate_names(self) -> list[str]:
+        """The registered surrogate names, sorted."""
+        return self._names_of((Surrogate,))
+
+    def copy(self) -> Registry:
+        """An independent registry with the same entries."""
+        other = Registry()
+        other._types, other._names = dict(self._types), dict(self._names)
+        return other
+
+    def _names_of(self, bases: tuple[type, ...]) -> list[str]:
+        return sorted(name for name, cls in self._types.items() if issubclass(cls, bases))
+
+    def _name_of(self, cls: type, path: str) -> str:
+        if cls not in self._names:
+            raise SpecError(
+                path, f"{cls.__name__} is not registered; register it with rnnbuilder.spec.register(name, class)"
+            )
+        return self._names[cls]
+
+    def _lookup(self, name: str, bases: tuple[type, ...], path: str) -> type:
+        cls = self._types.get(name)
+        if cls is not None and issubclass(cls, bases):
+            return cls
+        valid = self._names_of(bases)
+        close = difflib.get_close_matches(name, valid)
+        suggestion = f"did you mean {' or '.join(close)}?" if close else f"valid types: {', '.join(valid)}"
+        raise SpecError(path, f"unknown {_type_name(bases)} type {_show(name)}; {suggestion}")
+
+
+def builtin_registry() -> Registry:
+    """A new registry of the built-in factories and surrogates, named like ``"nn.Linear"``.
+
+    >>> registry = builtin_registry()
+    >>> "rnn.LSTM" in registry.factory_names(), "snn.SpikeLinear" in registry.surrogate_names()
+    (True, True)
+    """
+    registry = Registry()
+    for prefix, module in (("nn", nn), ("rnn", rnn), ("snn", snn)):
+        for attr in module.__all__:
+            cls = getattr(module, attr)
+            if isinstance(cls, type) and issubclass(cls, _DESCRIBED) and is_dataclass(cls):
+                registry.register(f"{prefix}.{attr}", cls)
+    registry.register("Sequential", Sequential)
+    registry.register("Network", Network)
+    return registry
+
+
+default_registry = builtin_registry()
+"""The registry ``to_spec`` and ``from_spec`` use when given none."""
+
+
+def register(name: str, cls: type) -> None:
+    """Allow ``cls`` as ``name`` in ``default_registry``; see ``Registry.register``."""
+    default_registry.register(name, cls)
+
+
+def to_spec(factory: ModuleFactory, registry: Registry | None = None) -> dict:
+    """A JSON-compatible description of ``factory`` (see the module docs for the format).
+
+    >>> from rnnbuilder import nn
+    >>> to_spec(nn.MaxPool2d((2, 2)))["root"]["args"]["kernel_size"]
+    [2, 2]
+    """
+    if not isinstance(factory, ModuleFactory):
+        raise SpecError("root", f"expected a factory such as nn.Linear(10), got {factory!r}")
+    return {"format": FORMAT, "root": _Writer(_or_default(registry)).object(factory, "root")}
+
+
+def from_spec(spec: dict, registry: Registry | None = None) -> ModuleFactory:
+    """The factory ``spec`` describes, built only from types in ``registry``.
+
+    >>> from_spec({"format": "rnnbuilder.spec/1", "root": {"type": "rnn.LSTM", "args": {"hidden_size": 8}}})
+    LSTM(hidden_size=8, num_layers=1, bias=True, dropout=0.0)
+    """
+    if not isinstance(spec, dict):
+        raise SpecError("spec", f"expected a JSON object with 'format' and 'root', got {_show(spec)}")
+    if spec.get("format") != FORMAT:
+        raise SpecError("format", f"expected {_show(FORMAT)}, got {_show(spec.get('format'))}")
+    _keys(spec, "", ("format", "root"))
+    try:
+        return _Reader(_or_default(registry)).object(spec["root"], (ModuleFactory,), "root")
+    except RecursionError:
+        raise SpecError("root", "nested too deeply") from None
+
+
+class _Writer:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def object(self, obj, path: str) -> dict:
+        spec = {"type": self.registry._name_of(type(obj), path)}
+        if isinstance(obj, Network):
+            return {**spec, **self.network(obj, path)}
+        if isinstance(obj, Sequential):
+            return {**spec, "factories": self.value(obj.factories, f"{path}.factories")}
+        if isinstance(obj, CustomFactory):
+            args = obj.arguments
+        else:
+            args = {f.name: getattr(obj, f.name) for f in fields(obj) if f.init}
+        return {**spec, "args": {name: self.value(v, _join(f"{path}.args", name)) for name, v in args.items()}}
+
+    def value(self, value, path: str):
+        if isinstance(value, _DESCRIBED):
+            return self.object(value, path)
+        if isinstance(value, (tuple, list)):
+            return [self.value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            return _number(float(value), path)
+        raise SpecError(
+            path,
+            f"a {type(value).__name__} can't be described; use numbers, strings, booleans, None, lists, "
+            f"factories or surrogates",
+        )
+
+    def network(self, net: Network, path: str) -> dict:
+        _require_output(net.layers, path)
+        order = _topological(net)  # the order make_model builds in, so rebuilding keeps parameters
+        index = {node: i for i, node in enumerate(order)}
+        return {
+            "layers": [self.node(node, index, net, f"{path}.layers[{i}]") for i, node in enumerate(order)],
+            "names": [{"name": name, "node": index[node]} for name, node in net.layers.items()],
+        }
+
+    def node(self, node: Node, index: dict[Node, int], net: Network, path: str) -> dict:
+        if node is net.input:
+            return {"kind": "input"}
+        if isinstance(node, Layer):
+            return {
+                "kind": "layer",
+                "input": index[node.input],
+                "factories": self.value(node.factories, f"{path}.factories"),
+            }
+        if isinstance(node, tuple(_COMBINE.values())):
+            return {"kind": node.kind, "inputs": [index[n] for n in node.nodes]}
+        if isinstance(node, Placeholder):
+            if node.layer is None:
+                raise SpecError(path, f"placeholder {node.hint or '(unnamed)'} was never assigned a layer")
+            return {
+                "kind": "placeholder",
+                "layer": index[node.layer],
+                "hint": node.hint,
+                "initial_value": _write_initial(node.initial_value, f"{path}.initial_value"),
+            }
+        raise SpecError(path, f"{node!r} is not a node of this network (another network's input?)")
+
+
+class _Reader:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def object(self, value, bases: tuple[type, ...], path: str):
+        name = _tag(value, path, "type")
+        cls = self.registry._lookup(name, bases, f"{path}.type")
+        if issubclass(cls, Network):
+            _keys(value, path, ("type", "layers", "names"))
+            return self.network(cls(), value, path)
+        if issubclass(cls, Sequential):
+            _keys(value, path, ("type", "factories"))
+            return _call(path, cls, *self.factories(value["factories"], f"{path}.factories"))
+        _keys(value, path, ("type",), ("args",))
+        params = _parameters(cls)
+        args = value.get("args", {})
+        required = [name for name, (_, needed) in params.items() if needed]
+        _keys(args, f"{path}.args", required, [name for name in params if name not in required], what="argument")
+        kwargs = {name: self.value(v, params[name][0], _join(f"{path}.args", name)) for name, v in args.items()}
+        return _call(path, cls, **kwargs)
+
+    def factories(self, value, path: str) -> list[ModuleFactory]:
+        return [self.object(f, (ModuleFactory,), f"{path}[{i}]") for i, f in enumerate(self.value(value, list, path))]
+
+    def value(self, value, hint, path: str):
+        """``value`` checked against the type ``hint``; lists become tuples where the hint says so."""
+        if hint is Any:
+            hint = _ANY
+        origin = typing.get_origin(hint)
+        if origin in (typing.Union, types.UnionType):
+            return self.union(value, hint, path)
+        if origin in (tuple, list):
+            return self.sequence(value, hint, path)
+        if isinstance(hint, type) and issubclass(hint, _DESCRIBED):
+            return self.object(value, (hint,), path)
+        if hint is float:
+            return _number(value, path)
+        if hint not in _SCALARS:
+            raise SpecError(path, f"arguments of type {hint} can't be given in a description")
+        if not isinstance(value, (list, tuple) if hint is list else hint) or (hint is int and isinstance(value, bool)):
+            raise SpecError(path, f"expected {_type_name(hint)}, got {_show(value)}")
+        return value
+
+    def union(self, value, hint, path: str):
+        options = typing.get_args(hint)
+        objects = tuple(o for o in options if isinstance(o, type) and issubclass(o, _DESCRIBED))
+        if isinstance(value, dict) and objects:
+            return self.object(value, objects, path)
+        errors = []
+        for option in options:
+            try:
+                return self.value(value, option, path)
+            except SpecError as e:
+                errors.append(e)
+        # An error inside the value (a bad list item) says more than "expected int or list".
+        deeper = [e for e in errors if e.path != path]
+        raise deeper[0] if deeper else SpecError(path, f"expected {_type_name(hint)}, got {_show(value)}")
+
+    def sequence(self, value, hint, path: str):
+        origin, options = typing.get_origin(hint), typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(path, f"expected {_type_name(hint)}, got {_show(value)}")
+        if origin is list or options[-1] is Ellipsis:
+            options = options[:1] * len(value)
+        elif len(value) != len(options):
+            raise SpecError(path, f"expected {_type_name(hint)}, got {_show(value)}")
+        items = [self.value(v, option, f"{path}[{i}]") for i, (v, option) in enumerate(zip(value, options))]
+        return tuple(items) if origin is tuple else items
+
+    def network(self, net: Network, spec: dict, path: str) -> Network:
+        entries = self.value(spec["layers"], list, f"{path}.layers")
+        nodes: list[Node] = []
+        pending = []
+        for i, entry in enumerate(entries):
+            at = f"{path}.layers[{i}]"
+            kind = _tag(entry, at, "kind")
+            if kind not in _NODE_KEYS:
+                raise SpecError(
+                    f"{at}.kind", f"unknown node kind {_show(kind)}; expected one of: {', '.join(_NODE_KEYS)}"
+                )
+            required, optional = _NODE_KEYS[kind]
+            _keys(entry, at, ("kind", *required), optional)
+            if kind == "input":
+                node = net.input
+            elif kind == "layer":
+                source = _node_at(entry["input"], nodes, f"{at}.input", len(entries))
+                node = _call(at, Layer, source, self.factories(entry["factories"], f"{at}.factories"))
+            elif kind == "placeholder":
+                node = Placeholder(_read_initial(entry.get("initial_value"), f"{at}.initial_value"))
+                node.hint = self.value(entry.get("hint"), str | None, f"{at}.hint")
+                pending.append((node, entry["layer"], f"{at}.layer"))
+            else:
+                refs = self.value(entry["inputs"], list, f"{at}.inputs")
+                sources = [_node_at(r, nodes, f"{at}.inputs[{j}]", len(entries)) for j, r in enumerate(refs)]
+                node = _call(at, _COMBINE[kind], *sources)
+            nodes.append(node)
+        for placeholder, ref, at in pending:  # after the loop: placeholders may refer to later layers
+            _call(at, placeholder.assign, _node_at(ref, nodes, at, len(nodes)))
+        names = self.value(spec["names"], list, f"{path}.names")
+        for i, entry in enumerate(names):
+            at = f"{path}.names[{i}]"
+            _keys(entry, at, ("name", "node"))
+            name = self.value(entry["name"], str, f"{at}.name")
+            if name in net._names:
+                raise SpecError(f"{at}.name", f"{_show(name)} is named twice")
+            _call(f"{at}.name", setattr, net, name, _node_at(entry["node"], nodes, f"{at}.node", len(nodes)))
+        _require_output(net.layers, path)
+        return net
+
+
+def _or_default(registry: Registry | None) -> Registry:
+    return default_registry if registry is None else registry
+
+
+def _join(path: str, key) -> str:
+    if isinstance(key, str) and key.isidentifier():
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
+
+
+def _show(value) -> str:
+    """``value`` as the client wrote it, in JSON, shortened."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(hint) -> str:
+    origin, options = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(hint, tuple) or origin in (typing.Union, types.UnionType):
+        return " or ".join(map(_type_name, options or hint))
+    if origin is list or (origin is tuple and options[-1] is Ellipsis):
+        return f"[{_type_name(options[0])}, ...]"
+    if origin is tuple:
+        return f"[{', '.join(map(_type_name, options))}]"
+    if isinstance(hint, type) and issubclass(hint, _DESCRIBED):
+        return "surrogate" if issubclass(hint, Surrogate) else "factory"
+    return _SCALARS.get(hint, "any value" if hint is Any else str(hint))
+
+
+def _keys(value, path: str, required, optional=(), what: str = "key") -> None:
+    """Check that ``value`` is an object with all ``required`` keys and nothing but those and ``optional``."""
+    if not isinstance(value, dict):
+        raise SpecError(path, f"expected an object, got {_show(value)}")
+    allowed = (*required, *optional)
+    for key in value:
+        if key not in allowed:
+            raise SpecError(_join(path, key), f"unknown {what}; expected one of: {', '.join(allowed) or 'none'}")
+    for key in required:
+        if key not in value:
+            raise SpecError(_join(path, key), f"missing required {what}")
+
+
+def _tag(value, path: str, key: str) -> str:
+    """The string under ``key`` that says what the object ``value`` is."""
+    if not isinstance(value, dict) or key not in value:
+        raise SpecError(path, f'expected an object with a "{key}", got {_show(value)}')
+    tag = value[key]
+    if not isinstance(tag, str):
+        raise SpecError(_join(path, key), f"expected string, got {_show(tag)}")
+    return tag
+
+
+def _number(value, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(path, f"expected number, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise SpecError(path, f"expected a finite number, got {_show(value)}")
+    return number
+
+
+def _call(path: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, its complaints about the values turned into ``SpecError`` at ``path``."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise SpecError(path, str(e)) from e
+
+
+def _node_at(ref, nodes: list[Node], path: str, total: int) -> Node:
+    if isinstance(ref, bool) or not isinstance(ref, int):
+        raise SpecError(path, f"expected the index of a node in layers, got {_show(ref)}")
+    if not 0 <= ref < total:
+        raise SpecError(path, f"refers to layers[{ref}], which doesn't exist (there are {total} layers)")
+    if ref >= len(nodes):
+        raise SpecError(path, f"refers to layers[{ref}], which comes later; list every node after its inputs")
+    return nodes[ref]
+
+
+def _require_output(names: dict, path: str) -> None:
+    if "output" not in names:
+        raise SpecError(f"{path}.names", "no layer is named 'output'; name the network's result 'output'")
+
+
+def _write_initial(value, path: str):
+    if value is None:
+        return None
+    if isinstance(value, initial.Zeros) or value is torch.zeros:
+        return "zeros"
+    if isinstance(value, initial.Ones) or value is torch.ones:
+        return "ones"
+    if isinstance(value, initial.Constant):
+        return _number(value.value, path)
+    raise SpecError(
+        path,
+        f"{value!r} can't be described; use None, rnnbuilder.initial.zeros, .ones or .Constant(x), "
+        f"torch.zeros or torch.ones",
+    )
+
+
+def _read_initial(value, path: str):
+    if value is None:
+        return None
+    if isinstance(value, str) and value in _INITIAL:
+        return _INITIAL[value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return initial.Constant(_number(value, path))
+    raise SpecError(path, f'expected null, "zeros", "ones" or a number, got {_show(value)}')

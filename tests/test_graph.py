@@ -1,0 +1,282 @@
+"""Networks: graph building, placeholders and cycles, and the misuse messages."""
+
+import pytest
+import torch
+
+import rnnbuilder as rb
+from rnnbuilder import custom, nn, snn
+from rnnbuilder.initial import Constant
+
+
+class Hadamard(torch.nn.Module):
+    def forward(self, inputs):
+        return inputs[0] * inputs[1]
+
+
+HadamardFactory = custom.register_non_recurrent(module_class=Hadamard, flatten_input=False, shape_change=False)
+
+
+class BatchSizeProbe(torch.nn.Module):
+    """Identity that records the batch sizes it was called with."""
+
+    seen: list[int] = []
+
+    def forward(self, x):
+        BatchSizeProbe.seen.append(x.shape[0])
+        return x
+
+
+ProbeFactory = custom.register_non_recurrent(module_class=BatchSizeProbe, flatten_input=False, shape_change=False)
+
+
+def recurrent_lif_network(hidden=16):
+    n = rb.Network()
+    n.output = rb.Placeholder()
+    n.output = n.input.stack(n.output).apply(nn.Linear(hidden), snn.LIF(tau=5))
+    return n
+
+
+def test_placeholder_cycle_equals_hand_written_recurrence():
+    """A placeholder cycle computes s_t = LIF(W [x_t, s_{t-1}] + b), step by step."""
+    torch.manual_seed(0)
+    model = recurrent_lif_network().make_model((4,))
+    linear = model.net.layers["output"].runners[0].module
+    x = torch.rand(30, 3, 4) * 2
+    out, _ = model(x)
+    beta, v, s, expected = torch.exp(torch.tensor(-1 / 5)).item(), torch.zeros(3, 16), torch.zeros(3, 16), []
+    for x_t in x:
+        v = beta * v + linear(torch.cat([x_t, s], dim=1))
+        s = (v - 1 > 0).float()
+        v = v - s
+        expected.append(s)
+    assert torch.equal(out, torch.stack(expected))
+    assert out.sum() > 0
+
+
+def test_recurrent_network_continues_exactly_from_state():
+    """100 steps of a recurrent network equal 40 then 60 with the state carried."""
+    torch.manual_seed(1)
+    model = rb.Sequential(recurrent_lif_network(), nn.Linear(3)).make_model((4,))
+    x = torch.rand(100, 5, 4) * 2
+    whole, _ = model(x)
+    first, state = model(x[:40])
+    rest, _ = model(x[40:], state)
+    assert torch.equal(whole, torch.cat([first, rest]))
+
+
+def test_acyclic_parts_run_over_the_whole_sequence_and_cycles_step_by_step():
+    """Layers outside a cycle see time and batch merged; layers inside see one timestep."""
+    n = rb.Network()
+    n.pre = n.input.apply(ProbeFactory())
+    n.h = rb.Placeholder()
+    n.h = n.pre.stack(n.h).apply(nn.Linear(6), ProbeFactory(), snn.LIF())
+    n.output = n.h
+    BatchSizeProbe.seen.clear()
+    n.make_model((4,))(torch.rand(7, 2, 4))
+    assert BatchSizeProbe.seen == [14] + [2] * 7
+
+
+def test_placeholder_outside_a_cycle_is_the_delayed_layer_output():
+    """A placeholder whose layer doesn't read it is that layer's output shifted by one step."""
+    n = rb.Network()
+    n.prev = rb.Placeholder()
+    n.output = n.input.stack(n.prev)
+    n.prev = n.input.apply(nn.Identity())
+    model = n.make_model((2,))
+    x = torch.arange(12.0).reshape(3, 2, 2)
+    out, state = model(x)
+    assert torch.equal(out[:, :, 2:], torch.cat([torch.zeros(1, 2, 2), x[:-1]]))
+    assert torch.equal(state["placeholders"]["prev"], x[-1])
+
+
+def test_placeholder_initial_value_is_used():
+    """Placeholder(initial_value=...) sets what the placeholder holds before the first step."""
+    n = rb.Network()
+    n.output = rb.Placeholder(initial_value=Constant(0.25))
+    n.output = n.input.sum(n.output).apply(nn.Identity())
+    out, _ = n.make_model((3,))(torch.zeros(2, 1, 3))
+    assert out[0].tolist() == [[0.25] * 3]
+    assert out[1].tolist() == [[0.25] * 3]
+
+
+def test_placeholder_initial_value_accepts_a_plain_callable():
+    """Any callable from (batch, *shape) to a tensor works as initial value."""
+    n = rb.Network()
+    n.output = rb.Placeholder(initial_value=torch.ones)
+    n.output = n.input.stack(n.output).apply(nn.Linear(2), nn.Identity())
+    state = n.make_model((1,)).get_initial_state(4)
+    assert torch.equal(state["placeholders"]["output"], torch.ones(4, 2))
+
+
+def test_placeholder_default_is_the_neuron_initial_output():
+    """Without initial_value, a placeholder of a Cooldown layer starts at Cooldown's initial output."""
+    n = rb.Network()
+    n.output = rb.Placeholder()
+    n.output = n.input.stack(n.output).apply(nn.Linear(4), snn.Cooldown())
+    state = n.make_model((2,)).get_initial_state(1)
+    assert state["placeholders"]["output"].tolist() == [[0.0, 0.0, 1.0, 1.0]]
+
+
+def test_layer_with_explicit_placeholder_argument():
+    """Layer(input, factories, placeholder=p) assigns p, like n.name = Placeholder() then n.name = layer."""
+    n = rb.Network()
+    p = rb.Placeholder()
+    n.output = rb.Layer(n.input.stack(p), [nn.Linear(3), snn.LIF()], placeholder=p)
+    torch.manual_seed(2)
+    a, _ = n.make_model((2,))(torch.rand(5, 1, 2))
+    torch.manual_seed(2)
+    b, _ = recurrent_lif_network(3).make_model((2,))(torch.rand(5, 1, 2))
+    assert torch.equal(a, b)
+
+
+def test_lstm_from_network_primitives_equals_the_lstm_equations():
+    """An LSTM built from gates, a cell placeholder and a Hadamard module equals hand-written LSTM math."""
+    hidden = 5
+    n = rb.Network()
+    n.h = rb.Placeholder()
+    n.c = rb.Placeholder()
+    both = n.input.stack(n.h)
+    n.i = both.apply(nn.Linear(hidden), nn.Sigmoid())
+    n.f = both.apply(nn.Linear(hidden), nn.Sigmoid())
+    n.o = both.apply(nn.Linear(hidden), nn.Sigmoid())
+    n.g = both.apply(nn.Linear(hidden), nn.Tanh())
+    n.c = n.f.append(n.c).apply(HadamardFactory()).sum(n.i.append(n.g).apply(HadamardFactory()))
+    n.output = n.o.append(n.c.apply(nn.Tanh())).apply(HadamardFactory())
+    n.h = n.output
+    torch.manual_seed(3)
+    model = n.make_model((3,))
+    gate = {name: model.net.layers[name].runners[0].module for name in "ifog"}
+    x = torch.randn(12, 2, 3)
+    out, _ = model(x)
+    h, c, expected = torch.zeros(2, hidden), torch.zeros(2, hidden), []
+    for x_t in x:
+        xh = torch.cat([x_t, h], dim=1)
+        i, f, o = (torch.sigmoid(gate[k](xh)) for k in "ifo")
+        g = torch.tanh(gate["g"](xh))
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        expected.append(h)
+    torch.testing.assert_close(out, torch.stack(expected), rtol=0, atol=1e-6)
+
+
+def test_network_nested_in_a_layer_of_another_network():
+    """A Network is a factory: it can be applied inside another network's layer."""
+    inner = recurrent_lif_network(4)
+    n = rb.Network()
+    n.output = n.input.apply(inner, nn.Linear(2))
+    model = n.make_model((3,))
+    out, state = model(torch.rand(6, 2, 3))
+    assert out.shape == (6, 2, 2)
+    assert set(state["layers"]["output"][0]["placeholders"]) == {"output"}
+
+
+def test_every_make_model_gives_independent_parameters():
+    """Factories are specifications: two models from one factory share no parameters."""
+    factory = recurrent_lif_network()
+    a, b = factory.make_model((4,)), factory.make_model((4,))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert pa.data_ptr() != pb.data_ptr()
+    assert not torch.equal(
+        a.net.layers["output"].runners[0].module.weight, b.net.layers["output"].runners[0].module.weight
+    )
+
+
+def test_stack_concatenates_along_the_first_data_dim():
+    """Stack of (2, 4, 4) and (3, 4, 4) images gives (5, 4, 4) channels."""
+    n = rb.Network()
+    n.a = n.input.apply(nn.Conv2d(2, 3, padding=1))
+    n.b = n.input.apply(nn.Conv2d(3, 3))
+    n.output = rb.Stack(n.a, n.b.apply(nn.Upsample(scale_factor=2.0)))
+    assert n.make_model((1, 4, 4)).out_shape == (5, 4, 4)
+
+
+def test_network_without_output_layer_is_rejected():
+    """A Network needs a layer named 'output'; the message says how to add one."""
+    n = rb.Network()
+    n.hidden = n.input.apply(nn.Linear(3))
+    with pytest.raises(rb.GraphError, match="no layer named 'output'.*n.output = "):
+        n.make_model((2,))
+
+
+def test_unassigned_placeholder_is_rejected():
+    """A placeholder that never gets a layer is named in the error."""
+    n = rb.Network()
+    n.memory = rb.Placeholder()
+    n.output = n.input.stack(n.memory).apply(nn.Linear(3))
+    with pytest.raises(rb.GraphError, match="placeholder 'memory' was never assigned"):
+        n.make_model((2,))
+
+
+def test_sum_of_different_shapes_is_rejected():
+    """A sum of (3,) and (4,) names both layers and their shapes."""
+    n = rb.Network()
+    n.a = n.input.apply(nn.Linear(3))
+    n.b = n.input.apply(nn.Linear(4))
+    n.output = n.a.sum(n.b)
+    with pytest.raises(rb.ShapeError, match=r"'a' gives \(3,\), 'b' gives \(4,\)"):
+        n.make_model((2,))
+
+
+def test_stack_of_mismatched_images_is_rejected():
+    """Stacking (1, 4, 4) with (1, 2, 2) fails with both shapes in the message."""
+    n = rb.Network()
+    n.small = n.input.apply(nn.MaxPool2d(2))
+    n.output = n.input.stack(n.small)
+    with pytest.raises(rb.ShapeError, match=r"beyond the first dim.*\(1, 2, 2\)"):
+        n.make_model((1, 4, 4))
+
+
+def test_layer_shape_error_names_the_layer():
+    """A factory that can't take its input shape is reported with the layer's name."""
+    n = rb.Network()
+    n.output = n.input.apply(nn.Conv2d(4, 3))
+    with pytest.raises(rb.ShapeError, match="layer 'output'.*Conv2d"):
+        n.make_model((64,))
+
+
+def test_cycle_of_unknown_size_is_rejected():
+    """A cycle that never fixes its size asks for a layer of fixed size."""
+    n = rb.Network()
+    n.output = rb.Placeholder()
+    n.output = n.output.apply(snn.LIF())
+    with pytest.raises(rb.GraphError, match="cannot infer the shape of placeholder.*nn.Linear"):
+        n.make_model((2,))
+
+
+def test_network_attributes_must_be_layers():
+    """Assigning a factory instead of a layer says how to build a layer."""
+    n = rb.Network()
+    with pytest.raises(rb.GraphError, match=r"n.input.apply"):
+        n.output = nn.Linear(3)
+
+
+def test_network_input_cannot_be_reassigned():
+    """n.input is fixed."""
+    n = rb.Network()
+    with pytest.raises(rb.GraphError, match="can't be reassigned"):
+        n.input = n.input.apply(nn.Linear(2))
+
+
+def test_unknown_layer_lists_the_known_ones():
+    """Reading a missing layer lists the layers the network has."""
+    n = rb.Network()
+    n.hidden = n.input.apply(nn.Linear(3))
+    with pytest.raises(AttributeError, match="no layer 'hiden'.*hidden"):
+        n.hiden  # noqa: B018
+
+
+def test_layer_from_another_network_input_is_rejected():
+    """Reading another network's input is caught when building."""
+    n, other = rb.Network(), rb.Network()
+    n.output = other.input.apply(nn.Linear(2))
+    with pytest.raises(rb.GraphError, match="input of another Network"):
+        n.make_model((2,))
+
+
+def test_layer_needs_factories():
+    """n.input.apply() with nothing, or with a non-factory, is rejected."""
+    n = rb.Network()
+    with pytest.raises(rb.GraphError, match="at least one factory"):
+        n.input.apply()
+    with pytest.raises(rb.GraphError, match="factories such as"):
+        n.input.apply(torch.nn.Linear(2, 2))
