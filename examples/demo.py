@@ -1,11 +1,12 @@
-"""Demo: a recurrent spiking network built with rnnbuilder, streamed in chunks.
+"""Demo client: a recurrent spiking network simulated on an rnnbuilder-sim server.
 
-Builds ``Network`` with a recurrent LIF population (a placeholder cycle) and an adaptive readout,
-feeds it Poisson spike trains chunk by chunk (the state carries over), checks that chunked and
-whole-sequence runs agree bit for bit, prints a summary with a terminal spike raster and saves the
-raster as a PNG.
+Builds a ``Network`` with a recurrent LIF population (a placeholder cycle) and an adaptive
+readout, opens a session on the server, streams Poisson spike trains to it chunk by chunk over one
+bidirectional stream (the state stays on the server), records the hidden layer's spikes, checks
+the result against the same network run locally with the session's weights, prints a summary with
+a terminal spike raster and saves the raster as a PNG.
 
-Usage: python examples/demo.py [--steps 200] [--out out/raster.png]
+Usage: python examples/demo.py --address HOST:PORT [--steps 200] [--chunk 25] [--out out/raster.png]
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import rnnbuilder as rb
+from client import Client
 from rnnbuilder import nn, snn
 
 
@@ -27,22 +30,20 @@ def build_network() -> rb.Network:
     return n
 
 
-def poisson(steps: int, batch: int, channels: int, rate: float, seed: int) -> torch.Tensor:
+def poisson(steps: int, batch: int, channels: int, rate: float, seed: int) -> np.ndarray:
     """Spike trains (time, batch, channels), each channel firing with probability ``rate`` per step."""
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(steps, batch, channels, generator=generator) < rate).float()
+    return (np.random.default_rng(seed).random((steps, batch, channels)) < rate).astype(np.float32)
 
 
-def terminal_raster(spikes: torch.Tensor, rows: int = 10, width: int = 100) -> str:
+def terminal_raster(spikes: np.ndarray, rows: int = 10, width: int = 100) -> str:
     """(time, neurons) spikes as text: one line per neuron, '|' for a spike."""
     lines = []
     for neuron in range(min(rows, spikes.shape[1])):
-        train = spikes[:width, neuron]
-        lines.append(f"  n{neuron:<3}" + "".join("|" if s else "." for s in train.tolist()))
+        lines.append(f"  n{neuron:<3}" + "".join("|" if s else "." for s in spikes[:width, neuron]))
     return "\n".join(lines)
 
 
-def save_raster(hidden: torch.Tensor, output: torch.Tensor, path: Path) -> None:
+def save_raster(hidden: np.ndarray, output: np.ndarray, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,8 +51,8 @@ def save_raster(hidden: torch.Tensor, output: torch.Tensor, path: Path) -> None:
 
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=[3, 1])
     for ax, spikes, title in ((axes[0], hidden, "hidden LIF (recurrent)"), (axes[1], output, "output Adaptive")):
-        t, neuron = torch.nonzero(spikes, as_tuple=True)
-        ax.scatter(t.numpy(), neuron.numpy(), s=2, marker="|", color="black")
+        t, neuron = np.nonzero(spikes)
+        ax.scatter(t, neuron, s=2, marker="|", color="black")
         ax.set_ylabel("neuron")
         ax.set_title(title, fontsize=10)
     axes[1].set_xlabel("timestep")
@@ -63,35 +64,34 @@ def save_raster(hidden: torch.Tensor, output: torch.Tensor, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default="127.0.0.1:50051")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--chunk", type=int, default=25)
     parser.add_argument("--out", type=Path, default=Path("out/raster.png"))
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    net = build_network()
-    model = net.make_model((40,))
-    with torch.no_grad():
-        model.net.layers["hidden"].runners[0].module.weight.mul_(3)
     x = poisson(args.steps, batch=4, channels=40, rate=0.2, seed=1)
+    with Client(args.address) as client:
+        info = client.info()
+        print(f"server {args.address}: version {info.version}, device {info.device}")
+        session = client.create_session(build_network(), input_shape=(40,), batch_size=4, seed=0)
+        print(f"session {session.id}: {session.parameter_count:,} parameters, output {session.output_shape}")
+        weights = session.parameters()
+        hidden_weight = next(k for k in weights if k.startswith("net.layers.hidden.") and k.endswith(".weight"))
+        session.load_parameters({hidden_weight: weights[hidden_weight] * 3})  # a stronger drive, to see activity
 
-    # Record the hidden layer too: a second model output is the network's state, full over time.
-    model.configure(full_state=True)
-    state, outputs, hidden = None, [], []
-    with torch.no_grad():
-        for chunk in x.split(args.chunk):
-            out, states = model(chunk, state)
-            outputs.append(out)
-            hidden.append(states["placeholders"]["hidden"])
-            state = rb.last_state(states)
-        whole, _ = model.configure(full_state=False)(x)
-    output, hidden = torch.cat(outputs), torch.cat(hidden)
+        chunks = (x[i : i + args.chunk] for i in range(0, args.steps, args.chunk))
+        recorded = list(session.stream_record(chunks, ["hidden"], bitpacked=True))
+        output = np.concatenate([r.output for r in recorded])
+        hidden = np.concatenate([r["hidden"] for r in recorded])
 
-    print(f"network: {net}  cycles run step by step: {model.net.cycles}")
-    print(f"input {tuple(x.shape)} (time, batch, channels), Poisson rate 0.2, in chunks of {args.chunk}")
-    print(f"chunked run equals the whole-sequence run: {torch.equal(output, whole)}")
-    print(f"hidden firing rate: {hidden.mean().item():.3f} spikes/step/neuron")
-    print(f"output firing rate: {output.mean().item():.3f} spikes/step/neuron")
+        with torch.no_grad():
+            local, _ = session.to_local()(torch.from_numpy(x))
+        session.close()
+
+    print(f"streamed {args.steps} steps of {tuple(x.shape[1:])} Poisson input (rate 0.2) in chunks of {args.chunk}")
+    print(f"server output equals the local model's: {np.array_equal(local.numpy(), output)}")
+    print(f"hidden firing rate: {hidden.mean():.3f} spikes/step/neuron; output: {output.mean():.3f}")
     print("hidden spikes, batch 0, first 10 neurons, first 100 steps:")
     print(terminal_raster(hidden[:, 0]))
     save_raster(hidden[:, 0], output[:, 0], args.out)

@@ -20,7 +20,7 @@ and take and return their state explicitly: ``out, state = model(x, state)``.
 from . import custom, initial, nn, rnn, snn, spec
 from ._factory import INPUT_MODES, Model, ModuleFactory
 from ._graph import Input, Layer, List, Network, Node, Placeholder, Sequential, Stack, Sum
-from ._tree import last_state
+from ._tree import last_state, named_leaves, replace_leaves
 from .errors import GraphError, RnnbuilderError, ShapeError, SpecError
 
 __version__ = "0.1.0"
@@ -30,6 +30,8 @@ __all__ = [
     "Model",
     "INPUT_MODES",
     "last_state",
+    "named_leaves",
+    "replace_leaves",
     "Network",
     "Node",
     "Input",

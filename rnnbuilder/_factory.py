@@ -6,8 +6,9 @@ import abc
 
 import torch
 
+from ._record import recording
 from ._runner import Runner, Shape
-from ._tree import State, tree_leaves
+from ._tree import State, last_state, tree_leaves, tree_map
 from .errors import ShapeError
 
 INPUT_MODES = ("sequence", "batch", "single")
@@ -73,7 +74,8 @@ class Model(torch.nn.Module):
         self.in_shape = in_shape
         self.input_mode = "sequence"
         self.full_state = False
-        self._state_shapes: dict[int, list[tuple[int, ...]]] = {}
+        self._state_shapes: dict[int, list[tuple[int, ...]]] = {}  # derived from the structure, which never changes
+        self._record_names: list[str] | None = None
         self.configure(input_mode=input_mode, full_state=full_state)
 
     @property
@@ -98,18 +100,93 @@ class Model(torch.nn.Module):
         device, dtype = self._device_dtype()
         return self.net.initial_state(batch_size, device, dtype)
 
+    def reset_state(self, state: State, batch_indices) -> State:
+        """``state`` with the entries of ``batch_indices`` back at the initial state (episodes that
+        restart), the others untouched. A pure function: ``state`` itself is not changed.
+
+        >>> from rnnbuilder import snn
+        >>> model = snn.LIF().make_model((2,))
+        >>> _, state = model(torch.ones(3, 2, 2) * 0.7)
+        >>> fresh = model.reset_state(state, [1])
+        >>> bool((fresh.v[0] == state.v[0]).all()), fresh.v[1].tolist()
+        (True, [0.0, 0.0])
+        """
+        batch_size = self._check_state_batch(state)
+        indices = torch.as_tensor(list(batch_indices), dtype=torch.long)
+        if indices.numel() and not (int(indices.min()) >= 0 and int(indices.max()) < batch_size):
+            raise ShapeError(f"batch_indices must be in [0, {batch_size}), got {indices.tolist()}")
+        initial = self.get_initial_state(batch_size)
+        dims = iter(self._batch_dims(batch_size))
+
+        def reset(current: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+            dim = next(dims)
+            return current.index_copy(
+                dim, indices.to(current.device), fresh.to(current).index_select(dim, indices.to(fresh.device))
+            )
+
+        return tree_map(reset, state, initial)
+
     def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+        full = self.full_state and self.input_mode == "sequence"
+        out, state = self._run(x, state, full)
+        return self._from_sequence(out), state
+
+    def record(self, x: torch.Tensor, names, state: State = None) -> tuple[torch.Tensor, State, dict]:
+        """Like ``model(x, state)``, and also the values of inner layers: ``(out, state, recordings)``.
+
+        ``names`` come from ``record_names()``: a layer's output (spikes of a neuron layer) or a
+        state field such as a membrane ``"hidden.1.v"``. Each recording has the output's leading
+        dims, e.g. (time, batch, *shape) in ``'sequence'`` mode.
+
+        >>> import rnnbuilder as rb
+        >>> from rnnbuilder import nn, snn
+        >>> model = rb.Sequential(nn.Linear(4), snn.LIF()).make_model((3,))
+        >>> model.record_names()
+        ['0', '1', '1.v']
+        >>> out, state, rec = model.record(torch.ones(10, 2, 3), ["1.v"])
+        >>> tuple(rec["1.v"].shape)
+        (10, 2, 4)
+        """
+        names = list(names)
+        valid = self.record_names()
+        unknown = [name for name in names if name not in valid]
+        if unknown:
+            raise ValueError(f"cannot record {', '.join(map(repr, unknown))}; this model has: {', '.join(valid)}")
+        with recording(names) as rec:
+            out, states = self._run(x, state, full=True)
+        if not (self.full_state and self.input_mode == "sequence"):
+            states = last_state(states)
+        recordings = {name: self._from_sequence(value) for name, value in rec.result().items()}
+        return self._from_sequence(out), states, recordings
+
+    def record_names(self) -> list[str]:
+        """What ``record`` can capture: inner layers by dotted path (network layer names, indices in
+        a ``Sequential``) and the named state fields of neuron layers (``"<layer>.v"``)."""
+        if self._record_names is None:
+            self._record_names = self._find_record_names()
+        return list(self._record_names)
+
+    def _find_record_names(self) -> list[str]:
+        names: list[str] = []
+        todo = [(name, child) for name, child in self.net.inner_runners()]
+        while todo:
+            path, runner = todo.pop(0)
+            names.append(path)
+            with torch.device("meta"):
+                state = runner.initial_state(1, torch.device("meta"), torch.float32)
+            names.extend(f"{path}.{field}" for field in getattr(state, "_fields", ()))
+            todo[:0] = [(f"{path}.{name}", child) for name, child in runner.inner_runners()]
+        return names
+
+    def _run(self, x, state: State, full: bool) -> tuple[torch.Tensor, State]:
+        """The whole network on ``x`` in this model's input mode, as (time, batch, ...) output."""
         seq = self._to_sequence(x)
         if state is None:
             dtype = seq.dtype if seq.is_floating_point() else self._device_dtype()[1]
             state = self.net.initial_state(seq.shape[1], seq.device, dtype)
         else:
             self._check_state(state, seq.shape[1])
-        if self.full_state and self.input_mode == "sequence":
-            out, state = self.net.sequence_full(seq, state)
-        else:
-            out, state = self.net.sequence(seq, state)
-        return self._from_sequence(out), state
+        return self.net.sequence_full(seq, state) if full else self.net.sequence(seq, state)
 
     def _to_sequence(self, x) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -144,6 +221,28 @@ class Model(torch.nn.Module):
                 f"{want}, got {got}. Pass the state this model returned, or None to start fresh"
                 " (with full_state=True, pass rnnbuilder.last_state(state))."
             )
+
+    def _batch_dims(self, batch_size: int) -> list[int]:
+        """The batch dim of every state leaf: the dim that changes with the batch size."""
+        with torch.device("meta"):
+            one, two = (
+                self.net.initial_state(b, torch.device("meta"), torch.float32) for b in (batch_size, batch_size + 1)
+            )
+        return [
+            next(d for d, (p, q) in enumerate(zip(a.shape, b.shape)) if p != q)
+            for a, b in zip(tree_leaves(one), tree_leaves(two))
+        ]
+
+    def _check_state_batch(self, state: State) -> int:
+        """The batch size of ``state``, checked against this model's state shapes."""
+        leaves = tree_leaves(state)
+        if not leaves:
+            return 0
+        first, dim = leaves[0], self._batch_dims(1)[0]
+        if first.dim() <= dim:
+            raise ShapeError(f"state does not match this model: a leaf of shape {tuple(first.shape)}")
+        self._check_state(state, first.shape[dim])
+        return first.shape[dim]
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         device, dtype = torch.device("cpu"), torch.get_default_dtype()

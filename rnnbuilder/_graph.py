@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._factory import ModuleFactory
+from ._record import call_child
 from ._runner import Runner, SequentialRunner, Shape
 from ._tree import tree_stack
 from .errors import GraphError, ShapeError
@@ -477,6 +478,9 @@ class NetworkRunner(Runner):
         self.input = compiled.input
         self.cycles = compiled.cycles
 
+    def inner_runners(self):
+        return list(self.layers.items())
+
     def _placeholders(self) -> Iterable[NodeInfo]:
         return (info for info in self.nodes if info.kind == "placeholder")
 
@@ -522,8 +526,10 @@ class NetworkRunner(Runner):
             info = self.nodes[block[0]]
             if info.kind == "layer":
                 runner = self.layers[info.name]
-                method = runner.sequence_full if full else runner.sequence
-                values[info.index], layers[info.name] = method(values[info.inputs[0]], layers[info.name])
+                method = "sequence_full" if full else "sequence"
+                values[info.index], layers[info.name] = call_child(
+                    info.name, runner, method, values[info.inputs[0]], layers[info.name]
+                )
             elif info.kind == "placeholder":
                 previous, layer_out = placeholders[info.name], values[info.layer]
                 values[info.index] = torch.cat([previous.unsqueeze(0), layer_out[:-1]])
@@ -544,7 +550,9 @@ class NetworkRunner(Runner):
                 info = self.nodes[i]
                 inputs = [now[j] if j in members else outside[j][t] for j in info.inputs]
                 if info.kind == "layer":
-                    now[i], layers[info.name] = self.layers[info.name].step(inputs[0], layers[info.name])
+                    now[i], layers[info.name] = call_child(
+                        info.name, self.layers[info.name], "step", inputs[0], layers[info.name]
+                    )
                     if full:
                         history[i].append(layers[info.name])
                 elif info.kind == "placeholder":

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ._record import call_child
 from ._tree import State, tree_stack
 
 Shape = tuple[int, ...]
@@ -35,6 +36,10 @@ class Runner(torch.nn.Module):
     def initial_output(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """What a placeholder fed by this runner holds before the first timestep: (batch, *out_shape)."""
         return torch.zeros((batch_size, *self.out_shape), device=device, dtype=dtype)
+
+    def inner_runners(self) -> list[tuple[str, Runner]]:
+        """The named inner runners whose outputs can be recorded."""
+        return []
 
     def step(self, x, state: State) -> tuple[torch.Tensor, State]:
         """One timestep: x (batch, *in_shape) -> ((batch, *out_shape), new state)."""
@@ -100,10 +105,13 @@ class SequentialRunner(Runner):
             return super().initial_output(batch_size, device, dtype)
         return self.runners[-1].initial_output(batch_size, device, dtype)
 
+    def inner_runners(self):
+        return [(str(i), runner) for i, runner in enumerate(self.runners)]
+
     def _chain(self, method: str, x, state: State):
         new_states = []
-        for runner, s in zip(self.runners, state, strict=True):
-            x, s = getattr(runner, method)(x, s)
+        for i, (runner, s) in enumerate(zip(self.runners, state, strict=True)):
+            x, s = call_child(str(i), runner, method, x, s)
             new_states.append(s)
         return x, tuple(new_states)
 

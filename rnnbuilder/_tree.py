@@ -40,3 +40,48 @@ def tree_stack(trees: list[State]) -> State:
 def last_state(tree: State) -> State:
     """The final state from a ``full_state`` state: the last entry along every leaf's leading (time) dim."""
     return tree_map(lambda t: t[-1], tree)
+
+
+def named_leaves(tree: State) -> dict[str, torch.Tensor]:
+    """The tensors of ``tree`` by dotted path: dict keys, NamedTuple fields, tuple indices.
+
+    >>> from rnnbuilder.snn.functional import LIFState
+    >>> list(named_leaves({"layers": {"hidden": (LIFState(torch.zeros(1)), ())}}))
+    ['layers.hidden.0.v']
+    """
+    named: dict[str, torch.Tensor] = {}
+
+    def visit(node: State, path: str) -> None:
+        if isinstance(node, torch.Tensor):
+            named[path] = node
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                visit(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, (tuple, list)):
+            keys = node._fields if hasattr(node, "_fields") else range(len(node))
+            for key, value in zip(keys, node):
+                visit(value, f"{path}.{key}" if path else str(key))
+
+    visit(tree, "")
+    return named
+
+
+def replace_leaves(template: State, named: dict[str, torch.Tensor]) -> State:
+    """``template`` with every leaf replaced by ``named[path]`` (as ``named_leaves`` names them).
+
+    Every path must be given, with the template leaf's shape; the new leaves take its device and dtype.
+    """
+    from .errors import ShapeError
+
+    expected = named_leaves(template)
+    missing, unknown = expected.keys() - named.keys(), named.keys() - expected.keys()
+    if missing or unknown:
+        raise ShapeError(
+            f"state names don't match this model: missing {sorted(missing) or 'none'}, "
+            f"unknown {sorted(unknown) or 'none'}"
+        )
+    for path, leaf in expected.items():
+        if tuple(named[path].shape) != tuple(leaf.shape):
+            raise ShapeError(f"state {path!r} must have shape {tuple(leaf.shape)}, got {tuple(named[path].shape)}")
+    paths = iter(expected)
+    return tree_map(lambda leaf: named[next(paths)].to(device=leaf.device, dtype=leaf.dtype), template)

@@ -1,0 +1,62 @@
+"""``python -m server``: run the simulation server until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+from .app import create_server
+from .config import ServerConfig
+
+log = logging.getLogger("rnnsim")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m server", description="The rnnbuilder-sim simulation server.")
+    parser.add_argument(
+        "--address", default=os.environ.get("RNNSIM_ADDRESS", "127.0.0.1:50051"), help="HOST:PORT to listen on"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=float(os.environ.get("RNNSIM_GRACE", 10.0)),
+        help="seconds calls in flight get to finish on SIGTERM/SIGINT",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("RNNSIM_LOG_LEVEL", "INFO"), help="DEBUG, INFO, ...")
+    ServerConfig.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    config = ServerConfig.from_arguments(args)
+    server, port = create_server(args.address, config)
+    await server.start()
+    host = args.address.rsplit(":", 1)[0]
+    log.info(
+        "serving on %s:%d, device %s, open single-tenant mode (no auth), limits %s",
+        host,
+        port,
+        server.sessions.device,
+        config.limits,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: health NOT_SERVING, letting calls in flight finish (up to %.0f s)", args.grace)
+    await server.stop(args.grace)
+    log.info("stopped")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

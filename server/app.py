@@ -1,0 +1,71 @@
+"""``create_server``: the gRPC server with the simulator, health and reflection services."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+
+from .config import ServerConfig, resolve_device
+from .servicer import SimulatorServicer
+from .sessions import SessionManager
+
+__all__ = ["SimulatorServer", "create_server", "SERVICE_NAME"]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SimulatorService"].full_name
+log = logging.getLogger("rnnsim")
+
+
+class SimulatorServer:
+    """A started-on-demand grpc.aio server; ``stop`` turns health to NOT_SERVING, then lets calls finish."""
+
+    def __init__(self, server: grpc.aio.Server, servicer: SimulatorServicer, health_servicer):
+        self.grpc_server = server
+        self.servicer = servicer
+        self.sessions: SessionManager = servicer.manager
+        self._health = health_servicer
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Graceful: new calls are refused, calls in flight get ``grace`` seconds to finish."""
+        await self._health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        self.servicer.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+def create_server(address: str, config: ServerConfig | None = None) -> tuple[SimulatorServer, int]:
+    """A server bound to ``address`` (port 0 picks a free port), not yet started, and its port.
+
+    Call it inside a running event loop, then ``await server.start()``.
+    """
+    config = config or ServerConfig()
+    device = resolve_device(config.device)
+    manager = SessionManager(device, config.limits)
+    options = [
+        ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+        ("grpc.max_send_message_length", config.limits.max_message_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    servicer = SimulatorServicer(manager, config.workers, str(device))
+    pb_grpc.add_SimulatorServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return SimulatorServer(server, servicer, health_servicer), port

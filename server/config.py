@@ -1,0 +1,65 @@
+"""Server settings: from flags, from environment variables, or built-in defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+
+import torch
+
+__all__ = ["Limits", "ServerConfig", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts; requests over a limit get RESOURCE_EXHAUSTED with the numbers."""
+
+    max_sessions: int = 64
+    max_parameters_per_session: int = 50_000_000
+    max_timesteps_times_batch: int = 1_000_000
+    max_batch_size: int = 4096
+    max_message_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``create_server`` needs besides the address."""
+
+    device: str = "auto"
+    limits: Limits = field(default_factory=Limits)
+    workers: int = 8
+    """Threads that run simulations; calls to different sessions run in parallel up to this many."""
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Flags for every setting; each defaults to its environment variable RNNSIM_<NAME>."""
+        parser.add_argument("--device", default=_env("device", cls.device), help="auto, cpu, cuda or cuda:N")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=int(_env("workers", cls.workers)),
+            help="threads running simulations; different sessions run in parallel up to this many",
+        )
+        for f in fields(Limits):
+            flag = "--" + f.name.replace("_", "-")
+            parser.add_argument(flag, type=int, default=int(_env(f.name, f.default)), help=f"(default {f.default:,})")
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> ServerConfig:
+        limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+        return cls(device=args.device, limits=limits, workers=args.workers)
+
+
+def _env(name: str, default) -> str:
+    return os.environ.get(f"RNNSIM_{name.upper()}", str(default))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is the first CUDA device if there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    return resolved

@@ -1,0 +1,54 @@
+"""Domain errors, and the one mapping from errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from client.tensors import TensorError
+from rnnbuilder import RnnbuilderError, ShapeError
+
+__all__ = ["SessionNotFound", "LimitExceeded", "InvalidRequest", "status_of"]
+
+DOMAIN = "rnnbuilder-sim"
+
+
+class SessionNotFound(LookupError):
+    """No session has this name."""
+
+    def __init__(self, name: str):
+        super().__init__(f"session {name!r} not found; list them with ListSessions or create one")
+        self.name = name
+
+
+class LimitExceeded(Exception):
+    """A request would go over one of the server's limits; the message gives the numbers."""
+
+    def __init__(self, limit: str, requested: int, allowed: int, what: str):
+        super().__init__(f"{what}: {requested:,} requested, the server allows {allowed:,} ({limit})")
+        self.limit, self.requested, self.allowed = limit, requested, allowed
+
+
+class InvalidRequest(ValueError):
+    """A request that is malformed for a reason other than its network or tensors."""
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    """The status code, the ErrorInfo reason and its metadata for ``error``.
+
+    Unknown errors are INTERNAL: the servicer logs them and sends no internals to the client.
+    """
+    if isinstance(error, SessionNotFound):
+        return grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", {"session": error.name}
+    if isinstance(error, LimitExceeded):
+        metadata = {"limit": error.limit, "requested": str(error.requested), "allowed": str(error.allowed)}
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "LIMIT_EXCEEDED", metadata
+    if isinstance(error, ShapeError):
+        return grpc.StatusCode.INVALID_ARGUMENT, "INVALID_SHAPE", {}
+    if isinstance(error, RnnbuilderError):
+        path = getattr(error, "path", None)
+        return grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NETWORK", ({"path": path} if path else {})
+    if isinstance(error, TensorError):
+        return grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TENSOR", {}
+    if isinstance(error, (InvalidRequest, ValueError, TypeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", {}
+    return grpc.StatusCode.INTERNAL, "INTERNAL", {}

@@ -1,0 +1,207 @@
+"""The gRPC servicer: converts messages, delegates to the SessionManager, maps errors to statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from google.protobuf import any_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+import rnnbuilder as rb
+from client import network, tensors
+from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+
+from .errors import DOMAIN, InvalidRequest, status_of
+from .sessions import Session, SessionManager
+
+__all__ = ["SimulatorServicer", "VERSION"]
+
+VERSION = rb.__version__
+log = logging.getLogger("rnnsim.rpc")
+_PREFIX = "sessions/"
+
+
+def _handled(method):
+    """Turn exceptions into their canonical status with an ErrorInfo detail; the server goes on."""
+
+    @functools.wraps(method)
+    async def unary(self, request, context):
+        try:
+            return await method(self, request, context)
+        except Exception as error:  # every error becomes a status, none takes the server down
+            await _abort(context, error, method.__name__)
+
+    return unary
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str):
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    code, reason, metadata = status_of(error)
+    message = str(error) if code != grpc.StatusCode.INTERNAL else "internal error; the server log has the details"
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", method)
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[info])
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
+class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
+    """Each method: decode the request, run the manager call in a worker thread, encode the answer."""
+
+    def __init__(self, manager: SessionManager, workers: int, device_name: str):
+        self.manager = manager
+        self.device_name = device_name
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnsim-worker")
+
+    async def _call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    @_handled
+    async def GetServerInfo(self, request, context):
+        limits = self.manager.limits
+        registry = self.manager.registry
+        return pb.GetServerInfoResponse(
+            version=VERSION,
+            device=self.device_name,
+            factory_types=registry.factory_names(),
+            surrogate_types=registry.surrogate_names(),
+            limits=pb.Limits(**{f: getattr(limits, f) for f in pb.Limits.DESCRIPTOR.fields_by_name}),
+        )
+
+    @_handled
+    async def CreateSession(self, request, context):
+        requested = request.session
+        if not requested.HasField("network"):
+            raise InvalidRequest("session.network is missing: describe the network to simulate")
+        description = network.from_message(requested.network)
+        session = await self._call(
+            self.manager.create, description, list(requested.input_shape), requested.batch_size, requested.seed
+        )
+        return pb.CreateSessionResponse(session=self._session(session))
+
+    @_handled
+    async def GetSession(self, request, context):
+        return pb.GetSessionResponse(session=self._session(self.manager.get(_session_id(request.name))))
+
+    @_handled
+    async def ListSessions(self, request, context):
+        if request.page_size < 0:
+            raise InvalidRequest(f"page_size must not be negative, got {request.page_size}")
+        sessions = self.manager.list()
+        start = 0
+        if request.page_token:
+            ids = [s.id for s in sessions]
+            if request.page_token not in ids:
+                raise InvalidRequest("page_token is stale or invalid; list again from the start")
+            start = ids.index(request.page_token)
+        size = request.page_size or 100
+        page = sessions[start : start + size]
+        next_token = sessions[start + size].id if start + size < len(sessions) else ""
+        return pb.ListSessionsResponse(sessions=[self._session(s) for s in page], next_page_token=next_token)
+
+    @_handled
+    async def DeleteSession(self, request, context):
+        self.manager.delete(_session_id(request.name))
+        return pb.DeleteSessionResponse()
+
+    @_handled
+    async def ResetState(self, request, context):
+        await self._call(self.manager.reset, _session_id(request.name), list(request.batch_indices))
+        return pb.ResetStateResponse()
+
+    @_handled
+    async def GetState(self, request, context):
+        state = await self._call(self.manager.get_state, _session_id(request.name))
+        return pb.GetStateResponse(tensors=_named(state))
+
+    @_handled
+    async def SetState(self, request, context):
+        await self._call(self.manager.set_state, _session_id(request.name), _decode_named(request.tensors))
+        return pb.SetStateResponse()
+
+    @_handled
+    async def GetParameters(self, request, context):
+        parameters = await self._call(self.manager.get_parameters, _session_id(request.name))
+        return pb.GetParametersResponse(parameters=_named(parameters))
+
+    @_handled
+    async def SetParameters(self, request, context):
+        await self._call(self.manager.set_parameters, _session_id(request.name), _decode_named(request.parameters))
+        return pb.SetParametersResponse()
+
+    @_handled
+    async def Run(self, request, context):
+        out, recordings, _ = await self._simulate(request)
+        packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
+        return pb.RunResponse(output=tensors.encode(out, packed), recordings=_named(recordings, packed))
+
+    async def Simulate(self, request_iterator, context):
+        name = None
+        try:
+            async for request in request_iterator:
+                if name is not None and request.name != name:
+                    raise InvalidRequest(
+                        f"every chunk of a stream must name the same session: {name!r}, then {request.name!r}"
+                    )
+                name = request.name
+                out, recordings, first = await self._simulate(request)
+                packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
+                yield pb.SimulateResponse(
+                    output=tensors.encode(out, packed), recordings=_named(recordings, packed), first_timestep=first
+                )
+        except Exception as error:  # as in _handled, for a stream
+            await _abort(context, error, "Simulate")
+
+    async def _simulate(self, request):
+        session_id = _session_id(request.name)
+        if not request.HasField("input"):
+            raise InvalidRequest("input is missing: send a (time, batch, *input_shape) tensor")
+        x = tensors.decode_torch(request.input)
+        return await self._call(self.manager.run, session_id, x, list(request.record_layers))
+
+    def _session(self, session: Session) -> pb.Session:
+        created = timestamp_pb2.Timestamp()
+        created.FromDatetime(session.create_time)
+        return pb.Session(
+            name=_PREFIX + session.id,
+            network=network.to_message(session.description),
+            input_shape=session.input_shape,
+            batch_size=session.batch_size,
+            seed=session.seed,
+            output_shape=session.output_shape,
+            parameter_count=session.parameter_count,
+            timesteps_simulated=session.timesteps,
+            device=self.device_name,
+            recordable_layers=session.recordable_layers,
+            create_time=created,
+        )
+
+
+def _session_id(name: str) -> str:
+    if not name.startswith(_PREFIX) or len(name) == len(_PREFIX) or "/" in name[len(_PREFIX) :]:
+        raise InvalidRequest(f"a session name looks like 'sessions/<id>', got {name!r}")
+    return name[len(_PREFIX) :]
+
+
+def _named(values: dict, packed: bool = False) -> list[pb.NamedTensor]:
+    return [pb.NamedTensor(name=name, tensor=tensors.encode(value, packed)) for name, value in values.items()]
+
+
+def _decode_named(items) -> dict:
+    decoded = {}
+    for item in items:
+        if item.name in decoded:
+            raise InvalidRequest(f"tensor {item.name!r} is given twice")
+        decoded[item.name] = tensors.decode_torch(item.tensor)
+    return decoded
