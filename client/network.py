@@ -90,10 +90,10 @@ def _read_factory(message: pb.Factory, path: str) -> dict:
     if message.layers or message.names:
         description["layers"] = [_read_node(n, f"{path}.layers[{i}]") for i, n in enumerate(message.layers)]
         description["names"] = [{"name": n.name, "node": n.node_index} for n in message.names]
-    if message.args:
+    if message.type == "Sequential":
+        description.setdefault("factories", [])
+    elif message.type != "Network" or message.args:
         description["args"] = {name: _read_value(v, f"{path}.args.{name}") for name, v in sorted(message.args.items())}
-    if message.type == "Sequential" and "factories" not in description:
-        description["factories"] = []
     return description
 
 

@@ -65,11 +65,13 @@ def encode(value, bitpacked: bool = False) -> pb.Tensor:
 
 
 def decode(message: pb.Tensor) -> np.ndarray:
-    """The numpy array a ``Tensor`` message holds (a fresh, writable array)."""
-    if message.dtype not in _NUMPY:
-        names = ", ".join(pb.DataType.Name(code) for code in _NUMPY)
+    """The numpy array a ``Tensor`` message holds (a fresh, writable array); bfloat16 becomes float32."""
+    if message.dtype not in _NUMPY and message.dtype != pb.DATA_TYPE_BFLOAT16:
+        names = ", ".join(pb.DataType.Name(code) for code in (*_NUMPY, pb.DATA_TYPE_BFLOAT16))
         raise TensorError(f"unsupported tensor dtype {message.dtype}; use one of {names}")
-    dtype = _NUMPY[message.dtype]
+    # numpy has no bfloat16: read its 16 bits, which are the top half of a float32's.
+    bfloat16 = message.dtype == pb.DATA_TYPE_BFLOAT16
+    dtype = np.dtype("<u2") if bfloat16 else _NUMPY[message.dtype]
     shape = tuple(message.shape)
     if any(d < 0 for d in shape):
         raise TensorError(f"tensor shape must not be negative, got {list(shape)}")
@@ -80,15 +82,18 @@ def decode(message: pb.Tensor) -> np.ndarray:
                 f"a bit-packed tensor of shape {list(shape)} needs {(count + 7) // 8} bytes, got {len(message.data)}"
             )
         bits = np.unpackbits(np.frombuffer(message.data, dtype=np.uint8), count=count, bitorder="little")
-        return bits.astype(dtype).reshape(shape)
+        return bits.astype(np.float32 if bfloat16 else dtype).reshape(shape)
     if message.encoding not in (pb.TENSOR_ENCODING_RAW, pb.TENSOR_ENCODING_UNSPECIFIED):
         raise TensorError(f"unknown tensor encoding {message.encoding}")
     if len(message.data) != count * dtype.itemsize:
         raise TensorError(
-            f"a {dtype.name} tensor of shape {list(shape)} needs {count * dtype.itemsize} bytes, "
+            f"a {pb.DataType.Name(message.dtype)} tensor of shape {list(shape)} needs {count * dtype.itemsize} bytes, "
             f"got {len(message.data)}"
         )
-    return np.frombuffer(message.data, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    array = np.frombuffer(message.data, dtype=dtype).reshape(shape)
+    if bfloat16:
+        return (array.astype("<u4") << 16).view("<f4").astype(np.float32)
+    return array.astype(dtype.newbyteorder("="), copy=True)
 
 
 def decode_torch(message: pb.Tensor, device=None):

@@ -326,28 +326,42 @@ def compile_network(net: Network, in_shape: Shape) -> CompiledNetwork:
 def _topological(net: Network) -> list[Node]:
     """Every node reachable from the named ones, each after the nodes it reads at the same timestep.
 
-    Depth-first from ``net.input`` then the named nodes in order; a placeholder's layer is visited
-    right after the placeholder. Iterative, so that long chains don't hit Python's recursion limit.
+    First the nodes are found (through inputs and through placeholders to their layers), then
+    ordered depth-first by their same-timestep inputs only, in the order they were found. Both
+    passes are iterative, so long chains don't hit Python's recursion limit.
     """
-    order: list[Node] = []
+    found: list[Node] = []
     seen: set[int] = set()
-    todo: list[tuple[Node, bool]] = [(node, False) for node in reversed([net.input, *net._names.values()])]
+    todo = [net.input, *net._names.values()][::-1]
     while todo:
-        node, inputs_done = todo.pop()
-        if inputs_done:
-            order.append(node)
-            if isinstance(node, Placeholder) and node.layer is not None:
-                todo.append((node.layer, False))
-        elif id(node) not in seen:
-            seen.add(id(node))
-            todo.append((node, True))
-            todo.extend((dep, False) for dep in reversed(node.inputs()))
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        found.append(node)
+        delayed = [node.layer] if isinstance(node, Placeholder) and node.layer is not None else []
+        todo.extend(reversed(node.inputs() + delayed))
+    order: list[Node] = []
+    placed: set[int] = set()
+    for root in found:
+        stack: list[tuple[Node, bool]] = [(root, False)]
+        while stack:
+            node, inputs_placed = stack.pop()
+            if inputs_placed:
+                order.append(node)
+            elif id(node) not in placed:
+                placed.add(id(node))
+                stack.append((node, True))
+                stack.extend((dep, False) for dep in reversed(node.inputs()))
     return order
 
 
 def _names(net: Network, order: list[Node]) -> dict[Node, str]:
     names: dict[Node, str] = {net.input: "input"}
-    for name, node in net._names.items():
+    # A name that first held a placeholder this node fills is the placeholder's; prefer another.
+    fills = {(p.hint, id(p.layer)) for p in order if isinstance(p, Placeholder)}
+    attributes = sorted(net._names.items(), key=lambda item: (item[0], id(item[1])) in fills)
+    for name, node in attributes:
         if node not in names and not isinstance(node, Placeholder):
             names[node] = name
     counts: dict[str, int] = {}

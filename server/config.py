@@ -17,6 +17,7 @@ class Limits:
 
     max_sessions: int = 64
     max_parameters_per_session: int = 50_000_000
+    max_state_elements_per_session: int = 100_000_000
     max_timesteps_times_batch: int = 1_000_000
     max_batch_size: int = 4096
     max_message_bytes: int = 256 * 1024 * 1024

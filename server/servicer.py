@@ -168,7 +168,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         if not request.HasField("input"):
             raise InvalidRequest("input is missing: send a (time, batch, *input_shape) tensor")
         x = tensors.decode_torch(request.input)
-        return await self._call(self.manager.run, session_id, x, list(request.record_layers))
+        packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
+        return await self._call(self.manager.run, session_id, x, list(request.record_layers), packed)
 
     def _session(self, session: Session) -> pb.Session:
         created = timestamp_pb2.Timestamp()

@@ -76,10 +76,19 @@ class SessionManager:
             raise LimitExceeded("max_batch_size", batch_size, self.limits.max_batch_size, "batch size")
         factory = spec.from_spec(description, self.registry)
         with torch.device("meta"):  # count before allocating anything
-            size = sum(t.numel() for t in factory.make_model(input_shape).state_dict().values())
+            planned = factory.make_model(input_shape)
+            size = sum(t.numel() for t in planned.state_dict().values())
+            state_size = sum(t.numel() for t in rb.named_leaves(planned.get_initial_state(batch_size)).values())
         if size > self.limits.max_parameters_per_session:
             raise LimitExceeded(
                 "max_parameters_per_session", size, self.limits.max_parameters_per_session, "parameters and buffers"
+            )
+        if state_size > self.limits.max_state_elements_per_session:
+            raise LimitExceeded(
+                "max_state_elements_per_session",
+                state_size,
+                self.limits.max_state_elements_per_session,
+                "state elements (neurons x batch); use a smaller batch or network",
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -120,11 +129,14 @@ class SessionManager:
                 raise SessionNotFound(f"sessions/{session_id}")
         log.info("session %s deleted", session_id)
 
-    def run(self, session_id: str, x: torch.Tensor, record: list[str]) -> tuple[torch.Tensor, dict, int]:
+    def run(
+        self, session_id: str, x: torch.Tensor, record: list[str], bitpacked: bool = False
+    ) -> tuple[torch.Tensor, dict, int]:
         """Simulate x (time, batch, *input_shape) from the session's state, which then moves on.
 
         Returns the output (time, batch, *output_shape), the recordings by name and the session's
-        timestep count before this call.
+        timestep count before this call. ``bitpacked``: the reply will carry binary values as bits,
+        which counts for the reply's size limit. A call that fails leaves the state as it was.
         """
         session = self.get(session_id)
         expected = (session.batch_size, *session.input_shape)
@@ -139,11 +151,18 @@ class SessionManager:
                 "max_timesteps_times_batch", work, self.limits.max_timesteps_times_batch, "timesteps x batch"
             )
         x = x.to(device=self.device, dtype=torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            raise InvalidRequest("input contains NaN or infinity")
         with session.lock, torch.no_grad():
             if record:
                 out, state, recordings = session.model.record(x, record, session.state)
             else:
                 (out, state), recordings = session.model(x, session.state), {}
+            reply = sum(_wire_bytes(t, bitpacked) for t in (out, *recordings.values()))
+            if reply > self.limits.max_message_bytes:
+                raise LimitExceeded(
+                    "max_message_bytes", reply, self.limits.max_message_bytes, "reply bytes (send fewer timesteps)"
+                )
             first = session.timesteps
             session.state, session.timesteps = state, first + x.shape[0]
         return out, recordings, first
@@ -192,6 +211,13 @@ class SessionManager:
                 for name, tensor in tensors.items():
                     current[name].copy_(tensor)
         log.info("session %s parameters set: %d tensors", session_id, len(tensors))
+
+
+def _wire_bytes(tensor: torch.Tensor, bitpacked: bool) -> int:
+    """What ``tensor`` takes in a reply: a bit per element if it goes bit-packed, else its raw size."""
+    if bitpacked and bool(((tensor == 0) | (tensor == 1)).all()):
+        return (tensor.numel() + 7) // 8
+    return tensor.numel() * 4
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:

@@ -26,7 +26,7 @@ def free_port() -> int:
 def server_process():
     address = f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--address", address, "--device", "cpu", "--grace", "30"],
+        [sys.executable, "-m", "server", "--address", address, "--device", "cpu", "--grace", "120"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -56,10 +56,10 @@ def test_sigterm_lets_calls_in_flight_finish(server_process):
         time.sleep(0.5)
         in_flight = call.is_alive()
         process.send_signal(signal.SIGTERM)
-        call.join(60)
+        call.join(180)
     assert in_flight, "the call finished before SIGTERM; make it longer"
     assert result["out"].shape == (20000, 4, 200)
-    assert process.wait(60) == 0
+    assert process.wait(180) == 0
     log = process.stdout.read()
     assert "shutting down" in log and "stopped" in log
 
