@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,15 @@ class Client:
         """Attach to an existing session by id (or ``sessions/<id>``), from any connection."""
         name = session_id if session_id.startswith(_PREFIX) else _PREFIX + session_id
         return Session(self, self._call("GetSession", pb.GetSessionRequest(name=name)).session)
+
+    @_rpc
+    def restore(self, blob: bytes) -> Session:
+        """A new session from ``Session.save()``'s bytes, exactly as saved (weights, state, optimizer)."""
+        try:
+            snapshot = pb.SessionSnapshot.FromString(blob)
+        except Exception as e:  # protobuf's DecodeError, or a wrong type
+            raise ValueError(f"not a saved session: {e}") from None
+        return Session(self, self._call("ImportSession", pb.ImportSessionRequest(snapshot=snapshot)).session)
 
     @_rpc
     def list_sessions(self) -> list[Session]:
@@ -233,6 +243,135 @@ class Session:
         """Replace some or all parameters and buffers."""
         self._client._call("SetParameters", pb.SetParametersRequest(name=self.name, parameters=_named(parameters)))
 
+    @_rpc
+    def train_step(
+        self,
+        x,
+        y,
+        loss: str = "ce_count",
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        grad_clip_norm: float = 0.0,
+        carry: str = "none",
+    ) -> dict[str, float]:
+        """One optimizer step on a batch x (time, batch, *input_shape) with targets y: labels (batch,)
+        or (time, batch), or targets (batch, ...) / (time, batch, ...) as the loss needs.
+
+        Returns the batch's ``loss``, ``grad_norm`` (before clipping) and, for class losses,
+        ``accuracy``. ``carry``: ``"none"`` (a fresh state), or ``"start"`` then ``"continue"`` for
+        truncated BPTT over consecutive chunks of a stream.
+        """
+        carries = {"none": pb.STATE_CARRY_NONE, "start": pb.STATE_CARRY_START, "continue": pb.STATE_CARRY_CONTINUE}
+        if carry not in carries:
+            raise ValueError(f"carry must be one of {', '.join(carries)}, got {carry!r}")
+        request = pb.TrainStepRequest(
+            name=self.name,
+            input=_encode_input(x, False),
+            targets=tensors.encode(_numpy(y)),
+            config=_config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm),
+            carry=carries[carry],
+        )
+        return _metrics(self._client._call("TrainStep", request).metrics)
+
+    def fit(
+        self,
+        x,
+        y,
+        epochs: int = 1,
+        batch_size: int = 32,
+        loss: str = "ce_count",
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        grad_clip_norm: float = 0.0,
+        validation: tuple | None = None,
+        shuffle: bool = True,
+        tbptt_steps: int = 0,
+        progress: bool = False,
+        on_batch=None,
+    ) -> list[dict[str, float]]:
+        """Train on a dataset x (samples, time, *input_shape) with targets y (samples, ...).
+
+        Each batch starts from a fresh state (the streaming state is not touched); the optimizer
+        state stays in the session. ``validation=(x_val, y_val)`` is evaluated after each epoch.
+        ``progress=True`` shows a progress bar. ``on_batch(progress)`` is called after every batch
+        with its epoch, batch, loss and metrics; returning ``False`` stops the training at that
+        batch boundary (so does Ctrl-C, which then propagates). Returns one dict per finished
+        epoch: ``loss``, ``accuracy``, ``grad_norm``, ``val_loss``, ``val_accuracy``, ``samples_per_second``.
+        """
+        request = pb.TrainRequest(
+            name=self.name,
+            inputs=_encode_input(x, False),
+            targets=tensors.encode(_numpy(y)),
+            config=_config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm),
+            epochs=epochs,
+            batch_size=batch_size,
+            keep_order=not shuffle,
+            tbptt_steps=tbptt_steps,
+        )
+        if validation is not None:
+            request.validation_inputs.CopyFrom(_encode_input(validation[0], False))
+            request.validation_targets.CopyFrom(tensors.encode(_numpy(validation[1])))
+        history: list[dict[str, float]] = []
+        replies = self._client._call("Train", request)
+        bar = _progress_bar(epochs * math.ceil(len(_numpy(y)) / batch_size)) if progress else None
+        try:
+            for reply in replies:
+                if reply.HasField("batch"):
+                    step = {"epoch": reply.batch.epoch, "batch": reply.batch.batch, **_metrics(reply.batch.metrics)}
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in step.items() if k in ("loss", "accuracy")})
+                    if on_batch is not None and on_batch(step) is False:
+                        replies.cancel()
+                        break
+                else:
+                    epoch = reply.epoch
+                    summary = {
+                        "epoch": epoch.epoch,
+                        **_metrics(epoch.metrics),
+                        "samples_per_second": epoch.samples_per_second,
+                    }
+                    if epoch.HasField("validation_metrics"):
+                        summary.update(
+                            {f"val_{k}": v for k, v in _metrics(epoch.validation_metrics).items() if k != "grad_norm"}
+                        )
+                    history.append(summary)
+                    if bar is not None:
+                        bar.write(", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
+        except KeyboardInterrupt:
+            replies.cancel()
+            raise
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        return history
+
+    @_rpc
+    def evaluate(self, x, y, loss: str = "ce_count", batch_size: int = 256) -> dict[str, float]:
+        """``loss`` (and ``accuracy`` for class losses) on x (samples, time, ...), in eval mode."""
+        request = pb.EvaluateRequest(
+            name=self.name,
+            inputs=_encode_input(x, False),
+            targets=tensors.encode(_numpy(y)),
+            loss=loss,
+            batch_size=batch_size,
+        )
+        metrics = _metrics(self._client._call("Evaluate", request).metrics)
+        metrics.pop("grad_norm")
+        return metrics
+
+    @_rpc
+    def save(self) -> bytes:
+        """The whole session (network, parameters, state, optimizer state, generator) as bytes;
+        ``Client.restore`` makes a new session from them. A serialized ``SessionSnapshot`` message."""
+        return self._client._call("ExportSession", pb.ExportSessionRequest(name=self.name)).snapshot.SerializeToString()
+
     def to_local(self) -> Model:
         """A local rnnbuilder model with this session's network and current weights, in eval mode."""
         import torch
@@ -252,6 +391,27 @@ class Session:
             name=self.name, input=_encode_input(x, bitpacked), record_layers=layers, output_encoding=encoding
         )
         return _recording(self._client._call("Run", request))
+
+
+def _config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm) -> pb.TrainingConfig:
+    return pb.TrainingConfig(
+        loss=loss,
+        optimizer=pb.OptimizerConfig(name=optimizer, learning_rate=lr, weight_decay=weight_decay, momentum=momentum),
+        grad_clip_norm=grad_clip_norm,
+    )
+
+
+def _metrics(message: pb.Metrics) -> dict[str, float]:
+    metrics = {"loss": message.loss, "grad_norm": message.grad_norm}
+    if message.HasField("accuracy"):
+        metrics["accuracy"] = message.accuracy
+    return metrics
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="batch", desc="training")
 
 
 def _recording(reply: pb.RunResponse | pb.SimulateResponse) -> Recording:

@@ -111,7 +111,7 @@ class Model(torch.nn.Module):
         >>> bool((fresh.v[0] == state.v[0]).all()), fresh.v[1].tolist()
         (True, [0.0, 0.0])
         """
-        batch_size = self._check_state_batch(state)
+        batch_size = self.batch_size_of(state)
         indices = torch.as_tensor(list(batch_indices), dtype=torch.long)
         if indices.numel() and not (int(indices.min()) >= 0 and int(indices.max()) < batch_size):
             raise ShapeError(f"batch_indices must be in [0, {batch_size}), got {indices.tolist()}")
@@ -233,8 +233,8 @@ class Model(torch.nn.Module):
             for a, b in zip(tree_leaves(one), tree_leaves(two))
         ]
 
-    def _check_state_batch(self, state: State) -> int:
-        """The batch size of ``state``, checked against this model's state shapes."""
+    def batch_size_of(self, state: State) -> int:
+        """The batch size of ``state``, checked against this model's state shapes (0 if stateless)."""
         leaves = tree_leaves(state)
         if not leaves:
             return 0

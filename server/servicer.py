@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -17,6 +18,7 @@ from client import network, tensors
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
+from . import training
 from .errors import DOMAIN, InvalidRequest, status_of
 from .sessions import Session, SessionManager
 
@@ -77,6 +79,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             factory_types=registry.factory_names(),
             surrogate_types=registry.surrogate_names(),
             limits=pb.Limits(**{f: getattr(limits, f) for f in pb.Limits.DESCRIPTOR.fields_by_name}),
+            losses=training.loss_names(),
+            optimizers=sorted(training.OPTIMIZERS),
         )
 
     @_handled
@@ -163,6 +167,122 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         except Exception as error:  # as in _handled, for a stream
             await _abort(context, error, "Simulate")
 
+    @_handled
+    async def TrainStep(self, request, context):
+        carry = {0: "none", 1: "none", 2: "start", 3: "continue"}.get(request.carry)
+        if carry is None:
+            raise InvalidRequest(f"unknown carry {request.carry}")
+        result = await self._call(
+            self.manager.train_step,
+            _session_id(request.name),
+            _required_tensor(request, "input"),
+            _required_tensor(request, "targets"),
+            *_training_config(request.config),
+            carry,
+        )
+        return pb.TrainStepResponse(metrics=_metrics(vars(result) | _accuracy(result)))
+
+    async def Train(self, request, context):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        try:
+            validation = None
+            if request.HasField("validation_inputs") or request.HasField("validation_targets"):
+                validation = (
+                    _required_tensor(request, "validation_inputs"),
+                    _required_tensor(request, "validation_targets"),
+                )
+            loss, optimizer, clip = _training_config(request.config)
+            fit = functools.partial(
+                self.manager.fit,
+                _session_id(request.name),
+                _required_tensor(request, "inputs"),
+                _required_tensor(request, "targets"),
+                loss,
+                optimizer,
+                request.epochs,
+                request.batch_size,
+                clip,
+                not request.keep_order,
+                validation,
+                request.tbptt_steps,
+                lambda progress: loop.call_soon_threadsafe(queue.put_nowait, progress),
+                cancel.is_set,
+            )
+            done = loop.run_in_executor(self._executor, fit)
+            done.add_done_callback(lambda _: queue.put_nowait(None))
+            try:
+                while (progress := await queue.get()) is not None:
+                    yield _progress(progress)
+                await done
+            finally:
+                cancel.set()  # a client that went away stops the training at the next batch boundary
+        except Exception as error:  # as in _handled, for a stream
+            await _abort(context, error, "Train")
+
+    @_handled
+    async def Evaluate(self, request, context):
+        metrics = await self._call(
+            self.manager.evaluate,
+            _session_id(request.name),
+            _required_tensor(request, "inputs"),
+            _required_tensor(request, "targets"),
+            request.loss or "ce_count",
+            request.batch_size or 256,
+        )
+        return pb.EvaluateResponse(metrics=_metrics(metrics))
+
+    @_handled
+    async def ExportSession(self, request, context):
+        snapshot = await self._call(self.manager.export, _session_id(request.name))
+        optimizer = snapshot["optimizer"]
+        return pb.ExportSessionResponse(
+            snapshot=pb.SessionSnapshot(
+                network=network.to_message(snapshot["description"]),
+                input_shape=snapshot["input_shape"],
+                batch_size=snapshot["batch_size"],
+                seed=snapshot["seed"],
+                timesteps_simulated=snapshot["timesteps"],
+                parameters=_named(snapshot["parameters"]),
+                state=_named(snapshot["state"]),
+                optimizer=None
+                if optimizer is None
+                else pb.OptimizerSnapshot(
+                    config=_optimizer_message(optimizer["config"]), tensors=_named(optimizer["tensors"])
+                ),
+                random_state=tensors.encode(snapshot["rng"]),
+                carried_state=_named(snapshot["carried"] or {}),
+                carried_batch_size=snapshot["carried_batch"],
+            )
+        )
+
+    @_handled
+    async def ImportSession(self, request, context):
+        if not request.HasField("snapshot") or not request.snapshot.HasField("network"):
+            raise InvalidRequest("snapshot is missing or has no network: send what ExportSession gave")
+        message = request.snapshot
+        snapshot = {
+            "description": network.from_message(message.network),
+            "input_shape": list(message.input_shape),
+            "batch_size": message.batch_size,
+            "seed": message.seed,
+            "timesteps": message.timesteps_simulated,
+            "parameters": _decode_named(message.parameters),
+            "state": _decode_named(message.state),
+            "optimizer": None
+            if not message.HasField("optimizer")
+            else {
+                "config": _optimizer_config(message.optimizer.config),
+                "tensors": _decode_named(message.optimizer.tensors),
+            },
+            "rng": tensors.decode_torch(message.random_state) if message.HasField("random_state") else None,
+            "carried": _decode_named(message.carried_state) if message.carried_state else None,
+            "carried_batch": message.carried_batch_size,
+        }
+        session = await self._call(self.manager.import_, snapshot)
+        return pb.ImportSessionResponse(session=self._session(session))
+
     async def _simulate(self, request):
         session_id = _session_id(request.name)
         if not request.HasField("input"):
@@ -197,6 +317,57 @@ def _session_id(name: str) -> str:
 
 def _named(values: dict, packed: bool = False) -> list[pb.NamedTensor]:
     return [pb.NamedTensor(name=name, tensor=tensors.encode(value, packed)) for name, value in values.items()]
+
+
+def _required_tensor(request, field: str):
+    if not request.HasField(field):
+        raise InvalidRequest(f"{field} is missing")
+    return tensors.decode_torch(getattr(request, field))
+
+
+def _optimizer_config(message: pb.OptimizerConfig) -> training.OptimizerConfig:
+    return training.OptimizerConfig(
+        name=message.name or "adam",
+        lr=message.learning_rate or 1e-3,
+        weight_decay=message.weight_decay,
+        momentum=message.momentum,
+    )
+
+
+def _optimizer_message(config: training.OptimizerConfig) -> pb.OptimizerConfig:
+    return pb.OptimizerConfig(
+        name=config.name, learning_rate=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
+    )
+
+
+def _training_config(message: pb.TrainingConfig) -> tuple[str, training.OptimizerConfig, float]:
+    if not (message.grad_clip_norm >= 0):
+        raise InvalidRequest(f"grad_clip_norm must be >= 0, got {message.grad_clip_norm}")
+    return message.loss or "ce_count", _optimizer_config(message.optimizer), message.grad_clip_norm
+
+
+def _accuracy(result: training.BatchResult) -> dict:
+    return {"accuracy": result.right / result.total} if result.total else {}
+
+
+def _metrics(values: dict) -> pb.Metrics:
+    return pb.Metrics(loss=values["loss"], grad_norm=values.get("grad_norm", 0.0), accuracy=values.get("accuracy"))
+
+
+def _progress(progress: dict) -> pb.TrainResponse:
+    if progress["kind"] == "batch":
+        batch = pb.BatchProgress(
+            epoch=progress["epoch"], batch=progress["batch"], batches=progress["batches"], metrics=_metrics(progress)
+        )
+        return pb.TrainResponse(batch=batch)
+    validation = {k[4:]: v for k, v in progress.items() if k.startswith("val_")}
+    epoch = pb.EpochSummary(
+        epoch=progress["epoch"],
+        metrics=_metrics(progress),
+        validation_metrics=_metrics(validation) if validation else None,
+        samples_per_second=progress["samples_per_second"],
+    )
+    return pb.TrainResponse(epoch=epoch)
 
 
 def _decode_named(items) -> dict:

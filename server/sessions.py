@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +22,17 @@ from rnnbuilder import spec
 
 from .config import Limits
 from .errors import InvalidRequest, LimitExceeded, SessionNotFound
+from .training import (
+    BatchResult,
+    OptimizerConfig,
+    Training,
+    evaluate_batch,
+    get_loss,
+    optimizer_snapshot,
+    restore_optimizer,
+    train_batch,
+    train_chunks,
+)
 
 __all__ = ["Session", "SessionManager"]
 
@@ -37,6 +51,7 @@ class Session:
     model: rb.Model
     state: object
     create_time: dt.datetime
+    training: Training
     timesteps: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -103,6 +118,7 @@ class SessionManager:
             model=model,
             state=model.get_initial_state(batch_size),
             create_time=dt.datetime.now(dt.UTC),
+            training=Training(seed),
         )
         with self._lock:
             if len(self._sessions) >= self.limits.max_sessions:
@@ -139,20 +155,7 @@ class SessionManager:
         which counts for the reply's size limit. A call that fails leaves the state as it was.
         """
         session = self.get(session_id)
-        expected = (session.batch_size, *session.input_shape)
-        if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            shape = ", ".join(map(str, expected))
-            raise rb.ShapeError(f"input must have shape (time, {shape}), got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise InvalidRequest("input has no timesteps; send at least one")
-        work = x.shape[0] * session.batch_size
-        if work > self.limits.max_timesteps_times_batch:
-            raise LimitExceeded(
-                "max_timesteps_times_batch", work, self.limits.max_timesteps_times_batch, "timesteps x batch"
-            )
-        x = x.to(device=self.device, dtype=torch.float32)
-        if not bool(torch.isfinite(x).all()):
-            raise InvalidRequest("input contains NaN or infinity")
+        x = self._checked_input(session, x, batch=session.batch_size)
         with session.lock, torch.no_grad():
             if record:
                 out, state, recordings = session.model.record(x, record, session.state)
@@ -167,6 +170,211 @@ class SessionManager:
             session.state, session.timesteps = state, first + x.shape[0]
         return out, recordings, first
 
+    def train_step(
+        self,
+        session_id: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss: str,
+        optimizer: OptimizerConfig,
+        clip_norm: float = 0.0,
+        carry: str = "none",
+    ) -> BatchResult:
+        """One optimizer step on x (time, batch, *input_shape) with targets ``y``.
+
+        ``carry``: ``"none"`` starts from a fresh state; ``"start"`` too, and keeps the final state
+        (detached) for the next ``"continue"`` step: truncated BPTT over a stream of chunks. The
+        streaming state of ``run`` and ``Simulate`` is never touched.
+        """
+        if carry not in ("none", "start", "continue"):
+            raise InvalidRequest(f"carry must be 'none', 'start' or 'continue', got {carry!r}")
+        session = self.get(session_id)
+        objective = get_loss(loss)
+        x = self._checked_input(session, x)
+        y = objective.check_targets(y.to(self.device), x.shape[0], x.shape[1], session.output_shape)
+        with session.lock:
+            carried = session.training.carried if carry == "continue" else None
+            if carried is not None and session.model.batch_size_of(carried) not in (0, x.shape[1]):
+                raise InvalidRequest("carry='continue' needs the batch size of the chunk that started the stream")
+            result, final = train_batch(session.model, session.training, x, y, objective, optimizer, clip_norm, carried)
+            if carry != "none":
+                session.training.carried = final
+        return result
+
+    def fit(
+        self,
+        session_id: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss: str,
+        optimizer: OptimizerConfig,
+        epochs: int,
+        batch_size: int,
+        clip_norm: float = 0.0,
+        shuffle: bool = True,
+        validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+        tbptt_steps: int = 0,
+        report: Callable[[dict], None] = lambda progress: None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> list[dict]:
+        """Train on a dataset x (samples, time, *input_shape), targets (samples, ...), for ``epochs``.
+
+        Each batch starts from a fresh state; the order is shuffled by the session's generator.
+        ``report`` gets a dict after every batch (``kind="batch"``) and epoch (``kind="epoch"``).
+        Stops at the next batch boundary once ``cancelled()``; returns the per-epoch history.
+        """
+        session = self.get(session_id)
+        objective = get_loss(loss)
+        if epochs < 1 or batch_size < 1:
+            raise InvalidRequest(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
+        x, y = self._dataset(session, x, y, objective, batch_size)
+        if validation is not None:
+            validation = self._dataset(session, *validation, objective, batch_size)
+        history: list[dict] = []
+        batches = math.ceil(x.shape[1] / batch_size)
+        for epoch in range(epochs):
+            started, totals = time.perf_counter(), [0.0, 0, 0, 0]
+            with session.lock:
+                order = (
+                    torch.randperm(x.shape[1], generator=session.training.rng) if shuffle else torch.arange(x.shape[1])
+                )
+            for batch, index in enumerate(order.to(self.device).split(batch_size)):
+                if cancelled():
+                    log.info("session %s training cancelled at epoch %d, batch %d", session_id, epoch, batch)
+                    return history
+                with session.lock:
+                    result = train_chunks(
+                        session.model,
+                        session.training,
+                        x[:, index],
+                        y[:, index] if objective.per_step else y[index],
+                        objective,
+                        optimizer,
+                        clip_norm,
+                        tbptt_steps,
+                    )
+                _accumulate(totals, result, len(index))
+                report({"kind": "batch", "epoch": epoch, "batch": batch, "batches": batches, **_metrics(result)})
+            summary = {
+                "epoch": epoch,
+                **_average(totals),
+                "samples_per_second": x.shape[1] / (time.perf_counter() - started),
+            }
+            if validation is not None:
+                summary.update(
+                    {f"val_{k}": v for k, v in self._evaluate(session, *validation, objective, batch_size).items()}
+                )
+            history.append(summary)
+            report({"kind": "epoch", **summary})
+            log.info("session %s epoch %d: %s", session_id, epoch, summary)
+        return history
+
+    def evaluate(self, session_id: str, x: torch.Tensor, y: torch.Tensor, loss: str, batch_size: int) -> dict:
+        """Loss (and accuracy, for class losses) on x (samples, time, ...), in eval mode."""
+        session = self.get(session_id)
+        objective = get_loss(loss)
+        if batch_size < 1:
+            raise InvalidRequest(f"batch_size must be at least 1, got {batch_size}")
+        return self._evaluate(session, *self._dataset(session, x, y, objective, batch_size), objective, batch_size)
+
+    def _evaluate(self, session: Session, x, y, objective, batch_size: int) -> dict:
+        totals = [0.0, 0, 0, 0]
+        for index in torch.arange(x.shape[1], device=self.device).split(batch_size):
+            with session.lock:
+                result = evaluate_batch(
+                    session.model, x[:, index], y[:, index] if objective.per_step else y[index], objective
+                )
+            _accumulate(totals, result, len(index))
+        metrics = _average(totals)
+        metrics.pop("grad_norm")
+        return metrics
+
+    def _dataset(self, session: Session, x: torch.Tensor, y: torch.Tensor, objective, batch_size: int):
+        """x (samples, time, ...) -> (time, samples, ...) on the device, y checked for the loss."""
+        if x.dim() != len(session.input_shape) + 2 or tuple(x.shape[2:]) != session.input_shape:
+            want = ", ".join(map(str, session.input_shape))
+            raise rb.ShapeError(f"inputs must have shape (samples, time, {want}), got {tuple(x.shape)}")
+        if y.dim() < 1 or x.shape[0] != y.shape[0]:
+            raise InvalidRequest(
+                f"sample and target counts differ: {x.shape[0]} input sequences, targets {tuple(y.shape)}"
+            )
+        x = self._checked_input(session, x.transpose(0, 1), rows=batch_size)
+        if objective.per_step:
+            y = y.transpose(0, 1)
+        return x, objective.check_targets(y.to(self.device), x.shape[0], x.shape[1], session.output_shape)
+
+    def _checked_input(self, session: Session, x: torch.Tensor, batch: int | None = None, rows: int | None = None):
+        """x (time, batch, *input_shape) on the device as float32, or an error that says what's wrong.
+
+        ``batch``: the batch size x must have, if fixed; ``rows``: how many sequences run at once
+        (for the work limit), if not all of x's.
+        """
+        if (
+            x.dim() != len(session.input_shape) + 2
+            or tuple(x.shape[2:]) != session.input_shape
+            or (batch is not None and x.shape[1] != batch)
+        ):
+            want = ", ".join(map(str, (batch if batch is not None else "batch", *session.input_shape)))
+            raise rb.ShapeError(f"input must have shape (time, {want}), got {tuple(x.shape)}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise InvalidRequest("input is empty; send at least one timestep and one sequence")
+        work = x.shape[0] * min(rows or x.shape[1], x.shape[1])
+        if work > self.limits.max_timesteps_times_batch:
+            raise LimitExceeded(
+                "max_timesteps_times_batch", work, self.limits.max_timesteps_times_batch, "timesteps x batch"
+            )
+        x = x.to(device=self.device, dtype=torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            raise InvalidRequest("input contains NaN or infinity")
+        return x
+
+    def export(self, session_id: str) -> dict:
+        """Everything needed to recreate the session exactly: description, parameters, state,
+        optimizer state, random generator, carried training state and timestep count."""
+        session = self.get(session_id)
+        with session.lock:
+            training = session.training
+            return {
+                "description": session.description,
+                "input_shape": session.input_shape,
+                "batch_size": session.batch_size,
+                "seed": session.seed,
+                "timesteps": session.timesteps,
+                "parameters": _cpu(session.model.state_dict()),
+                "state": _cpu(rb.named_leaves(session.state)),
+                "optimizer": optimizer_snapshot(training),
+                "rng": training.rng.get_state(),
+                "carried": None if training.carried is None else _cpu(rb.named_leaves(training.carried)),
+                "carried_batch": 0 if training.carried is None else session.model.batch_size_of(training.carried),
+            }
+
+    def import_(self, snapshot: dict) -> Session:
+        """A new session, exactly as ``export`` described one."""
+        session = self.create(
+            snapshot["description"], snapshot["input_shape"], snapshot["batch_size"], snapshot["seed"]
+        )
+        try:
+            self.set_parameters(session.id, snapshot["parameters"])
+            self.set_state(session.id, snapshot["state"])
+            with session.lock:
+                training = session.training
+                if snapshot["optimizer"] is not None:
+                    restore_optimizer(training, session.model, snapshot["optimizer"])
+                if snapshot["rng"] is not None:
+                    try:
+                        training.rng.set_state(snapshot["rng"].to(torch.uint8))
+                    except RuntimeError as e:
+                        raise InvalidRequest(f"the random generator state is malformed: {e}") from None
+                if snapshot["carried"] is not None:
+                    template = session.model.get_initial_state(snapshot["carried_batch"])
+                    training.carried = rb.replace_leaves(template, snapshot["carried"])
+                session.timesteps = snapshot["timesteps"]
+        except Exception:
+            self.delete(session.id)
+            raise
+        log.info("session %s restored from a snapshot", session.id)
+        return session
+
     def reset(self, session_id: str, batch_indices: list[int]) -> None:
         """Restart the state of ``batch_indices`` (all when empty)."""
         session = self.get(session_id)
@@ -180,7 +388,7 @@ class SessionManager:
     def get_state(self, session_id: str) -> dict[str, torch.Tensor]:
         session = self.get(session_id)
         with session.lock:
-            return {name: t.detach().cpu().clone() for name, t in rb.named_leaves(session.state).items()}
+            return _cpu(rb.named_leaves(session.state))
 
     def set_state(self, session_id: str, tensors: dict[str, torch.Tensor]) -> None:
         session = self.get(session_id)
@@ -191,7 +399,7 @@ class SessionManager:
     def get_parameters(self, session_id: str) -> dict[str, torch.Tensor]:
         session = self.get(session_id)
         with session.lock:
-            return {name: t.detach().cpu().clone() for name, t in session.model.state_dict().items()}
+            return _cpu(session.model.state_dict())
 
     def set_parameters(self, session_id: str, tensors: dict[str, torch.Tensor]) -> None:
         """Replace the named parameters and buffers; the others keep their values."""
@@ -211,6 +419,33 @@ class SessionManager:
                 for name, tensor in tensors.items():
                     current[name].copy_(tensor)
         log.info("session %s parameters set: %d tensors", session_id, len(tensors))
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.detach().cpu().clone() for name, t in tensors.items()}
+
+
+def _accumulate(totals: list, result: BatchResult, samples: int) -> None:
+    totals[0] += result.loss * samples
+    totals[1] += samples
+    totals[2] += result.right
+    totals[3] += result.total
+    totals.append(result.grad_norm)
+
+
+def _average(totals: list) -> dict:
+    loss, samples, right, total, *norms = totals
+    metrics = {"loss": loss / samples, "grad_norm": max(norms, default=0.0)}
+    if total:
+        metrics["accuracy"] = right / total
+    return metrics
+
+
+def _metrics(result: BatchResult) -> dict:
+    metrics = {"loss": result.loss, "grad_norm": result.grad_norm}
+    if result.total:
+        metrics["accuracy"] = result.right / result.total
+    return metrics
 
 
 def _wire_bytes(tensor: torch.Tensor, bitpacked: bool) -> int:

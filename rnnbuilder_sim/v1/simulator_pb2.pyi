@@ -29,6 +29,13 @@ class TensorEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TENSOR_ENCODING_UNSPECIFIED: _ClassVar[TensorEncoding]
     TENSOR_ENCODING_RAW: _ClassVar[TensorEncoding]
     TENSOR_ENCODING_BITPACKED: _ClassVar[TensorEncoding]
+
+class StateCarry(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATE_CARRY_UNSPECIFIED: _ClassVar[StateCarry]
+    STATE_CARRY_NONE: _ClassVar[StateCarry]
+    STATE_CARRY_START: _ClassVar[StateCarry]
+    STATE_CARRY_CONTINUE: _ClassVar[StateCarry]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_FLOAT64: DataType
@@ -43,6 +50,10 @@ DATA_TYPE_BOOL: DataType
 TENSOR_ENCODING_UNSPECIFIED: TensorEncoding
 TENSOR_ENCODING_RAW: TensorEncoding
 TENSOR_ENCODING_BITPACKED: TensorEncoding
+STATE_CARRY_UNSPECIFIED: StateCarry
+STATE_CARRY_NONE: StateCarry
+STATE_CARRY_START: StateCarry
+STATE_CARRY_CONTINUE: StateCarry
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data", "encoding")
@@ -208,18 +219,22 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "device", "factory_types", "surrogate_types", "limits")
+    __slots__ = ("version", "device", "factory_types", "surrogate_types", "limits", "losses", "optimizers")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     FACTORY_TYPES_FIELD_NUMBER: _ClassVar[int]
     SURROGATE_TYPES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZERS_FIELD_NUMBER: _ClassVar[int]
     version: str
     device: str
     factory_types: _containers.RepeatedScalarFieldContainer[str]
     surrogate_types: _containers.RepeatedScalarFieldContainer[str]
     limits: Limits
-    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., factory_types: _Optional[_Iterable[str]] = ..., surrogate_types: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    losses: _containers.RepeatedScalarFieldContainer[str]
+    optimizers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., factory_types: _Optional[_Iterable[str]] = ..., surrogate_types: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., losses: _Optional[_Iterable[str]] = ..., optimizers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_sessions", "max_parameters_per_session", "max_timesteps_times_batch", "max_batch_size", "max_message_bytes", "max_state_elements_per_session")
@@ -388,3 +403,189 @@ class SimulateResponse(_message.Message):
     recordings: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     first_timestep: int
     def __init__(self, output: _Optional[_Union[Tensor, _Mapping]] = ..., recordings: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., first_timestep: _Optional[int] = ...) -> None: ...
+
+class OptimizerConfig(_message.Message):
+    __slots__ = ("name", "learning_rate", "weight_decay", "momentum")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    learning_rate: float
+    weight_decay: float
+    momentum: float
+    def __init__(self, name: _Optional[str] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., momentum: _Optional[float] = ...) -> None: ...
+
+class TrainingConfig(_message.Message):
+    __slots__ = ("loss", "optimizer", "grad_clip_norm")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    loss: str
+    optimizer: OptimizerConfig
+    grad_clip_norm: float
+    def __init__(self, loss: _Optional[str] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., grad_clip_norm: _Optional[float] = ...) -> None: ...
+
+class TrainStepRequest(_message.Message):
+    __slots__ = ("name", "input", "targets", "config", "carry")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CARRY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    input: Tensor
+    targets: Tensor
+    config: TrainingConfig
+    carry: StateCarry
+    def __init__(self, name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., carry: _Optional[_Union[StateCarry, str]] = ...) -> None: ...
+
+class TrainStepResponse(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: Metrics
+    def __init__(self, metrics: _Optional[_Union[Metrics, _Mapping]] = ...) -> None: ...
+
+class Metrics(_message.Message):
+    __slots__ = ("loss", "accuracy", "grad_norm")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    loss: float
+    accuracy: float
+    grad_norm: float
+    def __init__(self, loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., grad_norm: _Optional[float] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("name", "inputs", "targets", "config", "epochs", "batch_size", "keep_order", "validation_inputs", "validation_targets", "tbptt_steps")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ORDER_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    TBPTT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    inputs: Tensor
+    targets: Tensor
+    config: TrainingConfig
+    epochs: int
+    batch_size: int
+    keep_order: bool
+    validation_inputs: Tensor
+    validation_targets: Tensor
+    tbptt_steps: int
+    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., keep_order: _Optional[bool] = ..., validation_inputs: _Optional[_Union[Tensor, _Mapping]] = ..., validation_targets: _Optional[_Union[Tensor, _Mapping]] = ..., tbptt_steps: _Optional[int] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ("batch", "epoch")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    batch: BatchProgress
+    epoch: EpochSummary
+    def __init__(self, batch: _Optional[_Union[BatchProgress, _Mapping]] = ..., epoch: _Optional[_Union[EpochSummary, _Mapping]] = ...) -> None: ...
+
+class BatchProgress(_message.Message):
+    __slots__ = ("epoch", "batch", "batches", "metrics")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    batch: int
+    batches: int
+    metrics: Metrics
+    def __init__(self, epoch: _Optional[int] = ..., batch: _Optional[int] = ..., batches: _Optional[int] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ...) -> None: ...
+
+class EpochSummary(_message.Message):
+    __slots__ = ("epoch", "metrics", "validation_metrics", "samples_per_second")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_METRICS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    metrics: Metrics
+    validation_metrics: Metrics
+    samples_per_second: float
+    def __init__(self, epoch: _Optional[int] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., validation_metrics: _Optional[_Union[Metrics, _Mapping]] = ..., samples_per_second: _Optional[float] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("name", "inputs", "targets", "loss", "batch_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    inputs: Tensor
+    targets: Tensor
+    loss: str
+    batch_size: int
+    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: Metrics
+    def __init__(self, metrics: _Optional[_Union[Metrics, _Mapping]] = ...) -> None: ...
+
+class SessionSnapshot(_message.Message):
+    __slots__ = ("network", "input_shape", "batch_size", "seed", "timesteps_simulated", "parameters", "state", "optimizer", "random_state", "carried_state", "carried_batch_size")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    TIMESTEPS_SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_STATE_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_STATE_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    network: NetworkSpec
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    batch_size: int
+    seed: int
+    timesteps_simulated: int
+    parameters: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    state: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    optimizer: OptimizerSnapshot
+    random_state: Tensor
+    carried_state: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    carried_batch_size: int
+    def __init__(self, network: _Optional[_Union[NetworkSpec, _Mapping]] = ..., input_shape: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., timesteps_simulated: _Optional[int] = ..., parameters: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., state: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., optimizer: _Optional[_Union[OptimizerSnapshot, _Mapping]] = ..., random_state: _Optional[_Union[Tensor, _Mapping]] = ..., carried_state: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., carried_batch_size: _Optional[int] = ...) -> None: ...
+
+class OptimizerSnapshot(_message.Message):
+    __slots__ = ("config", "tensors")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    config: OptimizerConfig
+    tensors: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    def __init__(self, config: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
+
+class ExportSessionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ExportSessionResponse(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: SessionSnapshot
+    def __init__(self, snapshot: _Optional[_Union[SessionSnapshot, _Mapping]] = ...) -> None: ...
+
+class ImportSessionRequest(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: SessionSnapshot
+    def __init__(self, snapshot: _Optional[_Union[SessionSnapshot, _Mapping]] = ...) -> None: ...
+
+class ImportSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...

@@ -95,6 +95,31 @@ class SimulatorServiceStub:
                 request_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.SimulateRequest.SerializeToString,
                 response_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.SimulateResponse.FromString,
                 _registered_method=True)
+        self.TrainStep = channel.unary_unary(
+                '/rnnbuilder_sim.v1.SimulatorService/TrainStep',
+                request_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainStepRequest.SerializeToString,
+                response_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainStepResponse.FromString,
+                _registered_method=True)
+        self.Train = channel.unary_stream(
+                '/rnnbuilder_sim.v1.SimulatorService/Train',
+                request_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainRequest.SerializeToString,
+                response_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainResponse.FromString,
+                _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/rnnbuilder_sim.v1.SimulatorService/Evaluate',
+                request_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.EvaluateResponse.FromString,
+                _registered_method=True)
+        self.ExportSession = channel.unary_unary(
+                '/rnnbuilder_sim.v1.SimulatorService/ExportSession',
+                request_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.ExportSessionResponse.FromString,
+                _registered_method=True)
+        self.ImportSession = channel.unary_unary(
+                '/rnnbuilder_sim.v1.SimulatorService/ImportSession',
+                request_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.ImportSessionRequest.SerializeToString,
+                response_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.ImportSessionResponse.FromString,
+                _registered_method=True)
 
 
 class SimulatorServiceServicer:
@@ -185,6 +210,42 @@ class SimulatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrainStep(self, request, context):
+        """One optimizer step (BPTT with surrogate gradients) on one batch; the optimizer state stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Train(self, request, context):
+        """Trains on a dataset for some epochs, streaming progress after every batch and epoch. A client
+        that cancels stops the training at the next batch boundary; the session stays usable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evaluate(self, request, context):
+        """Loss and accuracy on a dataset, in eval mode, without changing anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSession(self, request, context):
+        """Everything needed to recreate the session exactly, as a SessionSnapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSession(self, request, context):
+        """A new session from a SessionSnapshot, exactly as it was exported.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SimulatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +308,31 @@ def add_SimulatorServiceServicer_to_server(servicer, server):
                     servicer.Simulate,
                     request_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.SimulateRequest.FromString,
                     response_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.SimulateResponse.SerializeToString,
+            ),
+            'TrainStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainStep,
+                    request_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainStepRequest.FromString,
+                    response_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainStepResponse.SerializeToString,
+            ),
+            'Train': grpc.unary_stream_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainRequest.FromString,
+                    response_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainResponse.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.EvaluateRequest.FromString,
+                    response_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.ExportSessionRequest.FromString,
+                    response_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.ExportSessionResponse.SerializeToString,
+            ),
+            'ImportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.ImportSessionRequest.FromString,
+                    response_serializer=rnnbuilder__sim_dot_v1_dot_simulator__pb2.ImportSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +660,141 @@ class SimulatorService:
             '/rnnbuilder_sim.v1.SimulatorService/Simulate',
             rnnbuilder__sim_dot_v1_dot_simulator__pb2.SimulateRequest.SerializeToString,
             rnnbuilder__sim_dot_v1_dot_simulator__pb2.SimulateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnbuilder_sim.v1.SimulatorService/TrainStep',
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainStepRequest.SerializeToString,
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rnnbuilder_sim.v1.SimulatorService/Train',
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainRequest.SerializeToString,
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.TrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnbuilder_sim.v1.SimulatorService/Evaluate',
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.EvaluateRequest.SerializeToString,
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnbuilder_sim.v1.SimulatorService/ExportSession',
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.ExportSessionRequest.SerializeToString,
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.ExportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnbuilder_sim.v1.SimulatorService/ImportSession',
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.ImportSessionRequest.SerializeToString,
+            rnnbuilder__sim_dot_v1_dot_simulator__pb2.ImportSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
