@@ -224,8 +224,7 @@ class Session:
     @_rpc
     def get_state(self) -> dict[str, np.ndarray]:
         """The state by dotted name (``layers.hidden.1.v`` is a membrane)."""
-        reply = self._client._call("GetState", pb.GetStateRequest(name=self.name))
-        return {t.name: tensors.decode(t.tensor) for t in reply.tensors}
+        return _decoded(self._client._call("GetState", pb.GetStateRequest(name=self.name)).tensors)
 
     @_rpc
     def set_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -235,8 +234,7 @@ class Session:
     @_rpc
     def parameters(self) -> dict[str, np.ndarray]:
         """The parameters and buffers, named as in the model's ``state_dict``."""
-        reply = self._client._call("GetParameters", pb.GetParametersRequest(name=self.name))
-        return {t.name: tensors.decode(t.tensor) for t in reply.parameters}
+        return _decoded(self._client._call("GetParameters", pb.GetParametersRequest(name=self.name)).parameters)
 
     @_rpc
     def load_parameters(self, parameters: Mapping[str, np.ndarray]) -> None:
@@ -415,7 +413,11 @@ def _progress_bar(total: int):
 
 
 def _recording(reply: pb.RunResponse | pb.SimulateResponse) -> Recording:
-    return Recording(tensors.decode(reply.output), {t.name: tensors.decode(t.tensor) for t in reply.recordings})
+    return Recording(tensors.decode(reply.output), _decoded(reply.recordings))
+
+
+def _decoded(items) -> dict[str, np.ndarray]:
+    return {item.name: tensors.decode(item.tensor) for item in items}
 
 
 def _numpy(x) -> np.ndarray:

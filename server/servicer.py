@@ -328,7 +328,7 @@ def _required_tensor(request, field: str):
 def _optimizer_config(message: pb.OptimizerConfig) -> training.OptimizerConfig:
     return training.OptimizerConfig(
         name=message.name or "adam",
-        lr=message.learning_rate or 1e-3,
+        lr=message.learning_rate,
         weight_decay=message.weight_decay,
         momentum=message.momentum,
     )

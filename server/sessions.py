@@ -227,6 +227,8 @@ class SessionManager:
         objective = get_loss(loss)
         if epochs < 1 or batch_size < 1:
             raise InvalidRequest(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
+        if tbptt_steps < 0:
+            raise InvalidRequest(f"tbptt_steps must be 0 (whole sequences) or positive, got {tbptt_steps}")
         x, y = self._dataset(session, x, y, objective, batch_size)
         if validation is not None:
             validation = self._dataset(session, *validation, objective, batch_size)

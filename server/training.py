@@ -277,11 +277,20 @@ def optimizer_snapshot(training: Training) -> dict | None:
 def restore_optimizer(training: Training, model: rb.Model, snapshot: dict) -> None:
     """Rebuild the optimizer from ``optimizer_snapshot``'s output."""
     optimizer = training.optimizer_for(model, snapshot["config"])
+    parameters = list(model.parameters())
     state: dict[int, dict] = {}
     for name, value in snapshot["tensors"].items():
         index, _, key = name.partition(".")
-        if not index.isdigit() or not key:
-            raise InvalidRequest(f"optimizer tensor {name!r} should be named '<parameter index>.<key>'")
+        if not index.isdigit() or not key or int(index) >= len(parameters):
+            raise InvalidRequest(
+                f"optimizer tensor {name!r} should be named '<parameter index>.<key>', "
+                f"with an index below {len(parameters)}"
+            )
+        shape = tuple(parameters[int(index)].shape)
+        if value.dim() > 0 and tuple(value.shape) != shape:
+            raise InvalidRequest(
+                f"optimizer tensor {name!r} must have its parameter's shape {shape}, got {tuple(value.shape)}"
+            )
         state.setdefault(int(index), {})[key] = value
     try:
         optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
