@@ -3,6 +3,11 @@
 Shapes: ``x`` and every state field are (batch, n); spikes are (batch, n). Parameters are
 NamedTuples of Python floats (decay factors ``beta = exp(-1 / tau)``), a surrogate spike function
 and, for ``Cooldown``, a (n,) tensor. Nothing is kept between calls: the state is always returned.
+
+Whole sequences: ``sequence(xs, state, params) -> (spikes, final_state)`` with xs (time, batch, n).
+``unroll(step, ...)`` is the reference loop; ``lif_sequence``, ``adaptive_sequence`` and
+``cooldown_sequence`` give the same spikes and states (bit-identical) and gradients (to float
+tolerance) from fused multi-step implementations; see ``rnnbuilder.snn.fused`` for the backends.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import fused
 from .surrogate import Surrogate
 
 __all__ = [
@@ -30,6 +36,9 @@ __all__ = [
     "DiscontinuousParameters",
     "discontinuous_step",
     "unroll",
+    "lif_sequence",
+    "adaptive_sequence",
+    "cooldown_sequence",
 ]
 
 
@@ -134,3 +143,41 @@ def unroll(
         s, state = step(x, state, p)
         spikes.append(s)
     return torch.stack(spikes), state
+
+
+def lif_sequence(xs: torch.Tensor, state: LIFState, p: LIFParameters) -> tuple[torch.Tensor, LIFState]:
+    """``unroll(lif_step, xs, state, p)``, fused: one pass forward, one reverse-time pass backward.
+
+    >>> from rnnbuilder.snn import SpikeLinear
+    >>> xs = torch.full((2, 1, 1), 0.6)
+    >>> s, state = lif_sequence(xs, LIFState(torch.zeros(1, 1)), LIFParameters(decay(5.0), SpikeLinear()))
+    >>> s.flatten().tolist()
+    [0.0, 1.0]
+    """
+    backend = fused.resolve_backend(xs, p.spike_fn)
+    if backend == "reference":
+        return unroll(lif_step, xs, state, p)
+    s, v = fused.lif(xs, state.v, p.beta, p.reset, p.spike_fn, backend)
+    return s, LIFState(v)
+
+
+def adaptive_sequence(
+    xs: torch.Tensor, state: AdaptiveState, p: AdaptiveParameters
+) -> tuple[torch.Tensor, AdaptiveState]:
+    """``unroll(adaptive_step, xs, state, p)``, fused."""
+    backend = fused.resolve_backend(xs, p.spike_fn)
+    if backend == "reference":
+        return unroll(adaptive_step, xs, state, p)
+    s, v, a = fused.adaptive(xs, state.v, state.a, p.beta, p.beta_thr, p.gamma, p.spike_fn, backend)
+    return s, AdaptiveState(v, a)
+
+
+def cooldown_sequence(
+    xs: torch.Tensor, state: CooldownState, p: CooldownParameters
+) -> tuple[torch.Tensor, CooldownState]:
+    """``unroll(cooldown_step, xs, state, p)``, fused."""
+    backend = fused.resolve_backend(xs, p.spike_fn)
+    if backend == "reference":
+        return unroll(cooldown_step, xs, state, p)
+    s, v = fused.cooldown(xs, state.v, p.beta, p.sign, p.spike_fn, backend)
+    return s, CooldownState(v)

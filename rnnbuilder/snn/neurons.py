@@ -25,6 +25,8 @@ class NeuronFactory(ModuleFactory):
 
     state_type: ClassVar[type]
     step_fn: ClassVar
+    sequence_fn: ClassVar = None
+    """``(xs, state, params) -> (spikes, final state)`` over a whole sequence; ``None``: unroll ``step_fn``."""
 
     def __post_init__(self):
         for name in ("tau", "tau_thr"):
@@ -87,7 +89,12 @@ class NeuronRunner(Runner):
         return s.reshape(x.shape), state
 
     def sequence(self, x, state):
-        s, state = F.unroll(self.factory.step_fn, x.flatten(2), state, self.factory.neuron_parameters(self))
+        """The whole sequence at once, through the factory's fused ``sequence_fn`` where it has one."""
+        params = self.factory.neuron_parameters(self)
+        if self.factory.sequence_fn is None:
+            s, state = F.unroll(self.factory.step_fn, x.flatten(2), state, params)
+        else:
+            s, state = self.factory.sequence_fn(x.flatten(2), state, params)
         return s.reshape(x.shape), state
 
 
@@ -107,6 +114,7 @@ class LIF(NeuronFactory):
     spike_function: Surrogate = SpikeLinear()
     state_type: ClassVar = F.LIFState
     step_fn: ClassVar = staticmethod(F.lif_step)
+    sequence_fn: ClassVar = staticmethod(F.lif_sequence)
 
     def neuron_parameters(self, runner):
         return F.LIFParameters(F.decay(self.tau), self.spike_function, True)
@@ -120,6 +128,7 @@ class NoReset(NeuronFactory):
     spike_function: Surrogate = SpikeLinear()
     state_type: ClassVar = F.LIFState
     step_fn: ClassVar = staticmethod(F.lif_step)
+    sequence_fn: ClassVar = staticmethod(F.lif_sequence)
 
     def neuron_parameters(self, runner):
         return F.LIFParameters(F.decay(self.tau), self.spike_function, False)
@@ -139,6 +148,7 @@ class Adaptive(NeuronFactory):
     gamma: float = 0.25
     state_type: ClassVar = F.AdaptiveState
     step_fn: ClassVar = staticmethod(F.adaptive_step)
+    sequence_fn: ClassVar = staticmethod(F.adaptive_sequence)
 
     def neuron_parameters(self, runner):
         return F.AdaptiveParameters(F.decay(self.tau), F.decay(self.tau_thr), float(self.gamma), self.spike_function)
@@ -155,6 +165,7 @@ class Cooldown(NeuronFactory):
     spike_function: Surrogate = SpikeLinear()
     state_type: ClassVar = F.CooldownState
     step_fn: ClassVar = staticmethod(F.cooldown_step)
+    sequence_fn: ClassVar = staticmethod(F.cooldown_sequence)
 
     def neuron_parameters(self, runner):
         return F.CooldownParameters(F.decay(self.tau), self.spike_function, runner.sign)

@@ -1,0 +1,330 @@
+"""Spec of the fused multi-step neurons (``rnnbuilder.snn.fused``, torch backend, on the CPU).
+
+The fused whole-sequence path must give bit-identical spikes and final states to the reference
+loop ``functional.unroll(step, ...)``, and the same gradients to float tolerance, for every
+neuron and surrogate. The reference runs under ``fused.use_backend("reference")``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnbuilder as rb
+from rnnbuilder import nn, snn
+from rnnbuilder.snn import functional as F
+from rnnbuilder.snn import fused
+
+SURROGATES = [
+    snn.SpikeLinear(),
+    snn.FastSigmoid(),
+    snn.ATan(),
+    snn.Triangular(),
+    snn.Sigmoid(),
+    snn.StraightThrough(),
+]
+
+
+def neurons(spike_function=None):
+    """The four stateful neurons with non-default parameters."""
+    spike_function = spike_function or snn.SpikeLinear()
+    return [
+        snn.LIF(tau=4.0, spike_function=spike_function),
+        snn.NoReset(tau=6.0, spike_function=spike_function),
+        snn.Adaptive(tau=5.0, tau_thr=12.0, gamma=0.4, spike_function=spike_function),
+        snn.Cooldown(tau=3.0, spike_function=spike_function),
+    ]
+
+
+def drive(factory, shape, seed=0, dtype=torch.float32):
+    """Input that makes each neuron spike sometimes."""
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(factory, snn.Cooldown):
+        return torch.randn(shape, generator=g).to(dtype)
+    low, high = (-0.5, 0.7) if isinstance(factory, snn.NoReset) else (-0.2, 1.2)
+    return (low + (high - low) * torch.rand(shape, generator=g)).to(dtype)
+
+
+def run(model, xs, backend, weights=None, state_weight=1.5):
+    """Spikes, final state and the gradients of a loss on both w.r.t. input and initial_v."""
+    model.zero_grad()
+    xs = xs.clone().requires_grad_(True)
+    with fused.use_backend(backend):
+        out, state = model(xs)
+    if weights is None:
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=out.dtype)
+    loss = (out * weights).sum() + sum(state_weight * (i + 1) * field.sum() for i, field in enumerate(state))
+    loss.backward()
+    v0 = [p for name, p in model.named_parameters() if name.endswith("initial_v")][0]
+    return out.detach(), [f.detach() for f in state], xs.grad, v0.grad.clone()
+
+
+def assert_matches_reference(model, xs, rtol=None, atol=None, **kw):
+    ref = run(model, xs, "reference", **kw)
+    got = run(model, xs, "auto", **kw)
+    assert 0 < ref[0].sum() < ref[0].numel(), "the input should make the neurons spike sometimes"
+    assert torch.equal(got[0], ref[0])
+    for a, b in zip(got[1], ref[1]):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(got[2], ref[2], rtol=rtol, atol=atol)
+    torch.testing.assert_close(got[3], ref[3], rtol=rtol, atol=atol)
+
+
+def grad_fn_name(out: torch.Tensor) -> str:
+    return type(out.grad_fn).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Exactness against the reference loop
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", neurons(), ids=repr)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (37, 3, 11), (23, 2, 3, 5)], ids=str)
+def test_fused_matches_reference_float32(factory, shape):
+    """Float32: bit-identical spikes and final state, close input and initial_v gradients."""
+    model = factory.make_model(shape[2:])
+    xs = drive(factory, shape)
+    if shape[0] == 1:  # a single step may not spike: only check equality there
+        ref, got = run(model, xs, "reference"), run(model, xs, "auto")
+        assert torch.equal(ref[0], got[0])
+        torch.testing.assert_close(got[2], ref[2])
+        return
+    assert_matches_reference(model, xs)
+
+
+@pytest.mark.parametrize("factory", neurons(), ids=repr)
+def test_fused_gradients_match_reference_float64(factory):
+    """Float64: gradients agree with autograd through the reference loop to 1e-12."""
+    model = factory.make_model((13,)).double()
+    assert_matches_reference(model, drive(factory, (40, 4, 13), seed=1, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES, ids=repr)
+@pytest.mark.parametrize("kind", range(4), ids=["LIF", "NoReset", "Adaptive", "Cooldown"])
+def test_every_surrogate_matches_reference(surrogate, kind):
+    """All six built-in surrogates: exact spikes, gradients within float32 tolerance."""
+    factory = neurons(surrogate)[kind]
+    assert_matches_reference(factory.make_model((9,)), drive(factory, (30, 3, 9), seed=2))
+
+
+@pytest.mark.parametrize("factory", neurons(), ids=repr)
+def test_long_sequence_matches_reference(factory):
+    """T = 1500: spikes and final state stay bit-identical over a long run."""
+    model = factory.make_model((4,))
+    xs = drive(factory, (1500, 2, 4), seed=3)
+    with torch.no_grad():
+        with fused.use_backend("reference"):
+            ref, ref_state = model(xs)
+        got, state = model(xs)
+    assert torch.equal(got, ref)
+    for a, b in zip(state, ref_state):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("factory", neurons(), ids=repr)
+def test_backward_chunks_do_not_change_gradients(factory, monkeypatch):
+    """The backward evaluates the surrogate in chunks of timesteps; a ragged chunking gives the same result."""
+    model = factory.make_model((5,))
+    xs = drive(factory, (29, 2, 5), seed=4)
+    whole = run(model, xs, "torch")
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 3 * 2 * 5)  # chunks of 3 steps, the last one of 2
+    chunked = run(model, xs, "torch")
+    assert torch.equal(whole[0], chunked[0])
+    torch.testing.assert_close(chunked[2], whole[2])
+    torch.testing.assert_close(chunked[3], whole[3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("factory", neurons(), ids=repr)
+def test_reduced_precision_spikes_are_exact(factory, dtype):
+    """float16/bfloat16 inputs: the torch backend still gives bit-identical spikes and states."""
+    model = factory.make_model((6,)).to(dtype)
+    xs = drive(factory, (25, 3, 6), seed=5, dtype=dtype)
+    with torch.no_grad():
+        with fused.use_backend("reference"):
+            ref, ref_state = model(xs)
+        got, state = model(xs)
+    assert got.dtype == dtype
+    assert torch.equal(got, ref)
+    for a, b in zip(state, ref_state):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("factory", neurons(), ids=repr)
+def test_gradient_through_final_state_only(factory):
+    """A loss on the final state alone (no gradient reaches the spikes) matches the reference."""
+    model = factory.make_model((7,))
+    xs = drive(factory, (20, 2, 7), seed=6)
+    ref = run(model, xs, "reference", weights=torch.zeros(20, 2, 7))
+    got = run(model, xs, "auto", weights=torch.zeros(20, 2, 7))
+    torch.testing.assert_close(got[2], ref[2])
+    torch.testing.assert_close(got[3], ref[3])
+
+
+@pytest.mark.parametrize("factory", neurons(), ids=repr)
+def test_gradient_through_spikes_only(factory):
+    """A loss on the spikes alone (the final state unused) matches the reference."""
+    model = factory.make_model((7,))
+    xs = drive(factory, (20, 2, 7), seed=7)
+    ref = run(model, xs, "reference", state_weight=0.0)
+    got = run(model, xs, "auto", state_weight=0.0)
+    torch.testing.assert_close(got[2], ref[2])
+    torch.testing.assert_close(got[3], ref[3])
+
+
+def test_custom_surrogate_uses_its_gradient():
+    """A user-defined Surrogate subclass works on the fused path through its own gradient()."""
+
+    class Box(snn.Surrogate):
+        def gradient(self, v):
+            return (v.abs() < 0.5).to(v.dtype) * 0.7
+
+    model = snn.LIF(spike_function=Box()).make_model((8,))
+    assert_matches_reference(model, drive(snn.LIF(), (25, 3, 8), seed=8))
+
+
+def test_stacked_layers_and_chunked_state_match_reference():
+    """Linear -> LIF -> Linear -> Adaptive, run as 30 + 20 steps, equals the reference end to end."""
+    torch.manual_seed(0)
+    model = rb.Sequential(nn.Linear(12), snn.LIF(), nn.Linear(6), snn.Adaptive()).make_model((5,))
+    xs = 2 * torch.rand(50, 3, 5)
+    with torch.no_grad():
+        with fused.use_backend("reference"):
+            ref, ref_state = model(xs)
+        first, state = model(xs[:30])
+        second, state = model(xs[30:], state)
+    assert torch.equal(torch.cat([first, second]), ref)
+    assert torch.equal(state[3].a, ref_state[3].a)
+
+
+# --------------------------------------------------------------------------------------------
+# The functional API
+# --------------------------------------------------------------------------------------------
+
+
+def test_sequence_functions_are_pure():
+    """lif_sequence returns new tensors and leaves its input state untouched."""
+    v = torch.rand(2, 3)
+    state = F.LIFState(v)
+    before, version = v.clone(), v._version
+    spikes, new = F.lif_sequence(torch.rand(10, 2, 3), state, F.LIFParameters(0.8, snn.SpikeLinear()))
+    assert isinstance(new, F.LIFState) and spikes.shape == (10, 2, 3)
+    assert torch.equal(v, before) and v._version == version
+    assert new.v is not v
+
+
+def test_sequence_function_equals_unroll():
+    """adaptive_sequence(xs, state, p) is unroll(adaptive_step, xs, state, p), bit for bit."""
+    xs = 1.5 * torch.rand(40, 2, 6)
+    state = F.AdaptiveState(torch.rand(2, 6), torch.zeros(2, 6))
+    p = F.AdaptiveParameters(0.8, 0.9, 0.3, snn.ATan())
+    spikes, final = F.adaptive_sequence(xs, state, p)
+    ref, ref_final = F.unroll(F.adaptive_step, xs, state, p)
+    assert torch.equal(spikes, ref)
+    assert torch.equal(final.v, ref_final.v) and torch.equal(final.a, ref_final.a)
+
+
+def test_empty_sequence_returns_the_state():
+    """Zero timesteps give an empty spike tensor and the initial state back."""
+    state = F.LIFState(torch.rand(2, 3))
+    spikes, final = F.lif_sequence(torch.rand(0, 2, 3), state, F.LIFParameters(0.8, snn.SpikeLinear()))
+    assert spikes.shape == (0, 2, 3)
+    assert torch.equal(final.v, state.v)
+
+
+def test_no_grad_builds_no_graph():
+    """Under torch.no_grad the fused path gives the same spikes and records nothing for autograd."""
+    model = snn.LIF().make_model((6,))
+    xs = drive(snn.LIF(), (20, 2, 6))
+    with torch.no_grad():
+        out, state = model(xs)
+    assert out.grad_fn is None and state.v.grad_fn is None
+    assert torch.equal(out, model(xs)[0].detach())
+
+
+def test_backward_keeps_one_value_per_element_for_lif():
+    """LIF's backward keeps only the pre-spike membrane: 4 bytes per float32 input element."""
+    xs = torch.rand(50, 4, 32, requires_grad=True)
+    v0 = torch.zeros(4, 32, requires_grad=True)
+    saved: list[torch.Tensor] = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        spikes, _ = F.lif_sequence(xs, F.LIFState(v0), F.LIFParameters(0.8, snn.SpikeLinear()))
+    assert sum(t.numel() * t.element_size() for t in saved) == 4 * xs.numel()
+    spikes.sum().backward()
+    assert xs.grad.shape == xs.shape
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the backend
+# --------------------------------------------------------------------------------------------
+
+
+def test_default_cpu_path_is_fused():
+    """On the CPU the automatic choice is the fused torch backend (one autograd node)."""
+    out, _ = snn.LIF().make_model((4,))(torch.rand(10, 2, 4, requires_grad=True))
+    assert fused.resolve_backend(torch.rand(1), snn.SpikeLinear()) == "torch"
+    assert grad_fn_name(out) == "ViewBackward0" and "_LIF" in type(out.grad_fn.next_functions[0][0]).__name__
+
+
+def test_use_backend_reference_runs_the_step_loop():
+    """use_backend('reference') runs functional.unroll: the output comes from a stack of steps."""
+    model = snn.LIF().make_model((4,))
+    with fused.use_backend("reference"):
+        out, _ = model(torch.rand(10, 2, 4, requires_grad=True))
+    assert "Stack" in type(out.grad_fn.next_functions[0][0]).__name__
+
+
+def test_environment_forces_the_reference(monkeypatch):
+    """RNNBUILDER_REFERENCE=1 selects the reference loop; RNNBUILDER_NEURON_BACKEND names a backend."""
+    monkeypatch.setenv("RNNBUILDER_REFERENCE", "1")
+    assert fused.get_backend() == "reference"
+    monkeypatch.delenv("RNNBUILDER_REFERENCE")
+    monkeypatch.setenv("RNNBUILDER_NEURON_BACKEND", "torch")
+    assert fused.get_backend() == "torch"
+    monkeypatch.setenv("RNNBUILDER_NEURON_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="valid names"):
+        fused.get_backend()
+
+
+def test_set_backend_and_use_backend_precedence(monkeypatch):
+    """use_backend wins over set_backend, which wins over the environment; None resets."""
+    monkeypatch.setenv("RNNBUILDER_REFERENCE", "1")
+    try:
+        fused.set_backend("torch")
+        assert fused.get_backend() == "torch"
+        with fused.use_backend("auto"):
+            assert fused.get_backend() == "auto"
+        assert fused.get_backend() == "torch"
+    finally:
+        fused.set_backend(None)
+    assert fused.get_backend() == "reference"
+
+
+def test_unknown_backend_is_rejected():
+    """An unknown backend name raises a ValueError that lists the valid ones."""
+    with pytest.raises(ValueError, match="auto, torch, triton, reference"), fused.use_backend("cuda"):
+        pass
+
+
+def test_forced_triton_explains_what_it_cannot_run():
+    """Forcing 'triton' on a call it can't run (float64 here) raises and says why."""
+    with pytest.raises(RuntimeError, match="float32"):
+        fused.resolve_backend(torch.rand(3, dtype=torch.float64), snn.SpikeLinear(), "triton")
+
+
+def test_cycles_still_run_step_by_step():
+    """A neuron inside a placeholder cycle uses the step function, and matches the reference."""
+    n = rb.Network()
+    n.output = rb.Placeholder()
+    n.output = n.input.stack(n.output).apply(nn.Linear(8), snn.LIF())
+    model = n.make_model((3,))
+    xs = torch.rand(15, 2, 3)
+    with fused.use_backend("reference"):
+        ref, _ = model(xs)
+    assert torch.equal(model(xs)[0], ref)
