@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -52,6 +53,8 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     """
     config = config or ServerConfig()
     device = resolve_device(config.device)
+    if config.torch_threads > 0:
+        torch.set_num_threads(config.torch_threads)
     manager = SessionManager(device, config.limits)
     options = [
         ("grpc.max_receive_message_length", config.limits.max_message_bytes),

@@ -31,6 +31,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     workers: int = 8
     """Threads that run simulations; calls to different sessions run in parallel up to this many."""
+    torch_threads: int = 0
+    """Torch's intra-op threads; 0 keeps torch's default. 1 suits many small sessions on a CPU."""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -42,6 +44,12 @@ class ServerConfig:
             default=int(_env("workers", cls.workers)),
             help="threads running simulations; different sessions run in parallel up to this many",
         )
+        parser.add_argument(
+            "--torch-threads",
+            type=int,
+            default=int(_env("torch_threads", cls.torch_threads)),
+            help="torch intra-op threads; 0 keeps torch's default, 1 suits many small sessions on a CPU",
+        )
         for f in fields(Limits):
             flag = "--" + f.name.replace("_", "-")
             parser.add_argument(flag, type=int, default=int(_env(f.name, f.default)), help=f"(default {f.default:,})")
@@ -49,7 +57,7 @@ class ServerConfig:
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> ServerConfig:
         limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
-        return cls(device=args.device, limits=limits, workers=args.workers)
+        return cls(device=args.device, limits=limits, workers=args.workers, torch_threads=args.torch_threads)
 
 
 def _env(name: str, default) -> str:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 import rnnbuilder as rb
@@ -325,10 +326,9 @@ class SessionManager:
             raise LimitExceeded(
                 "max_timesteps_times_batch", work, self.limits.max_timesteps_times_batch, "timesteps x batch"
             )
-        x = x.to(device=self.device, dtype=torch.float32)
-        if not bool(torch.isfinite(x).all()):
+        if x.is_floating_point() and not _finite(x):
             raise InvalidRequest("input contains NaN or infinity")
-        return x
+        return x.to(device=self.device, dtype=torch.float32)
 
     def export(self, session_id: str) -> dict:
         """Everything needed to recreate the session exactly: description, parameters, state,
@@ -457,9 +457,16 @@ def _wire_bytes(tensor: torch.Tensor, bitpacked: bool) -> int:
     return tensor.numel() * 4
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    # Inputs arrive on the CPU: numpy checks them several times faster than torch, with no device sync.
+    if tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64, torch.float16):
+        return bool(np.isfinite(tensor.numpy()).all())
+    return bool(torch.isfinite(tensor).all())
+
+
 def _check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not _finite(tensor):
             raise InvalidRequest(f"{what} {name!r} contains NaN or infinity")
 
 
