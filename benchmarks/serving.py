@@ -1,0 +1,612 @@
+"""The serving path against the transport floor, side by side in one run (a benchmark, not a test).
+
+    .venv/bin/python benchmarks/serving.py --quick      # about 30 s
+    .venv/bin/python benchmarks/serving.py              # a few minutes, tighter numbers
+
+The floor is a raw grpcio echo: generic bytes handlers (no protobuf, no torch) on a grpc.aio
+server in a background event loop, driven by the same synchronous grpcio client the ``client``
+package uses, with requests and replies of exactly the serialized sizes of the real messages. The
+serving path is the real thing: ``client.Client`` and ``Session.step`` / ``Session.stream``
+against ``server.create_server``, with a 1,000-neuron LIF network at batch 1
+(``Sequential(nn.Linear(1000), snn.LIF())``, 100 input features).
+
+Scenarios, each with 1 session and with 16 concurrent ones (16 threads, each with its own client,
+session and echo channel): ``step`` round-trip latency p50/p99 against unary echo, and pipelined
+``stream`` throughput with chunks of 1 and of 100 timesteps against the echo stream's messages/s.
+Floor and serving path alternate in rounds so that drift on the machine hits both alike. The
+model's forward alone, in this process with no server, is reported too: the compute part.
+
+Where the servers run:
+
+- by default both in this process on 127.0.0.1 (port 0), each in a background event loop, as in
+  the test suite (``tests.server_fixture.running_server``): client and servers share one Python
+  interpreter and its GIL, which slows the busier serving path more than the echo;
+- ``--processes``: each in a child process (this script with ``--serve``), as deployed;
+- ``--address HOST:PORT``: an external simulation server; the echo then runs in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a script from anywhere: client, server and tests import
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import rnnbuilder as rb  # noqa: E402
+from client import Client, tensors  # noqa: E402
+from rnnbuilder import nn, snn  # noqa: E402
+from rnnbuilder_sim.v1 import simulator_pb2 as pb  # noqa: E402
+
+NEURONS = 1000
+FEATURES = 100
+BATCH = 1
+CONCURRENT = 16
+# The client's channel options (client/_client.py), so the echo channels behave the same way.
+_MAX_MESSAGE = 256 * 1024 * 1024
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.max_send_message_length", _MAX_MESSAGE)]
+ECHO_SERVICE = "rnnsim.bench.Echo"
+
+
+# -- the floor: a raw bytes echo ------------------------------------------------------------------
+
+
+def _reply_for(request: bytes, _cache: dict[int, bytes] = {}) -> bytes:  # noqa: B006 (a deliberate cache)
+    """The reply to an echo request: the first 4 bytes name the reply's size (the real reply's)."""
+    size = struct.unpack_from("<I", request)[0]
+    reply = _cache.get(size)
+    if reply is None:
+        reply = _cache[size] = bytes(size)
+    return reply
+
+
+async def _echo_unary(request: bytes, context) -> bytes:
+    return _reply_for(request)
+
+
+async def _echo_stream(request_iterator, context):
+    async for request in request_iterator:
+        yield _reply_for(request)
+
+
+def _echo_handler() -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        ECHO_SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(_echo_unary),
+            "Stream": grpc.stream_stream_rpc_method_handler(_echo_stream),
+        },
+    )
+
+
+def echo_payload(request_size: int, reply_size: int) -> bytes:
+    """An echo request of ``request_size`` bytes whose reply has ``reply_size`` bytes."""
+    return struct.pack("<I", reply_size) + bytes(max(0, request_size - 4))
+
+
+@contextmanager
+def running_echo_server():
+    """A grpc.aio server with the bytes echo on 127.0.0.1:0 in a background event loop; yields its address."""
+    loop = asyncio.new_event_loop()
+    started: dict = {}
+    ready = threading.Event()
+
+    async def start():
+        server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        server.add_generic_rpc_handlers((_echo_handler(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        started.update(server=server, port=port)
+
+    def run():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="echo-server", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the echo server did not start")
+    try:
+        yield f"127.0.0.1:{started['port']}"
+    finally:
+        asyncio.run_coroutine_threadsafe(started["server"].stop(1.0), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+
+
+def _serve_forever(kind: str, device: str, workers: int) -> None:
+    """The child-process mode (``--serve``): start one server on 127.0.0.1:0, print its port, and
+    serve until stdin closes."""
+
+    async def serve():
+        if kind == "echo":
+            server = grpc.aio.server(options=CHANNEL_OPTIONS)
+            server.add_generic_rpc_handlers((_echo_handler(),))
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            stop = server.stop
+        else:
+            from server import ServerConfig, create_server
+
+            sim, port = create_server("127.0.0.1:0", ServerConfig(device=device, workers=workers))
+            await sim.start()
+            stop = sim.stop
+        print(f"port {port}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
+        await stop(1.0)
+
+    asyncio.run(serve())
+
+
+@contextmanager
+def child_server(kind: str, device: str, workers: int):
+    """A server of ``kind`` (``echo`` or ``sim``) in a child process; yields its address."""
+    command = [sys.executable, __file__, "--serve", kind, "--device", device, "--workers", str(workers)]
+    command += ["--torch-threads", str(torch.get_num_threads())]
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+        if not line.startswith("port "):
+            raise RuntimeError(f"the {kind} server process did not start (it said {line!r})")
+        yield f"127.0.0.1:{int(line.split()[1])}"
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@contextmanager
+def echo_server(in_process: bool):
+    if in_process:
+        with running_echo_server() as address:
+            yield address
+    else:
+        with child_server("echo", "cpu", 1) as address:
+            yield address
+
+
+@contextmanager
+def simulation_server(address: str | None, in_process: bool, device: str, workers: int):
+    """Yields the address of the simulation server: an external one, one in a child process, or
+    one started in this process (``tests.server_fixture.running_server``)."""
+    if address:
+        yield address
+    elif not in_process:
+        with child_server("sim", device, workers) as child:
+            yield child
+    else:
+        from server import ServerConfig
+        from tests.server_fixture import running_server
+
+        with running_server(ServerConfig(device=device, workers=workers)) as (local, _):
+            yield local
+
+
+# -- measurements ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """What one scenario run measured: latencies (ns) of unary calls and/or messages over time."""
+
+    latencies_ns: list[int]
+    messages: int
+    seconds: float
+
+
+def _run_threads(count: int, prepare: Callable[[int], Callable[[], Sample]]) -> Sample:
+    """Run ``count`` workers at once (``prepare(i)`` builds each one's job outside the timing);
+    the aggregate throughput is all messages over the time from the common start to the last end."""
+    jobs = [prepare(i) for i in range(count)]
+    if count == 1:
+        return jobs[0]()
+    barrier = threading.Barrier(count + 1)
+    results: list[Sample | None] = [None] * count
+    errors: list[BaseException] = []
+
+    def work(i):
+        try:
+            barrier.wait()
+            results[i] = jobs[i]()
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"bench-{i}") for i in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    latencies = [ns for result in results for ns in result.latencies_ns]
+    return Sample(latencies, sum(result.messages for result in results), seconds)
+
+
+def _unary_job(call: Callable[[int], object], warmup: int, count: int) -> Callable[[], Sample]:
+    def job() -> Sample:
+        for i in range(warmup):
+            call(i)
+        latencies = []
+        clock = time.perf_counter_ns
+        start = clock()
+        for i in range(count):
+            t0 = clock()
+            call(i)
+            latencies.append(clock() - t0)
+        return Sample(latencies, count, (clock() - start) / 1e9)
+
+    return job
+
+
+def _stream_job(open_stream: Callable[[Callable[[], object]], object], items: list, warmup: int, count: int):
+    """Pipelined: the request iterator runs ahead (gRPC's flow control bounds it); replies are counted."""
+
+    def job() -> Sample:
+        for _ in open_stream(lambda: (items[i % len(items)] for i in range(warmup))):
+            pass
+        received = 0
+        start = time.perf_counter()
+        for _ in open_stream(lambda: (items[i % len(items)] for i in range(count))):
+            received += 1
+        seconds = time.perf_counter() - start
+        if received != count:
+            raise RuntimeError(f"stream returned {received} replies for {count} requests")
+        return Sample([], count, seconds)
+
+    return job
+
+
+class Bench:
+    """Holds the two servers' addresses and builds jobs for the floor and for the serving path."""
+
+    def __init__(self, sim_address: str, echo_address: str, inputs: np.ndarray, net):
+        self.sim_address, self.echo_address = sim_address, echo_address
+        self.inputs = inputs  # (pool, batch, features) float32, cycled through
+        self.net = net
+        self._sessions: list = []  # (client, session), created once and reused across rounds
+        self._echo_channels: list[grpc.Channel] = []
+
+    def close(self) -> None:
+        for client, session in self._sessions:
+            session.close()
+            client.close()
+        for channel in self._echo_channels:
+            channel.close()
+
+    def session(self, i: int):
+        while len(self._sessions) <= i:
+            client = Client(self.sim_address)
+            self._sessions.append((client, client.create_session(self.net, (FEATURES,), batch_size=BATCH, seed=0)))
+        return self._sessions[i][1]
+
+    def echo_channel(self, i: int) -> grpc.Channel:
+        while len(self._echo_channels) <= i:
+            channel = grpc.insecure_channel(self.echo_address, CHANNEL_OPTIONS)
+            grpc.channel_ready_future(channel).result(timeout=10)
+            self._echo_channels.append(channel)
+        return self._echo_channels[i]
+
+    def step_sizes(self) -> tuple[int, int]:
+        """Serialized sizes of the real request and reply of one ``step`` (a Run of one timestep)."""
+        session = self.session(0)
+        out = np.zeros((1, BATCH, *session.output_shape), np.float32)
+        raw = pb.TENSOR_ENCODING_RAW
+        request = pb.RunRequest(name=session.name, input=tensors.encode(self.inputs[:1]), output_encoding=raw)
+        return request.ByteSize(), pb.RunResponse(output=tensors.encode(out)).ByteSize()
+
+    def stream_sizes(self, timesteps: int) -> tuple[int, int]:
+        """Serialized sizes of the real Simulate request and reply for a chunk of ``timesteps``."""
+        session = self.session(0)
+        x = self.inputs[:timesteps]
+        out = np.zeros((timesteps, BATCH, *session.output_shape), np.float32)
+        raw = pb.TENSOR_ENCODING_RAW
+        request = pb.SimulateRequest(name=session.name, input=tensors.encode(x), output_encoding=raw)
+        reply = pb.SimulateResponse(output=tensors.encode(out), first_timestep=10**9)
+        return request.ByteSize(), reply.ByteSize()
+
+    # floor
+    def echo_unary(self, i: int, warmup: int, count: int):
+        call = self.echo_channel(i).unary_unary(f"/{ECHO_SERVICE}/Unary")
+        payload = echo_payload(*self.step_sizes())
+        return _unary_job(lambda _: call(payload), warmup, count)
+
+    def echo_stream(self, i: int, timesteps: int, warmup: int, count: int):
+        call = self.echo_channel(i).stream_stream(f"/{ECHO_SERVICE}/Stream")
+        payload = echo_payload(*self.stream_sizes(timesteps))
+        return _stream_job(lambda requests: call(requests()), [payload], warmup, count)
+
+    # serving path
+    def step(self, i: int, warmup: int, count: int):
+        session, inputs = self.session(i), self.inputs
+        return _unary_job(lambda k: session.step(inputs[k % len(inputs)]), warmup, count)
+
+    def stream(self, i: int, timesteps: int, warmup: int, count: int):
+        session = self.session(i)
+        chunks = [self.inputs[k : k + timesteps] for k in range(0, len(self.inputs) - timesteps + 1, timesteps)]
+        return _stream_job(lambda requests: session.stream(requests()), chunks, warmup, count)
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    scenario: str
+    ours: str
+    floor: str
+    ratio: float
+    goal: str
+    met: bool | None
+
+
+def _percentile_us(latencies_ns: list[int], q: float) -> float:
+    return float(np.percentile(np.asarray(latencies_ns, dtype=np.float64), q)) / 1e3
+
+
+def _fmt_rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def machine_info(device: str, servers: str, loads: tuple[float, float]) -> list[str]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return [
+        f"- machine: {cpu}; {os.cpu_count()} CPUs ({usable} usable); {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} intra-op "
+        f"threads), grpcio {grpc.__version__}, protobuf {_protobuf_version()}, numpy {np.__version__}",
+        f"- servers: {servers}; simulation device {device}",
+        f"- 1-minute load average at the start and the end: {loads[0]:.1f}, {loads[1]:.1f} (other work on the "
+        "machine slows both sides; compare ratios from quiet runs)",
+        f"- network: Sequential(nn.Linear({NEURONS}), snn.LIF()), {FEATURES} input features, batch {BATCH}",
+    ]
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def _protobuf_version() -> str:
+    from google import protobuf
+
+    return protobuf.__version__
+
+
+def local_compute_us(net, inputs: np.ndarray, timesteps: int, count: int, rounds: int = 5) -> float:
+    """The model's forward over one chunk in this process, with no server: the compute part. The
+    lowest of ``rounds`` medians, so that a stall of the machine doesn't pass for compute."""
+    model = net.make_model((FEATURES,)).eval()
+    state = model.get_initial_state(BATCH)
+    x = torch.from_numpy(np.ascontiguousarray(inputs[:timesteps]))
+    medians = []
+    with torch.no_grad():
+        for _ in range(max(1, count // 10)):
+            model(x, state)
+        for _ in range(rounds):
+            times = []
+            for _ in range(max(1, count // rounds)):
+                t0 = time.perf_counter_ns()
+                model(x, state)
+                times.append(time.perf_counter_ns() - t0)
+            medians.append(_percentile_us(times, 50))
+    return min(medians)
+
+
+def _merge(samples: list[Sample]) -> Sample:
+    return Sample(
+        [ns for s in samples for ns in s.latencies_ns],
+        sum(s.messages for s in samples),
+        sum(s.seconds for s in samples),
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a ~30 s run with fewer samples")
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="run the simulation and echo servers in child processes (no GIL shared with the client, as deployed)",
+    )
+    parser.add_argument(
+        "--address", help="HOST:PORT of an external simulation server (the echo floor then runs in a child process)"
+    )
+    parser.add_argument("--device", default="auto", help="device of a server started here: auto, cpu, cuda")
+    parser.add_argument("--workers", type=int, default=8, help="worker threads of a server started here")
+    parser.add_argument(
+        "--torch-threads", type=int, help="torch intra-op threads here and in child servers (default: torch's)"
+    )
+    parser.add_argument("--concurrent", type=int, default=CONCURRENT, help="sessions in the concurrent scenarios")
+    parser.add_argument("--rounds", type=int, help="floor/ours alternations per scenario (default 2, quick 1)")
+    parser.add_argument("--serve", choices=("echo", "sim"), help=argparse.SUPPRESS)  # the child-process mode
+    args = parser.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    if args.serve:
+        _serve_forever(args.serve, args.device, args.workers)
+        return
+
+    # per thread: (warmup, measured) counts; --quick is ~30 s on 2 CPUs, the default a few minutes
+    scale = 1 if args.quick else 3
+    rounds = args.rounds or (1 if args.quick else 2)
+    n = args.concurrent
+    plan = {
+        "step, 1 session": (300, 1500 * scale),
+        "stream chunk 1, 1 session": (300, 2000 * scale),
+        "stream chunk 100, 1 session": (20, 150 * scale),
+        f"step, {n} sessions": (30, 150 * scale),
+        f"stream chunk 1, {n} sessions": (30, 250 * scale),
+        f"stream chunk 100, {n} sessions": (3, 15 * scale),
+    }
+
+    rng = np.random.default_rng(0)
+    inputs = rng.random((200, BATCH, FEATURES), dtype=np.float32) * np.float32(0.2)
+    net = rb.Sequential(nn.Linear(NEURONS), snn.LIF())
+    in_process = not (args.processes or args.address)
+    if args.address:
+        servers = f"external simulation server at {args.address}, echo in a child process"
+    elif args.processes:
+        servers = "simulation and echo servers each in a child process on 127.0.0.1"
+    else:
+        servers = "simulation and echo servers in this process (background event loops) on 127.0.0.1"
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    rows: list[Row] = []
+    began = time.perf_counter()
+    load_start = _load()
+    with (
+        echo_server(in_process) as echo_address,
+        simulation_server(args.address, in_process, args.device, args.workers) as sim_address,
+    ):
+        bench = Bench(sim_address, echo_address, inputs, net)
+        try:
+            for i in range(n):
+                bench.session(i), bench.echo_channel(i)
+            device = bench.session(0).device
+            step_sizes, s1_sizes, s100_sizes = bench.step_sizes(), bench.stream_sizes(1), bench.stream_sizes(100)
+            progress(f"payloads (request, reply bytes): step {step_sizes}, chunk 1 {s1_sizes}, chunk 100 {s100_sizes}")
+            progress("warming up both paths (2 s)")
+            deadline = time.perf_counter() + 2
+            while time.perf_counter() < deadline:
+                bench.echo_unary(0, 0, 50)(), bench.step(0, 0, 50)()
+
+            def measure(label: str, threads: int, floor_job, ours_job) -> tuple[Sample, Sample]:
+                warmup, count = plan[label]
+                floors, ours = [], []
+                for r in range(rounds):
+                    floors.append(_run_threads(threads, lambda i: floor_job(i, warmup, count)))
+                    ours.append(_run_threads(threads, lambda i: ours_job(i, warmup, count)))
+                    f, o = floors[-1], ours[-1]
+                    progress(
+                        f"{label}, round {r + 1}/{rounds}: floor {f.messages / f.seconds:,.0f}/s, "
+                        f"ours {o.messages / o.seconds:,.0f}/s"
+                    )
+                return _merge(floors), _merge(ours)
+
+            for threads in (1, n):
+                tag = "1 session" if threads == 1 else f"{threads} sessions"
+                floor, ours = measure(f"step, {tag}", threads, bench.echo_unary, bench.step)
+                for q in (50, 99):
+                    f_us, o_us = _percentile_us(floor.latencies_ns, q), _percentile_us(ours.latencies_ns, q)
+                    goal = q == 50
+                    rows.append(
+                        Row(
+                            f"`step` latency p{q}, {tag}",
+                            f"{o_us:,.0f} µs",
+                            f"{f_us:,.0f} µs (unary echo)",
+                            o_us / f_us,
+                            "≤ 1.5×" if goal else "",
+                            (o_us / f_us <= 1.5) if goal else None,
+                        )
+                    )
+                f_rate, o_rate = floor.messages / floor.seconds, ours.messages / ours.seconds
+                rows.append(
+                    Row(
+                        f"`step` throughput, {tag}" + (" (aggregate)" if threads > 1 else " (sequential calls)"),
+                        f"{_fmt_rate(o_rate)} steps/s",
+                        f"{_fmt_rate(f_rate)} calls/s",
+                        o_rate / f_rate,
+                        "",
+                        None,
+                    )
+                )
+                for timesteps in (1, 100):
+                    floor, ours = measure(
+                        f"stream chunk {timesteps}, {tag}",
+                        threads,
+                        lambda i, w, c, t=timesteps: bench.echo_stream(i, t, w, c),
+                        lambda i, w, c, t=timesteps: bench.stream(i, t, w, c),
+                    )
+                    f_rate, o_rate = floor.messages / floor.seconds, ours.messages / ours.seconds
+                    ours_text = f"{_fmt_rate(o_rate * timesteps)} timesteps/s"
+                    floor_text = f"{_fmt_rate(f_rate)} msgs/s"
+                    if timesteps > 1:
+                        ours_text += f" ({_fmt_rate(o_rate)} chunks/s)"
+                        floor_text += f" (= {_fmt_rate(f_rate * timesteps)} timesteps/s)"
+                    rows.append(
+                        Row(
+                            f"`stream` chunks of {timesteps}, {tag}" + (" (aggregate)" if threads > 1 else ""),
+                            ours_text,
+                            floor_text,
+                            o_rate / f_rate,
+                            "≥ 0.8×",
+                            o_rate / f_rate >= 0.8,
+                        )
+                    )
+        finally:
+            bench.close()
+    compute_1 = local_compute_us(net, inputs, 1, 2000)
+    compute_100 = local_compute_us(net, inputs, 100, 200)
+    load_end = _load()
+
+    elapsed = time.perf_counter() - began
+    flags = " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    command = f"python benchmarks/serving.py {flags}".strip()
+    print()
+    print(f"Serving path vs raw grpcio echo (`{command}`, {elapsed:.0f} s):")
+    print()
+    print("| scenario | ours | floor | ratio (ours/floor) | goal | met? |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        met = "" if row.met is None else ("yes" if row.met else "**no**")
+        print(f"| {row.scenario} | {row.ours} | {row.floor} | {row.ratio:.2f}× | {row.goal} | {met} |")
+    print()
+    for line in machine_info(device, servers, (load_start, load_end)):
+        print(line)
+    print(
+        f"- payloads (serialized request → reply): step {step_sizes[0]} B → {step_sizes[1]} B; stream chunk of 1: "
+        f"{s1_sizes[0]} B → {s1_sizes[1]} B; chunk of 100: {s100_sizes[0]:,} B → {s100_sizes[1]:,} B; the echo "
+        "sends and returns exactly these sizes (raw bytes, no protobuf)"
+    )
+    print(
+        "- compute alone (the model's forward in this process, no server; best p50 of 5 rounds): "
+        f"1 timestep {compute_1:,.0f} µs, a chunk of 100 {compute_100:,.0f} µs"
+    )
+    counts = "; ".join(f"{label} {w}+{c}" for label, (w, c) in plan.items())
+    print(f"- per thread, warmup+measured calls or chunks: {counts}; {rounds} round(s), floor and ours alternating")
+    print(
+        "- ratios: latency lower is better, throughput higher is better; a stream is compared per message "
+        "(chunk) with the echo stream of the same payload sizes"
+    )
+
+
+if __name__ == "__main__":
+    main()
