@@ -266,7 +266,7 @@ class Session:
             raise ValueError(f"carry must be one of {', '.join(carries)}, got {carry!r}")
         request = pb.TrainStepRequest(
             name=self.name,
-            input=_encode_input(x, False),
+            input=_encode_input(x, True),
             targets=tensors.encode(_numpy(y)),
             config=_config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm),
             carry=carries[carry],
@@ -302,7 +302,7 @@ class Session:
         """
         request = pb.TrainRequest(
             name=self.name,
-            inputs=_encode_input(x, False),
+            inputs=_encode_input(x, True),
             targets=tensors.encode(_numpy(y)),
             config=_config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm),
             epochs=epochs,
@@ -311,7 +311,7 @@ class Session:
             tbptt_steps=tbptt_steps,
         )
         if validation is not None:
-            request.validation_inputs.CopyFrom(_encode_input(validation[0], False))
+            request.validation_inputs.CopyFrom(_encode_input(validation[0], True))
             request.validation_targets.CopyFrom(tensors.encode(_numpy(validation[1])))
         history: list[dict[str, float]] = []
         replies = self._client._call("Train", request)
@@ -355,7 +355,7 @@ class Session:
         """``loss`` (and ``accuracy`` for class losses) on x (samples, time, ...), in eval mode."""
         request = pb.EvaluateRequest(
             name=self.name,
-            inputs=_encode_input(x, False),
+            inputs=_encode_input(x, True),
             targets=tensors.encode(_numpy(y)),
             loss=loss,
             batch_size=batch_size,

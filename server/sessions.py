@@ -27,6 +27,7 @@ from .training import (
     BatchResult,
     OptimizerConfig,
     Training,
+    detached,
     evaluate_batch,
     get_loss,
     optimizer_snapshot,
@@ -199,7 +200,7 @@ class SessionManager:
                 raise InvalidRequest("carry='continue' needs the batch size of the chunk that started the stream")
             result, final = train_batch(session.model, session.training, x, y, objective, optimizer, clip_norm, carried)
             if carry != "none":
-                session.training.carried = final
+                session.training.carried = detached(final)
         return result
 
     def fit(

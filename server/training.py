@@ -200,7 +200,7 @@ def train_batch(
     state,
 ) -> tuple[BatchResult, object]:
     """One optimizer step on x (time, batch, ...) from ``state`` (None: fresh); returns the result
-    and the final state, detached."""
+    and the final state (still attached to the graph: ``detached`` it to keep it)."""
     optimizer = training.optimizer_for(model, config)
     model.train()
     try:
@@ -222,8 +222,12 @@ def train_batch(
     finally:
         model.eval()
     right, total = loss.correct(out.detach(), y)
-    detached = rb.replace_leaves(final, {k: v.detach() for k, v in rb.named_leaves(final).items()})
-    return BatchResult(float(value.detach()), float(norm), right, total), detached
+    return BatchResult(float(value.detach()), float(norm), right, total), final
+
+
+def detached(state):
+    """``state`` cut from the autograd graph: the start of the next chunk of truncated BPTT."""
+    return rb.replace_leaves(state, {name: t.detach() for name, t in rb.named_leaves(state).items()})
 
 
 def evaluate_batch(model: rb.Model, x: torch.Tensor, y: torch.Tensor, loss: Loss) -> BatchResult:
@@ -254,6 +258,7 @@ def train_chunks(
         result, state = train_batch(
             model, training, x[start : start + tbptt_steps], chunk_y, loss, config, clip_norm, state
         )
+        state = detached(state)
         results.append(result)
     return BatchResult(
         sum(r.loss for r in results) / len(results),
