@@ -19,7 +19,7 @@ model's forward alone, in this process with no server, is reported too: the comp
 Where the servers run:
 
 - by default both in this process on 127.0.0.1 (port 0), each in a background event loop, as in
-  the test suite (``tests.server_fixture.running_server``): client and servers share one Python
+  the test suite (``server.background.running_server``): client and servers share one Python
   interpreter and its GIL, which slows the busier serving path more than the echo;
 - ``--processes``: each in a child process (this script with ``--serve``), as deployed;
 - ``--address HOST:PORT``: an external simulation server; the echo then runs in a child process.
@@ -53,6 +53,7 @@ import rnnbuilder as rb  # noqa: E402
 from client import Client, tensors  # noqa: E402
 from rnnbuilder import nn, snn  # noqa: E402
 from rnnbuilder_sim.v1 import simulator_pb2 as pb  # noqa: E402
+from server.background import in_background  # noqa: E402
 
 NEURONS = 1000
 FEATURES = 100
@@ -103,33 +104,16 @@ def echo_payload(request_size: int, reply_size: int) -> bytes:
 @contextmanager
 def running_echo_server():
     """A grpc.aio server with the bytes echo on 127.0.0.1:0 in a background event loop; yields its address."""
-    loop = asyncio.new_event_loop()
-    started: dict = {}
-    ready = threading.Event()
 
     async def start():
         server = grpc.aio.server(options=CHANNEL_OPTIONS)
         server.add_generic_rpc_handlers((_echo_handler(),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        started.update(server=server, port=port)
+        return server, port
 
-    def run():
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name="echo-server", daemon=True)
-    thread.start()
-    if not ready.wait(30):
-        raise RuntimeError("the echo server did not start")
-    try:
-        yield f"127.0.0.1:{started['port']}"
-    finally:
-        asyncio.run_coroutine_threadsafe(started["server"].stop(1.0), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
+    with in_background(start, "echo server") as (address, _):
+        yield address
 
 
 def _serve_forever(kind: str, device: str, workers: int) -> None:
@@ -189,7 +173,7 @@ def echo_server(in_process: bool):
 @contextmanager
 def simulation_server(address: str | None, in_process: bool, device: str, workers: int):
     """Yields the address of the simulation server: an external one, one in a child process, or
-    one started in this process (``tests.server_fixture.running_server``)."""
+    one started in this process (``server.background.running_server``)."""
     if address:
         yield address
     elif not in_process:
@@ -197,7 +181,7 @@ def simulation_server(address: str | None, in_process: bool, device: str, worker
             yield child
     else:
         from server import ServerConfig
-        from tests.server_fixture import running_server
+        from server.background import running_server
 
         with running_server(ServerConfig(device=device, workers=workers)) as (local, _):
             yield local

@@ -25,7 +25,7 @@ which other load on a shared machine disturbs less than wall time; ``--threads 1
 numbers further on a busy machine with few cores.
 
 The server runs in this process on 127.0.0.1 (port 0, an event loop in a background thread, as in
-``tests/server_fixture.py``): client, server and the local baseline share one interpreter and its
+``server.background``): client, server and the local baseline share one interpreter and its
 torch threads. ``--address`` targets an external server instead; ``--device`` must then name the
 device that server trains on, so that the local baseline runs on the same one.
 """
@@ -84,7 +84,7 @@ def simulation_server(address: str | None, device: str):
         yield address
         return
     from server import ServerConfig
-    from tests.server_fixture import running_server
+    from server.background import running_server
 
     with running_server(ServerConfig(device=device, workers=4)) as (local, _):
         yield local

@@ -17,8 +17,6 @@ Usage: python examples/train_digits.py --address HOST:PORT [--epochs 15] [--out 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -126,34 +124,11 @@ def save_raster(
 @contextmanager
 def local_server():
     """A server on 127.0.0.1 (a free port) in this process, run by an event loop in a thread."""
-    from server import ServerConfig, create_server
+    from server import ServerConfig
+    from server.background import running_server
 
-    loop, started, ready = asyncio.new_event_loop(), {}, threading.Event()
-
-    async def start():
-        server, port = create_server("127.0.0.1:0", ServerConfig(device="auto"))
-        await server.start()
-        started.update(server=server, port=port)
-
-    def run():
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(start())
-        finally:
-            ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name="local-server", daemon=True)
-    thread.start()
-    ready.wait(60)
-    if "server" not in started:
-        raise RuntimeError("the in-process server did not start")
-    try:
-        yield f"127.0.0.1:{started['port']}"
-    finally:
-        asyncio.run_coroutine_threadsafe(started["server"].stop(1.0), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
+    with running_server(ServerConfig(device="auto")) as (address, _):
+        yield address
 
 
 def train(address: str, epochs: int, out: Path, seed: int, progress: bool) -> float:
