@@ -172,13 +172,18 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         carry = {0: "none", 1: "none", 2: "start", 3: "continue"}.get(request.carry)
         if carry is None:
             raise InvalidRequest(f"unknown carry {request.carry}")
+        loss, optimizer, clip = _training_config(request.config)
         result = await self._call(
-            self.manager.train_step,
-            _session_id(request.name),
-            _required_tensor(request, "input"),
-            _required_tensor(request, "targets"),
-            *_training_config(request.config),
-            carry,
+            functools.partial(
+                self.manager.train_step,
+                _session_id(request.name),
+                _required_tensor(request, "input"),
+                _required_tensor(request, "targets"),
+                loss,
+                optimizer,
+                clip_norm=clip,
+                carry=carry,
+            )
         )
         return pb.TrainStepResponse(metrics=_metrics(vars(result) | _accuracy(result)))
 
@@ -201,14 +206,14 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
                 _required_tensor(request, "targets"),
                 loss,
                 optimizer,
-                request.epochs,
-                request.batch_size,
-                clip,
-                not request.keep_order,
-                validation,
-                request.tbptt_steps,
-                lambda progress: loop.call_soon_threadsafe(queue.put_nowait, progress),
-                cancel.is_set,
+                epochs=request.epochs,
+                batch_size=request.batch_size,
+                clip_norm=clip,
+                shuffle=not request.keep_order,
+                validation=validation,
+                tbptt_steps=request.tbptt_steps,
+                report=lambda progress: loop.call_soon_threadsafe(queue.put_nowait, progress),
+                cancelled=cancel.is_set,
             )
             done = loop.run_in_executor(self._executor, fit)
             done.add_done_callback(lambda _: queue.put_nowait(None))

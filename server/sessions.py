@@ -107,6 +107,7 @@ class SessionManager:
                 self.limits.max_state_elements_per_session,
                 "state elements (neurons x batch); use a smaller batch or network",
             )
+        self._check_room()  # before allocating; again when inserting, as others may have been faster
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = factory.make_model(input_shape)
@@ -123,11 +124,14 @@ class SessionManager:
             training=Training(seed),
         )
         with self._lock:
-            if len(self._sessions) >= self.limits.max_sessions:
-                raise LimitExceeded("max_sessions", len(self._sessions) + 1, self.limits.max_sessions, "open sessions")
+            self._check_room()
             self._sessions[session.id] = session
         log.info("session %s created: %s, input %s, batch %d", session.id, _summary(factory), input_shape, batch_size)
         return session
+
+    def _check_room(self) -> None:
+        if len(self._sessions) >= self.limits.max_sessions:
+            raise LimitExceeded("max_sessions", len(self._sessions) + 1, self.limits.max_sessions, "open sessions")
 
     def get(self, session_id: str) -> Session:
         with self._lock:
