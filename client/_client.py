@@ -60,14 +60,25 @@ class Client:
     """A connection to a simulation server.
 
     ``token`` is sent as a bearer token. ``tls``: ``None`` or ``False`` for plain TCP, ``True`` for
-    TLS with the system's roots, or the path (or PEM bytes) of a root certificate.
+    TLS with the system's roots, or the path (or PEM bytes) of a root certificate;
+    ``client_cert`` and ``client_key`` (PEM paths) for mutual TLS.
     """
 
-    def __init__(self, address: str, token: str | None = None, tls: bool | str | bytes | Path | None = None):
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        tls: bool | str | bytes | Path | None = None,
+        client_cert: str | Path | None = None,
+        client_key: str | Path | None = None,
+    ):
         options = [("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.max_send_message_length", _MAX_MESSAGE)]
         if tls:
             roots = None if tls is True else (tls if isinstance(tls, bytes) else Path(tls).read_bytes())
-            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(roots), options)
+            key = Path(client_key).read_bytes() if client_key else None
+            cert = Path(client_cert).read_bytes() if client_cert else None
+            credentials = grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=cert)
+            self._channel = grpc.secure_channel(address, credentials, options)
         else:
             self._channel = grpc.insecure_channel(address, options)
         self._stub = pb_grpc.SimulatorServiceStub(self._channel)

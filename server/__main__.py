@@ -35,12 +35,11 @@ async def serve(args: argparse.Namespace) -> None:
     server, port = create_server(args.address, config)
     await server.start()
     host = args.address.rsplit(":", 1)[0]
+    tenants = server.authenticator.tenants
+    mode = "open single-tenant mode (no auth)" if tenants is None else f"{len(tenants)} tenants from {args.auth_file}"
+    tls = "mutual TLS" if config.tls_client_ca else "TLS" if config.tls_cert else "plaintext"
     log.info(
-        "serving on %s:%d, device %s, open single-tenant mode (no auth), limits %s",
-        host,
-        port,
-        server.sessions.device,
-        config.limits,
+        "serving on %s:%d (%s), device %s, %s, limits %s", host, port, tls, server.sessions.device, mode, config.limits
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

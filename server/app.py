@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import grpc
 import torch
@@ -12,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
+from .auth import Authenticator
 from .config import ServerConfig, resolve_device
 from .servicer import SimulatorServicer
 from .sessions import SessionManager
@@ -29,6 +31,7 @@ class SimulatorServer:
         self.grpc_server = server
         self.servicer = servicer
         self.sessions: SessionManager = servicer.manager
+        self.authenticator = servicer.authenticator
         self._health = health_servicer
 
     async def start(self) -> None:
@@ -61,14 +64,23 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
         ("grpc.max_send_message_length", config.limits.max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    servicer = SimulatorServicer(manager, config.workers, str(device))
+    authenticator = Authenticator.from_file(config.auth_file) if config.auth_file else Authenticator()
+    servicer = SimulatorServicer(manager, config.workers, str(device), authenticator)
     pb_grpc.add_SimulatorServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, _tls(config)) if config.tls_cert else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return SimulatorServer(server, servicer, health_servicer), port
+
+
+def _tls(config: ServerConfig) -> grpc.ServerCredentials:
+    if not config.tls_key:
+        raise ValueError("--tls-cert needs --tls-key")
+    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    pair = (Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)

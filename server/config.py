@@ -33,6 +33,13 @@ class ServerConfig:
     """Threads that run simulations; calls to different sessions run in parallel up to this many."""
     torch_threads: int = 0
     """Torch's intra-op threads; 0 keeps torch's default. 1 suits many small sessions on a CPU."""
+    auth_file: str | None = None
+    """A TOML file of tenants and their tokens; None runs open, single-tenant."""
+    tls_cert: str | None = None
+    """PEM certificate chain: with ``tls_key``, the server speaks TLS."""
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    """PEM root certificate for client certificates: mutual TLS."""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -50,6 +57,15 @@ class ServerConfig:
             default=int(_env("torch_threads", cls.torch_threads)),
             help="torch intra-op threads; 0 keeps torch's default, 1 suits many small sessions on a CPU",
         )
+        for name, text in (
+            ("auth_file", "a TOML file of tenants and bearer tokens; without it the server is open, single-tenant"),
+            ("tls_cert", "PEM certificate chain; with --tls-key the server speaks TLS"),
+            ("tls_key", "PEM private key of --tls-cert"),
+            ("tls_client_ca", "PEM root certificate that client certificates must chain to (mutual TLS)"),
+        ):
+            parser.add_argument(
+                "--" + name.replace("_", "-"), default=os.environ.get(f"RNNSIM_{name.upper()}"), help=text
+            )
         for f in fields(Limits):
             flag = "--" + f.name.replace("_", "-")
             parser.add_argument(flag, type=int, default=int(_env(f.name, f.default)), help=f"(default {f.default:,})")
@@ -57,7 +73,16 @@ class ServerConfig:
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> ServerConfig:
         limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
-        return cls(device=args.device, limits=limits, workers=args.workers, torch_threads=args.torch_threads)
+        return cls(
+            device=args.device,
+            limits=limits,
+            workers=args.workers,
+            torch_threads=args.torch_threads,
+            auth_file=args.auth_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+        )
 
 
 def _env(name: str, default) -> str:

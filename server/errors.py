@@ -7,6 +7,8 @@ import grpc
 from client.tensors import TensorError
 from rnnbuilder import RnnbuilderError, ShapeError
 
+from .auth import Unauthenticated
+
 __all__ = ["SessionNotFound", "LimitExceeded", "InvalidRequest", "status_of"]
 
 DOMAIN = "rnnbuilder-sim"
@@ -37,6 +39,8 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
 
     Unknown errors are INTERNAL: the servicer logs them and sends no internals to the client.
     """
+    if isinstance(error, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", {}
     if isinstance(error, SessionNotFound):
         return grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", {"session": error.name}
     if isinstance(error, LimitExceeded):

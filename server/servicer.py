@@ -19,6 +19,7 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
 from . import training
+from .auth import Authenticator, Tenant
 from .errors import DOMAIN, InvalidRequest, status_of
 from .sessions import Session, SessionManager
 
@@ -35,7 +36,7 @@ def _handled(method):
     @functools.wraps(method)
     async def unary(self, request, context):
         try:
-            return await method(self, request, context)
+            return await method(self, request, context, self.authenticator.tenant_for(context.invocation_metadata()))
         except Exception as error:  # every error becomes a status, none takes the server down
             await _abort(context, error, method.__name__)
 
@@ -58,8 +59,9 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
 class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     """Each method: decode the request, run the manager call in a worker thread, encode the answer."""
 
-    def __init__(self, manager: SessionManager, workers: int, device_name: str):
+    def __init__(self, manager: SessionManager, workers: int, device_name: str, authenticator: Authenticator):
         self.manager = manager
+        self.authenticator = authenticator
         self.device_name = device_name
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnsim-worker")
 
@@ -70,7 +72,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         self._executor.shutdown(wait=True)
 
     @_handled
-    async def GetServerInfo(self, request, context):
+    async def GetServerInfo(self, request, context, tenant):
         limits = self.manager.limits
         registry = self.manager.registry
         return pb.GetServerInfoResponse(
@@ -84,25 +86,31 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         )
 
     @_handled
-    async def CreateSession(self, request, context):
+    async def CreateSession(self, request, context, tenant):
         requested = request.session
         if not requested.HasField("network"):
             raise InvalidRequest("session.network is missing: describe the network to simulate")
         description = network.from_message(requested.network)
         session = await self._call(
-            self.manager.create, description, list(requested.input_shape), requested.batch_size, requested.seed
+            self.manager.create,
+            description,
+            list(requested.input_shape),
+            requested.batch_size,
+            requested.seed,
+            tenant.name,
+            tenant.max_sessions,
         )
         return pb.CreateSessionResponse(session=self._session(session))
 
     @_handled
-    async def GetSession(self, request, context):
-        return pb.GetSessionResponse(session=self._session(self.manager.get(_session_id(request.name))))
+    async def GetSession(self, request, context, tenant):
+        return pb.GetSessionResponse(session=self._session(self.manager.get(self._owned(request.name, tenant))))
 
     @_handled
-    async def ListSessions(self, request, context):
+    async def ListSessions(self, request, context, tenant):
         if request.page_size < 0:
             raise InvalidRequest(f"page_size must not be negative, got {request.page_size}")
-        sessions = self.manager.list()
+        sessions = self.manager.list(tenant.name)
         start = 0
         if request.page_token:
             ids = [s.id for s in sessions]
@@ -115,51 +123,54 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         return pb.ListSessionsResponse(sessions=[self._session(s) for s in page], next_page_token=next_token)
 
     @_handled
-    async def DeleteSession(self, request, context):
-        self.manager.delete(_session_id(request.name))
+    async def DeleteSession(self, request, context, tenant):
+        self.manager.delete(self._owned(request.name, tenant))
         return pb.DeleteSessionResponse()
 
     @_handled
-    async def ResetState(self, request, context):
-        await self._call(self.manager.reset, _session_id(request.name), list(request.batch_indices))
+    async def ResetState(self, request, context, tenant):
+        await self._call(self.manager.reset, self._owned(request.name, tenant), list(request.batch_indices))
         return pb.ResetStateResponse()
 
     @_handled
-    async def GetState(self, request, context):
-        state = await self._call(self.manager.get_state, _session_id(request.name))
+    async def GetState(self, request, context, tenant):
+        state = await self._call(self.manager.get_state, self._owned(request.name, tenant))
         return pb.GetStateResponse(tensors=_named(state))
 
     @_handled
-    async def SetState(self, request, context):
-        await self._call(self.manager.set_state, _session_id(request.name), _decode_named(request.tensors))
+    async def SetState(self, request, context, tenant):
+        await self._call(self.manager.set_state, self._owned(request.name, tenant), _decode_named(request.tensors))
         return pb.SetStateResponse()
 
     @_handled
-    async def GetParameters(self, request, context):
-        parameters = await self._call(self.manager.get_parameters, _session_id(request.name))
+    async def GetParameters(self, request, context, tenant):
+        parameters = await self._call(self.manager.get_parameters, self._owned(request.name, tenant))
         return pb.GetParametersResponse(parameters=_named(parameters))
 
     @_handled
-    async def SetParameters(self, request, context):
-        await self._call(self.manager.set_parameters, _session_id(request.name), _decode_named(request.parameters))
+    async def SetParameters(self, request, context, tenant):
+        await self._call(
+            self.manager.set_parameters, self._owned(request.name, tenant), _decode_named(request.parameters)
+        )
         return pb.SetParametersResponse()
 
     @_handled
-    async def Run(self, request, context):
-        out, recordings, _ = await self._simulate(request)
+    async def Run(self, request, context, tenant):
+        out, recordings, _ = await self._simulate(request, tenant)
         packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
         return pb.RunResponse(output=tensors.encode(out, packed), recordings=_named(recordings, packed))
 
     async def Simulate(self, request_iterator, context):
         name = None
         try:
+            tenant = self.authenticator.tenant_for(context.invocation_metadata())
             async for request in request_iterator:
                 if name is not None and request.name != name:
                     raise InvalidRequest(
                         f"every chunk of a stream must name the same session: {name!r}, then {request.name!r}"
                     )
                 name = request.name
-                out, recordings, first = await self._simulate(request)
+                out, recordings, first = await self._simulate(request, tenant)
                 packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
                 yield pb.SimulateResponse(
                     output=tensors.encode(out, packed), recordings=_named(recordings, packed), first_timestep=first
@@ -168,7 +179,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             await _abort(context, error, "Simulate")
 
     @_handled
-    async def TrainStep(self, request, context):
+    async def TrainStep(self, request, context, tenant):
         carry = {0: "none", 1: "none", 2: "start", 3: "continue"}.get(request.carry)
         if carry is None:
             raise InvalidRequest(f"unknown carry {request.carry}")
@@ -176,7 +187,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         result = await self._call(
             functools.partial(
                 self.manager.train_step,
-                _session_id(request.name),
+                self._owned(request.name, tenant),
                 _required_tensor(request, "input"),
                 _required_tensor(request, "targets"),
                 loss,
@@ -192,6 +203,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
         try:
+            tenant = self.authenticator.tenant_for(context.invocation_metadata())
             validation = None
             if request.HasField("validation_inputs") or request.HasField("validation_targets"):
                 validation = (
@@ -201,7 +213,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             loss, optimizer, clip = _training_config(request.config)
             fit = functools.partial(
                 self.manager.fit,
-                _session_id(request.name),
+                self._owned(request.name, tenant),
                 _required_tensor(request, "inputs"),
                 _required_tensor(request, "targets"),
                 loss,
@@ -227,10 +239,10 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             await _abort(context, error, "Train")
 
     @_handled
-    async def Evaluate(self, request, context):
+    async def Evaluate(self, request, context, tenant):
         metrics = await self._call(
             self.manager.evaluate,
-            _session_id(request.name),
+            self._owned(request.name, tenant),
             _required_tensor(request, "inputs"),
             _required_tensor(request, "targets"),
             request.loss or "ce_count",
@@ -239,8 +251,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         return pb.EvaluateResponse(metrics=_metrics(metrics))
 
     @_handled
-    async def ExportSession(self, request, context):
-        snapshot = await self._call(self.manager.export, _session_id(request.name))
+    async def ExportSession(self, request, context, tenant):
+        snapshot = await self._call(self.manager.export, self._owned(request.name, tenant))
         optimizer = snapshot["optimizer"]
         return pb.ExportSessionResponse(
             snapshot=pb.SessionSnapshot(
@@ -263,7 +275,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         )
 
     @_handled
-    async def ImportSession(self, request, context):
+    async def ImportSession(self, request, context, tenant):
         if not request.HasField("snapshot") or not request.snapshot.HasField("network"):
             raise InvalidRequest("snapshot is missing or has no network: send what ExportSession gave")
         message = request.snapshot
@@ -285,16 +297,20 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             "carried": _decode_named(message.carried_state) if message.carried_state else None,
             "carried_batch": message.carried_batch_size,
         }
-        session = await self._call(self.manager.import_, snapshot)
+        session = await self._call(self.manager.import_, snapshot, tenant.name, tenant.max_sessions)
         return pb.ImportSessionResponse(session=self._session(session))
 
-    async def _simulate(self, request):
-        session_id = _session_id(request.name)
+    async def _simulate(self, request, tenant: Tenant):
+        session_id = self._owned(request.name, tenant)
         if not request.HasField("input"):
             raise InvalidRequest("input is missing: send a (time, batch, *input_shape) tensor")
         x = tensors.decode_torch(request.input)
         packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
         return await self._call(self.manager.run, session_id, x, list(request.record_layers), packed)
+
+    def _owned(self, name: str, tenant: Tenant) -> str:
+        """The id of the session ``name`` if ``tenant`` owns it; others get NOT_FOUND."""
+        return self.manager.get(_session_id(name), tenant.name).id
 
     def _session(self, session: Session) -> pb.Session:
         created = timestamp_pb2.Timestamp()

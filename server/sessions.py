@@ -54,6 +54,7 @@ class Session:
     state: object
     create_time: dt.datetime
     training: Training
+    owner: str = "default"
     timesteps: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -80,8 +81,17 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def create(self, description: dict, input_shape, batch_size: int, seed: int) -> Session:
-        """Build the described network for ``input_shape`` and open a session for ``batch_size`` sequences."""
+    def create(
+        self,
+        description: dict,
+        input_shape,
+        batch_size: int,
+        seed: int,
+        owner: str = "default",
+        owner_max_sessions: int | None = None,
+    ) -> Session:
+        """Build the described network for ``input_shape`` and open a session for ``batch_size``
+        sequences, owned by ``owner``, who may hold at most ``owner_max_sessions`` (None: no own limit)."""
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d <= 0 for d in input_shape):
             raise InvalidRequest(
@@ -107,7 +117,7 @@ class SessionManager:
                 self.limits.max_state_elements_per_session,
                 "state elements (neurons x batch); use a smaller batch or network",
             )
-        self._check_room()  # before allocating; again when inserting, as others may have been faster
+        self._check_room(owner, owner_max_sessions)  # before allocating; again when inserting: others may be faster
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = factory.make_model(input_shape)
@@ -122,28 +132,35 @@ class SessionManager:
             state=model.get_initial_state(batch_size),
             create_time=dt.datetime.now(dt.UTC),
             training=Training(seed),
+            owner=owner,
         )
         with self._lock:
-            self._check_room()
+            self._check_room(owner, owner_max_sessions)
             self._sessions[session.id] = session
         log.info("session %s created: %s, input %s, batch %d", session.id, _summary(factory), input_shape, batch_size)
         return session
 
-    def _check_room(self) -> None:
+    def _check_room(self, owner: str, owner_max_sessions: int | None) -> None:
         if len(self._sessions) >= self.limits.max_sessions:
             raise LimitExceeded("max_sessions", len(self._sessions) + 1, self.limits.max_sessions, "open sessions")
+        owned = sum(s.owner == owner for s in self._sessions.values())
+        if owner_max_sessions is not None and owned >= owner_max_sessions:
+            raise LimitExceeded("tenant max_sessions", owned + 1, owner_max_sessions, f"sessions of {owner}")
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, owner: str | None = None) -> Session:
+        """The session; ``owner``, if given, must own it: others get SessionNotFound, so that a
+        session's existence doesn't leak to other tenants."""
         with self._lock:
-            try:
-                return self._sessions[session_id]
-            except KeyError:
-                raise SessionNotFound(f"sessions/{session_id}") from None
+            session = self._sessions.get(session_id)
+        if session is None or (owner is not None and session.owner != owner):
+            raise SessionNotFound(f"sessions/{session_id}")
+        return session
 
-    def list(self) -> list[Session]:
-        """All sessions, oldest first."""
+    def list(self, owner: str | None = None) -> list[Session]:
+        """The sessions (of ``owner``, if given), oldest first."""
         with self._lock:
-            return sorted(self._sessions.values(), key=lambda s: s.create_time)
+            sessions = [s for s in self._sessions.values() if owner is None or s.owner == owner]
+        return sorted(sessions, key=lambda s: s.create_time)
 
     def delete(self, session_id: str) -> None:
         with self._lock:
@@ -355,10 +372,15 @@ class SessionManager:
                 "carried_batch": 0 if training.carried is None else session.model.batch_size_of(training.carried),
             }
 
-    def import_(self, snapshot: dict) -> Session:
-        """A new session, exactly as ``export`` described one."""
+    def import_(self, snapshot: dict, owner: str = "default", owner_max_sessions: int | None = None) -> Session:
+        """A new session of ``owner``, exactly as ``export`` described one."""
         session = self.create(
-            snapshot["description"], snapshot["input_shape"], snapshot["batch_size"], snapshot["seed"]
+            snapshot["description"],
+            snapshot["input_shape"],
+            snapshot["batch_size"],
+            snapshot["seed"],
+            owner,
+            owner_max_sessions,
         )
         try:
             self.set_parameters(session.id, snapshot["parameters"])

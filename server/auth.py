@@ -1,0 +1,90 @@
+"""Tenants and their bearer tokens, from an auth file; without one the server is open to one tenant.
+
+The file is TOML::
+
+    [tenants.alice]
+    token = "..."
+    max_sessions = 4          # optional
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Tenant", "Authenticator", "Unauthenticated", "OPEN_TENANT"]
+
+log = logging.getLogger("rnnsim.auth")
+
+
+class Unauthenticated(Exception):
+    """The call has no valid bearer token."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A user or lab: its own sessions, its own limits (None: the server's)."""
+
+    name: str
+    token: str
+    max_sessions: int | None = None
+
+
+OPEN_TENANT = Tenant("default", "")
+"""The only tenant of a server without an auth file."""
+
+
+class Authenticator:
+    """Maps ``authorization: Bearer <token>`` metadata to tenants; ``None`` tenants: open mode."""
+
+    def __init__(self, tenants: list[Tenant] | None = None):
+        self.tenants = tenants
+
+    @property
+    def open(self) -> bool:
+        return self.tenants is None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Authenticator:
+        """Read the tenants of an auth file; a malformed file raises ValueError saying what to fix."""
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"auth file {path}: {e}") from None
+        entries = data.get("tenants")
+        if not isinstance(entries, dict) or not entries:
+            raise ValueError(f"auth file {path}: no [tenants.<name>] tables")
+        tenants, tokens = [], set()
+        for name, entry in entries.items():
+            token = entry.get("token") if isinstance(entry, dict) else None
+            if not isinstance(token, str) or len(token) < 8:
+                raise ValueError(f"auth file {path}: tenants.{name}.token must be a string of 8 or more characters")
+            if token in tokens:
+                raise ValueError(f"auth file {path}: tenants.{name} reuses another tenant's token")
+            unknown = set(entry) - {"token", "max_sessions", "max_memory_mb"}
+            if unknown:
+                raise ValueError(f"auth file {path}: tenants.{name} has unknown keys {sorted(unknown)}")
+            limit = entry.get("max_sessions")
+            if limit is not None and not (isinstance(limit, int) and limit > 0):
+                raise ValueError(f"auth file {path}: tenants.{name}.max_sessions must be a positive integer")
+            if "max_memory_mb" in entry:
+                log.warning("auth file %s: tenants.%s.max_memory_mb is not enforced yet", path, name)
+            tokens.add(token)
+            tenants.append(Tenant(name, token, limit))
+        return cls(tenants)
+
+    def tenant_for(self, metadata) -> Tenant:
+        """The tenant whose token the call's metadata carries; Unauthenticated if none matches."""
+        if self.tenants is None:
+            return OPEN_TENANT
+        header = dict(metadata or ()).get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("this server needs a bearer token: Client(address, token=...)")
+        for tenant in self.tenants:
+            if hmac.compare_digest(tenant.token.encode(), token.encode()):
+                return tenant
+        raise Unauthenticated("the bearer token is not valid on this server")
