@@ -6,7 +6,7 @@ EXTRAS=demo source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 cd "$ROOT"
 PORT="${RNNSIM_DEMO_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 ADDRESS="127.0.0.1:$PORT"
-"$PY" -m server --address "$ADDRESS" &
+"$PY" -m server --address "$ADDRESS" --metrics-port 0 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 60); do

@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     config = ServerConfig.from_arguments(args)
     server, port = create_server(args.address, config)
-    await server.start()
+    await server.start(config.metrics_port)
     host = args.address.rsplit(":", 1)[0]
     tenants = server.authenticator.tenants
     mode = "open single-tenant mode (no auth)" if tenants is None else f"{len(tenants)} tenants from {args.auth_file}"
@@ -41,6 +41,8 @@ async def serve(args: argparse.Namespace) -> None:
     log.info(
         "serving on %s:%d (%s), device %s, %s, limits %s", host, port, tls, server.sessions.device, mode, config.limits
     )
+    if server.metrics_port is not None:
+        log.info("Prometheus metrics on port %d (/metrics)", server.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

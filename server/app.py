@@ -32,10 +32,15 @@ class SimulatorServer:
         self.servicer = servicer
         self.sessions: SessionManager = servicer.manager
         self.authenticator = servicer.authenticator
+        self.metrics = servicer.metrics
+        self.metrics_port: int | None = None
         self._health = health_servicer
 
-    async def start(self) -> None:
+    async def start(self, metrics_port: int | None = None) -> None:
+        """Start serving; with ``metrics_port`` (0: a free one), also Prometheus' ``/metrics``."""
         await self.grpc_server.start()
+        if metrics_port is not None:
+            self.metrics_port = self.metrics.serve(metrics_port)
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 

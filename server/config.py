@@ -33,6 +33,8 @@ class ServerConfig:
     """Threads that run simulations; calls to different sessions run in parallel up to this many."""
     torch_threads: int = 0
     """Torch's intra-op threads; 0 keeps torch's default. 1 suits many small sessions on a CPU."""
+    metrics_port: int | None = None
+    """Where to expose Prometheus metrics (0: a free port); None exposes none."""
     auth_file: str | None = None
     """A TOML file of tenants and their tokens; None runs open, single-tenant."""
     tls_cert: str | None = None
@@ -57,6 +59,13 @@ class ServerConfig:
             default=int(_env("torch_threads", cls.torch_threads)),
             help="torch intra-op threads; 0 keeps torch's default, 1 suits many small sessions on a CPU",
         )
+        metrics = _env("metrics_port", 9464)
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=int(metrics) if metrics else None,
+            help="port of the Prometheus /metrics endpoint (default 9464; -1 turns it off)",
+        )
         for name, text in (
             ("auth_file", "a TOML file of tenants and bearer tokens; without it the server is open, single-tenant"),
             ("tls_cert", "PEM certificate chain; with --tls-key the server speaks TLS"),
@@ -78,6 +87,7 @@ class ServerConfig:
             limits=limits,
             workers=args.workers,
             torch_threads=args.torch_threads,
+            metrics_port=None if args.metrics_port is None or args.metrics_port < 0 else args.metrics_port,
             auth_file=args.auth_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,

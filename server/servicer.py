@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -21,6 +22,7 @@ from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from . import training
 from .auth import Authenticator, Tenant
 from .errors import DOMAIN, InvalidRequest, status_of
+from .metrics import Metrics
 from .sessions import Session, SessionManager
 
 __all__ = ["SimulatorServicer", "VERSION"]
@@ -35,12 +37,22 @@ def _handled(method):
 
     @functools.wraps(method)
     async def unary(self, request, context):
+        started, code = time.perf_counter(), "OK"
         try:
             return await method(self, request, context, self.authenticator.tenant_for(context.invocation_metadata()))
         except Exception as error:  # every error becomes a status, none takes the server down
+            code = _code_name(error)
             await _abort(context, error, method.__name__)
+        finally:
+            self.metrics.observe(method.__name__, time.perf_counter() - started, code)
 
     return unary
+
+
+def _code_name(error: Exception) -> str:
+    if isinstance(error, grpc.aio.AbortError):
+        return "ABORTED"
+    return status_of(error)[0].name
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str):
@@ -62,6 +74,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     def __init__(self, manager: SessionManager, workers: int, device_name: str, authenticator: Authenticator):
         self.manager = manager
         self.authenticator = authenticator
+        self.metrics = Metrics(manager)
         self.device_name = device_name
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnsim-worker")
 
@@ -161,7 +174,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         return pb.RunResponse(output=tensors.encode(out, packed), recordings=_named(recordings, packed))
 
     async def Simulate(self, request_iterator, context):
-        name = None
+        name, started, code = None, time.perf_counter(), "OK"
         try:
             tenant = self.authenticator.tenant_for(context.invocation_metadata())
             async for request in request_iterator:
@@ -176,7 +189,10 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
                     output=tensors.encode(out, packed), recordings=_named(recordings, packed), first_timestep=first
                 )
         except Exception as error:  # as in _handled, for a stream
+            code = _code_name(error)
             await _abort(context, error, "Simulate")
+        finally:
+            self.metrics.observe("Simulate", time.perf_counter() - started, code)
 
     @_handled
     async def TrainStep(self, request, context, tenant):
@@ -202,6 +218,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
+        started, code = time.perf_counter(), "OK"
         try:
             tenant = self.authenticator.tenant_for(context.invocation_metadata())
             validation = None
@@ -236,7 +253,10 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             finally:
                 cancel.set()  # a client that went away stops the training at the next batch boundary
         except Exception as error:  # as in _handled, for a stream
+            code = _code_name(error)
             await _abort(context, error, "Train")
+        finally:
+            self.metrics.observe("Train", time.perf_counter() - started, code)
 
     @_handled
     async def Evaluate(self, request, context, tenant):
@@ -306,7 +326,9 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             raise InvalidRequest("input is missing: send a (time, batch, *input_shape) tensor")
         x = tensors.decode_torch(request.input)
         packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
-        return await self._call(self.manager.run, session_id, x, list(request.record_layers), packed)
+        result = await self._call(self.manager.run, session_id, x, list(request.record_layers), packed)
+        self.metrics.timesteps.inc(x.shape[0])
+        return result
 
     def _owned(self, name: str, tenant: Tenant) -> str:
         """The id of the session ``name`` if ``tenant`` owns it; others get NOT_FOUND."""

@@ -147,6 +147,11 @@ class SessionManager:
         if owner_max_sessions is not None and owned >= owner_max_sessions:
             raise LimitExceeded("tenant max_sessions", owned + 1, owner_max_sessions, f"sessions of {owner}")
 
+    def memory_bytes(self, session: Session) -> int:
+        """The bytes a session's parameters, buffers and state take."""
+        tensors = [*session.model.state_dict().values(), *rb.named_leaves(session.state).values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def get(self, session_id: str, owner: str | None = None) -> Session:
         """The session; ``owner``, if given, must own it: others get SessionNotFound, so that a
         session's existence doesn't leak to other tenants."""

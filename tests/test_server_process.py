@@ -26,7 +26,8 @@ def free_port() -> int:
 def server_process():
     address = f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--address", address, "--device", "cpu", "--grace", "120"],
+        [sys.executable, "-m", "server", "--address", address, "--device", "cpu", "--grace", "120"]
+        + ["--metrics-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
