@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import torch
 
 from client.tensors import TensorError
 from rnnbuilder import RnnbuilderError, ShapeError
@@ -41,6 +42,8 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
     """
     if isinstance(error, Unauthenticated):
         return grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", {}
+    if _out_of_memory(error):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", {}
     if isinstance(error, SessionNotFound):
         return grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", {"session": error.name}
     if isinstance(error, LimitExceeded):
@@ -56,3 +59,10 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
     if isinstance(error, (InvalidRequest, ValueError, TypeError)):
         return grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", {}
     return grpc.StatusCode.INTERNAL, "INTERNAL", {}
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """A CUDA or CPU allocation that failed: only that call fails, the server goes on."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error))
