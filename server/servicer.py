@@ -19,7 +19,7 @@ from client import network, tensors
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
-from . import training
+from . import snapshots, training
 from .auth import Authenticator, Tenant
 from .errors import DOMAIN, InvalidRequest, status_of
 from .metrics import Metrics
@@ -148,22 +148,26 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     @_handled
     async def GetState(self, request, context, tenant):
         state = await self._call(self.manager.get_state, self._owned(request.name, tenant))
-        return pb.GetStateResponse(tensors=_named(state))
+        return pb.GetStateResponse(tensors=snapshots.named_tensors(state))
 
     @_handled
     async def SetState(self, request, context, tenant):
-        await self._call(self.manager.set_state, self._owned(request.name, tenant), _decode_named(request.tensors))
+        await self._call(
+            self.manager.set_state, self._owned(request.name, tenant), snapshots.decode_named(request.tensors)
+        )
         return pb.SetStateResponse()
 
     @_handled
     async def GetParameters(self, request, context, tenant):
         parameters = await self._call(self.manager.get_parameters, self._owned(request.name, tenant))
-        return pb.GetParametersResponse(parameters=_named(parameters))
+        return pb.GetParametersResponse(parameters=snapshots.named_tensors(parameters))
 
     @_handled
     async def SetParameters(self, request, context, tenant):
         await self._call(
-            self.manager.set_parameters, self._owned(request.name, tenant), _decode_named(request.parameters)
+            self.manager.set_parameters,
+            self._owned(request.name, tenant),
+            snapshots.decode_named(request.parameters),
         )
         return pb.SetParametersResponse()
 
@@ -171,7 +175,9 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     async def Run(self, request, context, tenant):
         out, recordings, _ = await self._simulate(request, tenant)
         packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
-        return pb.RunResponse(output=tensors.encode(out, packed), recordings=_named(recordings, packed))
+        return pb.RunResponse(
+            output=tensors.encode(out, packed), recordings=snapshots.named_tensors(recordings, packed)
+        )
 
     async def Simulate(self, request_iterator, context):
         name, started, code = None, time.perf_counter(), "OK"
@@ -186,7 +192,9 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
                 out, recordings, first = await self._simulate(request, tenant)
                 packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
                 yield pb.SimulateResponse(
-                    output=tensors.encode(out, packed), recordings=_named(recordings, packed), first_timestep=first
+                    output=tensors.encode(out, packed),
+                    recordings=snapshots.named_tensors(recordings, packed),
+                    first_timestep=first,
                 )
         except Exception as error:  # as in _handled, for a stream
             code = _code_name(error)
@@ -273,50 +281,13 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     @_handled
     async def ExportSession(self, request, context, tenant):
         snapshot = await self._call(self.manager.export, self._owned(request.name, tenant))
-        optimizer = snapshot["optimizer"]
-        return pb.ExportSessionResponse(
-            snapshot=pb.SessionSnapshot(
-                network=network.to_message(snapshot["description"]),
-                input_shape=snapshot["input_shape"],
-                batch_size=snapshot["batch_size"],
-                seed=snapshot["seed"],
-                timesteps_simulated=snapshot["timesteps"],
-                parameters=_named(snapshot["parameters"]),
-                state=_named(snapshot["state"]),
-                optimizer=None
-                if optimizer is None
-                else pb.OptimizerSnapshot(
-                    config=_optimizer_message(optimizer["config"]), tensors=_named(optimizer["tensors"])
-                ),
-                random_state=tensors.encode(snapshot["rng"]),
-                carried_state=_named(snapshot["carried"] or {}),
-                carried_batch_size=snapshot["carried_batch"],
-            )
-        )
+        return pb.ExportSessionResponse(snapshot=snapshots.to_message(snapshot))
 
     @_handled
     async def ImportSession(self, request, context, tenant):
         if not request.HasField("snapshot") or not request.snapshot.HasField("network"):
             raise InvalidRequest("snapshot is missing or has no network: send what ExportSession gave")
-        message = request.snapshot
-        snapshot = {
-            "description": network.from_message(message.network),
-            "input_shape": list(message.input_shape),
-            "batch_size": message.batch_size,
-            "seed": message.seed,
-            "timesteps": message.timesteps_simulated,
-            "parameters": _decode_named(message.parameters),
-            "state": _decode_named(message.state),
-            "optimizer": None
-            if not message.HasField("optimizer")
-            else {
-                "config": _optimizer_config(message.optimizer.config),
-                "tensors": _decode_named(message.optimizer.tensors),
-            },
-            "rng": tensors.decode_torch(message.random_state) if message.HasField("random_state") else None,
-            "carried": _decode_named(message.carried_state) if message.carried_state else None,
-            "carried_batch": message.carried_batch_size,
-        }
+        snapshot = snapshots.from_message(request.snapshot)
         session = await self._call(self.manager.import_, snapshot, tenant.name, tenant.max_sessions)
         return pb.ImportSessionResponse(session=self._session(session))
 
@@ -358,35 +329,16 @@ def _session_id(name: str) -> str:
     return name[len(_PREFIX) :]
 
 
-def _named(values: dict, packed: bool = False) -> list[pb.NamedTensor]:
-    return [pb.NamedTensor(name=name, tensor=tensors.encode(value, packed)) for name, value in values.items()]
-
-
 def _required_tensor(request, field: str):
     if not request.HasField(field):
         raise InvalidRequest(f"{field} is missing")
     return tensors.decode_torch(getattr(request, field))
 
 
-def _optimizer_config(message: pb.OptimizerConfig) -> training.OptimizerConfig:
-    return training.OptimizerConfig(
-        name=message.name or "adam",
-        lr=message.learning_rate,
-        weight_decay=message.weight_decay,
-        momentum=message.momentum,
-    )
-
-
-def _optimizer_message(config: training.OptimizerConfig) -> pb.OptimizerConfig:
-    return pb.OptimizerConfig(
-        name=config.name, learning_rate=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
-    )
-
-
 def _training_config(message: pb.TrainingConfig) -> tuple[str, training.OptimizerConfig, float]:
     if not (message.grad_clip_norm >= 0):
         raise InvalidRequest(f"grad_clip_norm must be >= 0, got {message.grad_clip_norm}")
-    return message.loss or "ce_count", _optimizer_config(message.optimizer), message.grad_clip_norm
+    return message.loss or "ce_count", snapshots.optimizer_config(message.optimizer), message.grad_clip_norm
 
 
 def _accuracy(result: training.BatchResult) -> dict:
@@ -411,12 +363,3 @@ def _progress(progress: dict) -> pb.TrainResponse:
         samples_per_second=progress["samples_per_second"],
     )
     return pb.TrainResponse(epoch=epoch)
-
-
-def _decode_named(items) -> dict:
-    decoded = {}
-    for item in items:
-        if item.name in decoded:
-            raise InvalidRequest(f"tensor {item.name!r} is given twice")
-        decoded[item.name] = tensors.decode_torch(item.tensor)
-    return decoded
