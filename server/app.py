@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
 from .auth import Authenticator
+from .checkpoints import CheckpointStore, checkpoint_all, restore_all
 from .config import ServerConfig, resolve_device
 from .servicer import SimulatorServicer
 from .sessions import SessionManager
@@ -27,13 +29,23 @@ log = logging.getLogger("rnnsim")
 class SimulatorServer:
     """A started-on-demand grpc.aio server; ``stop`` turns health to NOT_SERVING, then lets calls finish."""
 
-    def __init__(self, server: grpc.aio.Server, servicer: SimulatorServicer, health_servicer):
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        servicer: SimulatorServicer,
+        health_servicer,
+        checkpoints: CheckpointStore | None = None,
+        checkpoint_interval_s: float = 60.0,
+    ):
         self.grpc_server = server
         self.servicer = servicer
         self.sessions: SessionManager = servicer.manager
         self.authenticator = servicer.authenticator
         self.metrics = servicer.metrics
         self.metrics_port: int | None = None
+        self.checkpoints = checkpoints
+        self._interval = checkpoint_interval_s
+        self._periodic: asyncio.Task | None = None
         self._health = health_servicer
 
     async def start(self, metrics_port: int | None = None) -> None:
@@ -41,6 +53,8 @@ class SimulatorServer:
         await self.grpc_server.start()
         if metrics_port is not None:
             self.metrics_port = self.metrics.serve(metrics_port)
+        if self.checkpoints is not None:
+            self._periodic = asyncio.get_running_loop().create_task(self._checkpoint_periodically())
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -48,7 +62,17 @@ class SimulatorServer:
         """Graceful: new calls are refused, calls in flight get ``grace`` seconds to finish."""
         await self._health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
+        if self._periodic is not None:
+            self._periodic.cancel()
+        if self.checkpoints is not None:
+            written = await self.servicer._call(checkpoint_all, self.sessions, self.checkpoints)
+            log.info("checkpointed %d sessions to %s", written, self.checkpoints.directory)
         self.servicer.close()
+
+    async def _checkpoint_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.servicer._call(checkpoint_all, self.sessions, self.checkpoints)
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -70,7 +94,10 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     ]
     server = grpc.aio.server(options=options)
     authenticator = Authenticator.from_file(config.auth_file) if config.auth_file else Authenticator()
-    servicer = SimulatorServicer(manager, config.workers, str(device), authenticator)
+    checkpoints = CheckpointStore(config.checkpoint_dir) if config.checkpoint_dir else None
+    if checkpoints is not None:
+        log.info("restored %d sessions from %s", restore_all(manager, checkpoints), checkpoints.directory)
+    servicer = SimulatorServicer(manager, config.workers, str(device), authenticator, checkpoints)
     pb_grpc.add_SimulatorServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -80,7 +107,7 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     port = server.add_secure_port(address, _tls(config)) if config.tls_cert else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
-    return SimulatorServer(server, servicer, health_servicer), port
+    return SimulatorServer(server, servicer, health_servicer, checkpoints, config.checkpoint_interval_s), port
 
 
 def _tls(config: ServerConfig) -> grpc.ServerCredentials:

@@ -33,6 +33,10 @@ class ServerConfig:
     """Threads that run simulations; calls to different sessions run in parallel up to this many."""
     torch_threads: int = 0
     """Torch's intra-op threads; 0 keeps torch's default. 1 suits many small sessions on a CPU."""
+    checkpoint_dir: str | None = None
+    """Where session checkpoints live; None keeps sessions in memory only."""
+    checkpoint_interval_s: float = 60.0
+    """Seconds between periodic checkpoints (there is always one on graceful shutdown)."""
     metrics_port: int | None = None
     """Where to expose Prometheus metrics (0: a free port); None exposes none."""
     auth_file: str | None = None
@@ -58,6 +62,17 @@ class ServerConfig:
             type=int,
             default=int(_env("torch_threads", cls.torch_threads)),
             help="torch intra-op threads; 0 keeps torch's default, 1 suits many small sessions on a CPU",
+        )
+        parser.add_argument(
+            "--checkpoint-dir",
+            default=_env("checkpoint_dir", "checkpoints"),
+            help="folder of session checkpoints, restored at start-up (default ./checkpoints; '' keeps none)",
+        )
+        parser.add_argument(
+            "--checkpoint-interval",
+            type=float,
+            default=float(_env("checkpoint_interval", 60)),
+            help="seconds between periodic checkpoints (default 60); one is always written on shutdown",
         )
         metrics = _env("metrics_port", 9464)
         parser.add_argument(
@@ -87,6 +102,8 @@ class ServerConfig:
             limits=limits,
             workers=args.workers,
             torch_threads=args.torch_threads,
+            checkpoint_dir=args.checkpoint_dir or None,
+            checkpoint_interval_s=args.checkpoint_interval,
             metrics_port=None if args.metrics_port is None or args.metrics_port < 0 else args.metrics_port,
             auth_file=args.auth_file,
             tls_cert=args.tls_cert,

@@ -21,6 +21,7 @@ from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
 from . import snapshots, training
 from .auth import Authenticator, Tenant
+from .checkpoints import CheckpointStore
 from .errors import DOMAIN, InvalidRequest, status_of
 from .metrics import Metrics
 from .sessions import Session, SessionManager
@@ -71,9 +72,17 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
 class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     """Each method: decode the request, run the manager call in a worker thread, encode the answer."""
 
-    def __init__(self, manager: SessionManager, workers: int, device_name: str, authenticator: Authenticator):
+    def __init__(
+        self,
+        manager: SessionManager,
+        workers: int,
+        device_name: str,
+        authenticator: Authenticator,
+        checkpoints: CheckpointStore | None = None,
+    ):
         self.manager = manager
         self.authenticator = authenticator
+        self.checkpoints = checkpoints
         self.metrics = Metrics(manager)
         self.device_name = device_name
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnsim-worker")
@@ -137,7 +146,10 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def DeleteSession(self, request, context, tenant):
-        self.manager.delete(self._owned(request.name, tenant))
+        session_id = self._owned(request.name, tenant)
+        self.manager.delete(session_id)
+        if self.checkpoints is not None:
+            await self._call(self.checkpoints.remove, session_id)
         return pb.DeleteSessionResponse()
 
     @_handled

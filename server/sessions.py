@@ -89,9 +89,11 @@ class SessionManager:
         seed: int,
         owner: str = "default",
         owner_max_sessions: int | None = None,
+        session_id: str | None = None,
     ) -> Session:
         """Build the described network for ``input_shape`` and open a session for ``batch_size``
-        sequences, owned by ``owner``, who may hold at most ``owner_max_sessions`` (None: no own limit)."""
+        sequences, owned by ``owner``, who may hold at most ``owner_max_sessions`` (None: no own limit).
+        ``session_id`` is for restoring checkpoints; new sessions get a random one."""
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d <= 0 for d in input_shape):
             raise InvalidRequest(
@@ -123,7 +125,7 @@ class SessionManager:
             model = factory.make_model(input_shape)
         model = model.to(self.device).eval()
         session = Session(
-            id=secrets.token_hex(8),
+            id=session_id or secrets.token_hex(8),
             description=spec.to_spec(factory, self.registry),
             input_shape=input_shape,
             batch_size=batch_size,
@@ -136,6 +138,8 @@ class SessionManager:
         )
         with self._lock:
             self._check_room(owner, owner_max_sessions)
+            if session.id in self._sessions:
+                raise InvalidRequest(f"session {session.id} exists already")
             self._sessions[session.id] = session
         log.info("session %s created: %s, input %s, batch %d", session.id, _summary(factory), input_shape, batch_size)
         return session
@@ -377,8 +381,14 @@ class SessionManager:
                 "carried_batch": 0 if training.carried is None else session.model.batch_size_of(training.carried),
             }
 
-    def import_(self, snapshot: dict, owner: str = "default", owner_max_sessions: int | None = None) -> Session:
-        """A new session of ``owner``, exactly as ``export`` described one."""
+    def import_(
+        self,
+        snapshot: dict,
+        owner: str = "default",
+        owner_max_sessions: int | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        """A new session of ``owner`` (under ``session_id``, if given), exactly as ``export`` described one."""
         session = self.create(
             snapshot["description"],
             snapshot["input_shape"],
@@ -386,6 +396,7 @@ class SessionManager:
             snapshot["seed"],
             owner,
             owner_max_sessions,
+            session_id,
         )
         try:
             self.set_parameters(session.id, snapshot["parameters"])

@@ -14,6 +14,7 @@ import rnnbuilder as rb
 from client import Client
 from client.__main__ import health
 from rnnbuilder import nn, snn
+from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
 
 def free_port() -> int:
@@ -22,12 +23,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server_process():
-    address = f"127.0.0.1:{free_port()}"
+def start_server(address: str, *flags: str) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "server", "--address", address, "--device", "cpu", "--grace", "120"]
-        + ["--metrics-port", "0"],
+        + ["--metrics-port", "0", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -37,6 +36,13 @@ def server_process():
         assert process.poll() is None, process.stdout.read()
         assert time.monotonic() < deadline, "the server did not become healthy"
         time.sleep(0.2)
+    return process
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    process = start_server(address, "--checkpoint-dir", str(tmp_path))
     yield address, process
     if process.poll() is None:
         process.kill()
@@ -70,8 +76,8 @@ def test_startup_log_names_address_device_and_mode(server_process):
     address, process = server_process
     process.send_signal(signal.SIGINT)
     process.wait(60)
-    first = process.stdout.read().splitlines()[0]
-    assert f"serving on {address}" in first and "device cpu" in first and "no auth" in first
+    line = next(line for line in process.stdout.read().splitlines() if "serving on" in line)
+    assert f"serving on {address}" in line and "device cpu" in line and "no auth" in line
 
 
 def test_health_probe_reports_unreachable_server():
@@ -82,3 +88,33 @@ def test_health_probe_reports_unreachable_server():
         text=True,
     )
     assert probe.returncode == 1 and "UNREACHABLE" in probe.stdout
+
+
+def test_sessions_come_back_after_kill_9_from_their_last_checkpoint(tmp_path):
+    """After kill -9 and a restart, a session returns from its last periodic checkpoint, trained weights included."""
+    address = f"127.0.0.1:{free_port()}"
+    flags = ("--checkpoint-dir", str(tmp_path), "--checkpoint-interval", "0.3")
+    process = start_server(address, *flags)
+    try:
+        with Client(address) as c:
+            s = c.create_session(rb.Sequential(nn.Linear(5), snn.LIF()), input_shape=(3,), batch_size=2)
+            x = np.ones((6, 2, 3), np.float32)
+            s.train_step(x, np.array([1, 3]), lr=0.05)
+            s.run(x)
+            parameters, state = s.parameters(), s.get_state()
+            optimizer = pb.SessionSnapshot.FromString(s.save()).optimizer
+            time.sleep(1.5)  # several checkpoint periods
+    finally:
+        process.kill()
+        process.wait(30)
+    process = start_server(address, *flags)
+    try:
+        with Client(address) as c:
+            back = c.get_session(s.id)
+            assert back.timesteps_simulated == 6
+            assert all(np.array_equal(back.parameters()[k], v) for k, v in parameters.items())
+            assert all(np.array_equal(back.get_state()[k], v) for k, v in state.items())
+            assert pb.SessionSnapshot.FromString(back.save()).optimizer == optimizer
+    finally:
+        process.kill()
+        process.wait(30)
