@@ -232,7 +232,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
                 carry=carry,
             )
         )
-        return pb.TrainStepResponse(metrics=_metrics(vars(result) | _accuracy(result)))
+        return pb.TrainStepResponse(metrics=_metrics(result.metrics()))
 
     async def Train(self, request, context):
         loop = asyncio.get_running_loop()
@@ -351,10 +351,6 @@ def _training_config(message: pb.TrainingConfig) -> tuple[str, training.Optimize
     if not (message.grad_clip_norm >= 0):
         raise InvalidRequest(f"grad_clip_norm must be >= 0, got {message.grad_clip_norm}")
     return message.loss or "ce_count", snapshots.optimizer_config(message.optimizer), message.grad_clip_norm
-
-
-def _accuracy(result: training.BatchResult) -> dict:
-    return {"accuracy": result.right / result.total} if result.total else {}
 
 
 def _metrics(values: dict) -> pb.Metrics:

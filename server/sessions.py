@@ -26,6 +26,7 @@ from .errors import InvalidRequest, LimitExceeded, SessionNotFound
 from .training import (
     BatchResult,
     OptimizerConfig,
+    Totals,
     Training,
     detached,
     evaluate_batch,
@@ -267,7 +268,7 @@ class SessionManager:
         history: list[dict] = []
         batches = math.ceil(x.shape[1] / batch_size)
         for epoch in range(epochs):
-            started, totals = time.perf_counter(), [0.0, 0, 0, 0]
+            started, totals = time.perf_counter(), Totals()
             with session.lock:
                 order = (
                     torch.randperm(x.shape[1], generator=session.training.rng) if shuffle else torch.arange(x.shape[1])
@@ -287,11 +288,11 @@ class SessionManager:
                         clip_norm,
                         tbptt_steps,
                     )
-                _accumulate(totals, result, len(index))
-                report({"kind": "batch", "epoch": epoch, "batch": batch, "batches": batches, **_metrics(result)})
+                totals.add(result, len(index))
+                report({"kind": "batch", "epoch": epoch, "batch": batch, "batches": batches, **result.metrics()})
             summary = {
                 "epoch": epoch,
-                **_average(totals),
+                **totals.metrics(),
                 "samples_per_second": x.shape[1] / (time.perf_counter() - started),
             }
             if validation is not None:
@@ -312,14 +313,14 @@ class SessionManager:
         return self._evaluate(session, *self._dataset(session, x, y, objective, batch_size), objective, batch_size)
 
     def _evaluate(self, session: Session, x, y, objective, batch_size: int) -> dict:
-        totals = [0.0, 0, 0, 0]
+        totals = Totals()
         for index in torch.arange(x.shape[1], device=self.device).split(batch_size):
             with session.lock:
                 result = evaluate_batch(
                     session.model, x[:, index], y[:, index] if objective.per_step else y[index], objective
                 )
-            _accumulate(totals, result, len(index))
-        metrics = _average(totals)
+            totals.add(result, len(index))
+        metrics = totals.metrics()
         metrics.pop("grad_norm")
         return metrics
 
@@ -468,29 +469,6 @@ class SessionManager:
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.detach().cpu().clone() for name, t in tensors.items()}
-
-
-def _accumulate(totals: list, result: BatchResult, samples: int) -> None:
-    totals[0] += result.loss * samples
-    totals[1] += samples
-    totals[2] += result.right
-    totals[3] += result.total
-    totals.append(result.grad_norm)
-
-
-def _average(totals: list) -> dict:
-    loss, samples, right, total, *norms = totals
-    metrics = {"loss": loss / samples, "grad_norm": max(norms, default=0.0)}
-    if total:
-        metrics["accuracy"] = right / total
-    return metrics
-
-
-def _metrics(result: BatchResult) -> dict:
-    metrics = {"loss": result.loss, "grad_norm": result.grad_norm}
-    if result.total:
-        metrics["accuracy"] = result.right / result.total
-    return metrics
 
 
 def _wire_bytes(tensor: torch.Tensor, bitpacked: bool) -> int:

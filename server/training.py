@@ -19,7 +19,7 @@ import rnnbuilder as rb
 
 from .errors import InvalidRequest
 
-__all__ = ["Loss", "LOSSES", "OptimizerConfig", "OPTIMIZERS", "Training", "BatchResult", "loss_names"]
+__all__ = ["Loss", "LOSSES", "OptimizerConfig", "OPTIMIZERS", "Training", "BatchResult", "Totals", "loss_names"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,35 @@ class BatchResult:
     grad_norm: float
     right: int
     total: int
+
+    def metrics(self) -> dict[str, float]:
+        """``loss`` and ``grad_norm``, and ``accuracy`` for class losses."""
+        metrics = {"loss": self.loss, "grad_norm": self.grad_norm}
+        if self.total:
+            metrics["accuracy"] = self.right / self.total
+        return metrics
+
+
+@dataclass
+class Totals:
+    """Batch results summed over an epoch or an evaluation: loss weighted by samples, the largest
+    gradient norm."""
+
+    loss: float = 0.0
+    samples: int = 0
+    right: int = 0
+    total: int = 0
+    grad_norm: float = 0.0
+
+    def add(self, result: BatchResult, samples: int) -> None:
+        self.loss += result.loss * samples
+        self.samples += samples
+        self.right += result.right
+        self.total += result.total
+        self.grad_norm = max(self.grad_norm, result.grad_norm)
+
+    def metrics(self) -> dict[str, float]:
+        return BatchResult(self.loss / self.samples, self.grad_norm, self.right, self.total).metrics()
 
 
 @dataclass
