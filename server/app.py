@@ -65,14 +65,14 @@ class SimulatorServer:
         if self._periodic is not None:
             self._periodic.cancel()
         if self.checkpoints is not None:
-            written = await self.servicer._call(checkpoint_all, self.sessions, self.checkpoints)
+            written = await self.servicer.in_worker(checkpoint_all, self.sessions, self.checkpoints)
             log.info("checkpointed %d sessions to %s", written, self.checkpoints.directory)
         self.servicer.close()
 
     async def _checkpoint_periodically(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.servicer._call(checkpoint_all, self.sessions, self.checkpoints)
+            await self.servicer.in_worker(checkpoint_all, self.sessions, self.checkpoints)
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()

@@ -87,7 +87,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         self.device_name = device_name
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnsim-worker")
 
-    async def _call(self, fn, *args):
+    async def in_worker(self, fn, *args):
+        """``fn(*args)`` on a worker thread, so the event loop keeps serving other calls."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def close(self) -> None:
@@ -113,7 +114,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         if not requested.HasField("network"):
             raise InvalidRequest("session.network is missing: describe the network to simulate")
         description = network.from_message(requested.network)
-        session = await self._call(
+        session = await self.in_worker(
             self.manager.create,
             description,
             list(requested.input_shape),
@@ -149,34 +150,34 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         session_id = self._owned(request.name, tenant)
         self.manager.delete(session_id)
         if self.checkpoints is not None:
-            await self._call(self.checkpoints.remove, session_id)
+            await self.in_worker(self.checkpoints.remove, session_id)
         return pb.DeleteSessionResponse()
 
     @_handled
     async def ResetState(self, request, context, tenant):
-        await self._call(self.manager.reset, self._owned(request.name, tenant), list(request.batch_indices))
+        await self.in_worker(self.manager.reset, self._owned(request.name, tenant), list(request.batch_indices))
         return pb.ResetStateResponse()
 
     @_handled
     async def GetState(self, request, context, tenant):
-        state = await self._call(self.manager.get_state, self._owned(request.name, tenant))
+        state = await self.in_worker(self.manager.get_state, self._owned(request.name, tenant))
         return pb.GetStateResponse(tensors=snapshots.named_tensors(state))
 
     @_handled
     async def SetState(self, request, context, tenant):
-        await self._call(
+        await self.in_worker(
             self.manager.set_state, self._owned(request.name, tenant), snapshots.decode_named(request.tensors)
         )
         return pb.SetStateResponse()
 
     @_handled
     async def GetParameters(self, request, context, tenant):
-        parameters = await self._call(self.manager.get_parameters, self._owned(request.name, tenant))
+        parameters = await self.in_worker(self.manager.get_parameters, self._owned(request.name, tenant))
         return pb.GetParametersResponse(parameters=snapshots.named_tensors(parameters))
 
     @_handled
     async def SetParameters(self, request, context, tenant):
-        await self._call(
+        await self.in_worker(
             self.manager.set_parameters,
             self._owned(request.name, tenant),
             snapshots.decode_named(request.parameters),
@@ -220,7 +221,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         if carry is None:
             raise InvalidRequest(f"unknown carry {request.carry}")
         loss, optimizer, clip = _training_config(request.config)
-        result = await self._call(
+        result = await self.in_worker(
             functools.partial(
                 self.manager.train_step,
                 self._owned(request.name, tenant),
@@ -280,7 +281,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def Evaluate(self, request, context, tenant):
-        metrics = await self._call(
+        metrics = await self.in_worker(
             self.manager.evaluate,
             self._owned(request.name, tenant),
             _required_tensor(request, "inputs"),
@@ -292,7 +293,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def ExportSession(self, request, context, tenant):
-        snapshot = await self._call(self.manager.export, self._owned(request.name, tenant))
+        snapshot = await self.in_worker(self.manager.export, self._owned(request.name, tenant))
         return pb.ExportSessionResponse(snapshot=snapshots.to_message(snapshot))
 
     @_handled
@@ -300,7 +301,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         if not request.HasField("snapshot") or not request.snapshot.HasField("network"):
             raise InvalidRequest("snapshot is missing or has no network: send what ExportSession gave")
         snapshot = snapshots.from_message(request.snapshot)
-        session = await self._call(self.manager.import_, snapshot, tenant.name, tenant.max_sessions)
+        session = await self.in_worker(self.manager.import_, snapshot, tenant.name, tenant.max_sessions)
         return pb.ImportSessionResponse(session=self._session(session))
 
     async def _simulate(self, request, tenant: Tenant):
@@ -309,7 +310,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             raise InvalidRequest("input is missing: send a (time, batch, *input_shape) tensor")
         x = tensors.decode_torch(request.input)
         packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
-        result = await self._call(self.manager.run, session_id, x, list(request.record_layers), packed)
+        result = await self.in_worker(self.manager.run, session_id, x, list(request.record_layers), packed)
         self.metrics.timesteps.inc(x.shape[0])
         return result
 
