@@ -46,6 +46,8 @@ class ServerInfo:
     factory_types: list[str]
     surrogate_types: list[str]
     limits: dict[str, int]
+    server_id: str = ""
+    """Which replica answered: behind a proxy, each may differ."""
 
 
 class Recording(dict):
@@ -103,7 +105,14 @@ class Client:
         """The server's version, device, accepted factory and surrogate types, and limits."""
         reply = self._call("GetServerInfo", pb.GetServerInfoRequest())
         limits = {field.name: getattr(reply.limits, field.name) for field in reply.limits.DESCRIPTOR.fields}
-        return ServerInfo(reply.version, reply.device, list(reply.factory_types), list(reply.surrogate_types), limits)
+        return ServerInfo(
+            reply.version,
+            reply.device,
+            list(reply.factory_types),
+            list(reply.surrogate_types),
+            limits,
+            reply.server_id,
+        )
 
     @_rpc
     def create_session(self, net: ModuleFactory | dict, input_shape, batch_size: int = 1, seed: int = 0) -> Session:

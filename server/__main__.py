@@ -39,7 +39,14 @@ async def serve(args: argparse.Namespace) -> None:
     mode = "open single-tenant mode (no auth)" if tenants is None else f"{len(tenants)} tenants from {args.auth_file}"
     tls = "mutual TLS" if config.tls_client_ca else "TLS" if config.tls_cert else "plaintext"
     log.info(
-        "serving on %s:%d (%s), device %s, %s, limits %s", host, port, tls, server.sessions.device, mode, config.limits
+        "server %s serving on %s:%d (%s), device %s, %s, limits %s",
+        config.server_id,
+        host,
+        port,
+        tls,
+        server.sessions.device,
+        mode,
+        config.limits,
     )
     if server.metrics_port is not None:
         log.info("Prometheus metrics on port %d (/metrics)", server.metrics_port)

@@ -97,7 +97,7 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     checkpoints = CheckpointStore(config.checkpoint_dir) if config.checkpoint_dir else None
     if checkpoints is not None:
         log.info("restored %d sessions from %s", restore_all(manager, checkpoints), checkpoints.directory)
-    servicer = SimulatorServicer(manager, config.workers, str(device), authenticator, checkpoints)
+    servicer = SimulatorServicer(manager, config.workers, str(device), authenticator, checkpoints, config.server_id)
     pb_grpc.add_SimulatorServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
+import socket
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -28,6 +30,8 @@ class ServerConfig:
     """Everything ``create_server`` needs besides the address."""
 
     device: str = "auto"
+    server_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
+    """This replica's name in logs, GetServerInfo and every response's ``rnnsim-server-id`` metadata."""
     limits: Limits = field(default_factory=Limits)
     workers: int = 8
     """Threads that run simulations; calls to different sessions run in parallel up to this many."""
@@ -51,6 +55,11 @@ class ServerConfig:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Flags for every setting; each defaults to its environment variable RNNSIM_<NAME>."""
         parser.add_argument("--device", default=_env("device", cls.device), help="auto, cpu, cuda or cuda:N")
+        parser.add_argument(
+            "--server-id",
+            default=os.environ.get("RNNSIM_SERVER_ID"),
+            help="this replica's name in logs and response metadata (default: host name and a random suffix)",
+        )
         parser.add_argument(
             "--workers",
             type=int,
@@ -97,7 +106,9 @@ class ServerConfig:
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> ServerConfig:
         limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+        named = {"server_id": args.server_id} if args.server_id else {}
         return cls(
+            **named,
             device=args.device,
             limits=limits,
             workers=args.workers,

@@ -26,11 +26,13 @@ from .errors import DOMAIN, InvalidRequest, status_of
 from .metrics import Metrics
 from .sessions import Session, SessionManager
 
-__all__ = ["SimulatorServicer", "VERSION"]
+__all__ = ["SimulatorServicer", "VERSION", "SERVER_ID_KEY"]
 
 VERSION = rb.__version__
 log = logging.getLogger("rnnsim.rpc")
 _PREFIX = "sessions/"
+SERVER_ID_KEY = "rnnsim-server-id"
+"""Initial metadata of every response: which replica answered (for proxies, tests and debugging)."""
 
 
 def _handled(method):
@@ -40,6 +42,7 @@ def _handled(method):
     async def unary(self, request, context):
         started, code = time.perf_counter(), "OK"
         try:
+            await context.send_initial_metadata(self.identity)
             return await method(self, request, context, self.authenticator.tenant_for(context.invocation_metadata()))
         except Exception as error:  # every error becomes a status, none takes the server down
             code = _code_name(error)
@@ -79,8 +82,11 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         device_name: str,
         authenticator: Authenticator,
         checkpoints: CheckpointStore | None = None,
+        server_id: str = "",
     ):
         self.manager = manager
+        self.server_id = server_id
+        self.identity = ((SERVER_ID_KEY, server_id),)
         self.authenticator = authenticator
         self.checkpoints = checkpoints
         self.metrics = Metrics(manager)
@@ -106,6 +112,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             limits=pb.Limits(**{f: getattr(limits, f) for f in pb.Limits.DESCRIPTOR.fields_by_name}),
             losses=training.loss_names(),
             optimizers=sorted(training.OPTIMIZERS),
+            server_id=self.server_id,
         )
 
     @_handled
@@ -195,6 +202,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     async def Simulate(self, request_iterator, context):
         name, started, code = None, time.perf_counter(), "OK"
         try:
+            await context.send_initial_metadata(self.identity)
             tenant = self.authenticator.tenant_for(context.invocation_metadata())
             async for request in request_iterator:
                 if name is not None and request.name != name:
@@ -241,6 +249,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         cancel = threading.Event()
         started, code = time.perf_counter(), "OK"
         try:
+            await context.send_initial_metadata(self.identity)
             tenant = self.authenticator.tenant_for(context.invocation_metadata())
             validation = None
             if request.HasField("validation_inputs") or request.HasField("validation_targets"):

@@ -219,7 +219,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "device", "factory_types", "surrogate_types", "limits", "losses", "optimizers")
+    __slots__ = ("version", "device", "factory_types", "surrogate_types", "limits", "losses", "optimizers", "server_id")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     FACTORY_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +227,7 @@ class GetServerInfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZERS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     version: str
     device: str
     factory_types: _containers.RepeatedScalarFieldContainer[str]
@@ -234,7 +235,8 @@ class GetServerInfoResponse(_message.Message):
     limits: Limits
     losses: _containers.RepeatedScalarFieldContainer[str]
     optimizers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., factory_types: _Optional[_Iterable[str]] = ..., surrogate_types: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., losses: _Optional[_Iterable[str]] = ..., optimizers: _Optional[_Iterable[str]] = ...) -> None: ...
+    server_id: str
+    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., factory_types: _Optional[_Iterable[str]] = ..., surrogate_types: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., losses: _Optional[_Iterable[str]] = ..., optimizers: _Optional[_Iterable[str]] = ..., server_id: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_sessions", "max_parameters_per_session", "max_timesteps_times_batch", "max_batch_size", "max_message_bytes", "max_state_elements_per_session")
