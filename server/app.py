@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
 from .auth import Authenticator
-from .checkpoints import CheckpointStore, checkpoint_all, restore_all
+from .checkpoints import CheckpointStore
 from .config import ServerConfig, resolve_device
+from .memory import MB, Quota
 from .servicer import SimulatorServicer
 from .sessions import SessionManager
 
@@ -34,8 +36,8 @@ class SimulatorServer:
         server: grpc.aio.Server,
         servicer: SimulatorServicer,
         health_servicer,
-        checkpoints: CheckpointStore | None = None,
         checkpoint_interval_s: float = 60.0,
+        evict_idle_after_s: float = 0.0,
     ):
         self.grpc_server = server
         self.servicer = servicer
@@ -43,9 +45,9 @@ class SimulatorServer:
         self.authenticator = servicer.authenticator
         self.metrics = servicer.metrics
         self.metrics_port: int | None = None
-        self.checkpoints = checkpoints
         self._interval = checkpoint_interval_s
-        self._periodic: asyncio.Task | None = None
+        self._idle = evict_idle_after_s
+        self._periodic: list[asyncio.Task] = []
         self._health = health_servicer
 
     async def start(self, metrics_port: int | None = None) -> None:
@@ -53,8 +55,12 @@ class SimulatorServer:
         await self.grpc_server.start()
         if metrics_port is not None:
             self.metrics_port = self.metrics.serve(metrics_port)
-        if self.checkpoints is not None:
-            self._periodic = asyncio.get_running_loop().create_task(self._checkpoint_periodically())
+        if self.sessions.store is not None:
+            loop = asyncio.get_running_loop()
+            self._periodic.append(loop.create_task(self._every(self._interval, self.sessions.checkpoint_all)))
+            if self._idle > 0:
+                evict = functools.partial(self.sessions.evict_idle, self._idle)
+                self._periodic.append(loop.create_task(self._every(min(self._idle / 2, 30.0), evict)))
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -62,17 +68,23 @@ class SimulatorServer:
         """Graceful: new calls are refused, calls in flight get ``grace`` seconds to finish."""
         await self._health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
-        if self._periodic is not None:
-            self._periodic.cancel()
-        if self.checkpoints is not None:
-            written = await self.servicer.in_worker(checkpoint_all, self.sessions, self.checkpoints)
-            log.info("checkpointed %d sessions to %s", written, self.checkpoints.directory)
+        for task in self._periodic:
+            task.cancel()
         self.servicer.close()
+        if self.sessions.store is not None:
+            written = await asyncio.to_thread(self.sessions.checkpoint_all)
+            log.info(
+                "checkpointed %d sessions to %s",
+                written,
+                self.sessions.store.directory,
+                extra={"event": "shutdown_checkpoint", "sessions": written},
+            )
 
-    async def _checkpoint_periodically(self) -> None:
+    @staticmethod
+    async def _every(seconds: float, job) -> None:
         while True:
-            await asyncio.sleep(self._interval)
-            await self.servicer.in_worker(checkpoint_all, self.sessions, self.checkpoints)
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(job)
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -87,27 +99,48 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     device = resolve_device(config.device)
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
-    manager = SessionManager(device, config.limits)
+    authenticator = Authenticator.from_file(config.auth_file) if config.auth_file else Authenticator()
+    quotas = {t.name: Quota(t.max_sessions, t.max_memory_mb) for t in authenticator.tenants or ()}
+    store = CheckpointStore(config.checkpoint_dir) if config.checkpoint_dir else None
+    manager = SessionManager(
+        device, config.limits, store=store, quotas=quotas, memory_budget_bytes=_budget(config, device)
+    )
+    if store is not None:
+        log.info("%d sessions in %s, each loaded on its first call", manager.register_stored(), store.directory)
+    elif config.evict_idle_after_s > 0:
+        log.warning("no checkpoint folder: idle sessions stay in memory")
     options = [
         ("grpc.max_receive_message_length", config.limits.max_message_bytes),
         ("grpc.max_send_message_length", config.limits.max_message_bytes),
     ]
-    server = grpc.aio.server(options=options)
-    authenticator = Authenticator.from_file(config.auth_file) if config.auth_file else Authenticator()
-    checkpoints = CheckpointStore(config.checkpoint_dir) if config.checkpoint_dir else None
-    if checkpoints is not None:
-        log.info("restored %d sessions from %s", restore_all(manager, checkpoints), checkpoints.directory)
-    servicer = SimulatorServicer(manager, config.workers, str(device), authenticator, checkpoints, config.server_id)
-    pb_grpc.add_SimulatorServiceServicer_to_server(servicer, server)
+    grpc_server = grpc.aio.server(options=options)
+    servicer = SimulatorServicer(manager, config, str(device), authenticator)
+    pb_grpc.add_SimulatorServiceServicer_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), grpc_server
     )
-    port = server.add_secure_port(address, _tls(config)) if config.tls_cert else server.add_insecure_port(address)
+    port = (
+        grpc_server.add_secure_port(address, _tls(config))
+        if config.tls_cert
+        else grpc_server.add_insecure_port(address)
+    )
     if port == 0:
         raise OSError(f"cannot listen on {address}")
-    return SimulatorServer(server, servicer, health_servicer, checkpoints, config.checkpoint_interval_s), port
+    server = SimulatorServer(
+        grpc_server, servicer, health_servicer, config.checkpoint_interval_s, config.evict_idle_after_s
+    )
+    return server, port
+
+
+def _budget(config: ServerConfig, device: torch.device) -> int | None:
+    """The server's device-memory budget in bytes: as configured, else 90% of a CUDA device's."""
+    if config.limits.max_memory_mb > 0:
+        return config.limits.max_memory_mb * MB
+    if device.type == "cuda":
+        return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+    return None
 
 
 def _tls(config: ServerConfig) -> grpc.ServerCredentials:

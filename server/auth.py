@@ -5,19 +5,17 @@ The file is TOML::
     [tenants.alice]
     token = "..."
     max_sessions = 4          # optional
+    max_memory_mb = 8000      # optional: device memory its sessions and calls may hold
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Tenant", "Authenticator", "Unauthenticated", "OPEN_TENANT"]
-
-log = logging.getLogger("rnnsim.auth")
 
 
 class Unauthenticated(Exception):
@@ -31,6 +29,7 @@ class Tenant:
     name: str
     token: str
     max_sessions: int | None = None
+    max_memory_mb: int | None = None
 
 
 OPEN_TENANT = Tenant("default", "")
@@ -67,13 +66,12 @@ class Authenticator:
             unknown = set(entry) - {"token", "max_sessions", "max_memory_mb"}
             if unknown:
                 raise ValueError(f"auth file {path}: tenants.{name} has unknown keys {sorted(unknown)}")
-            limit = entry.get("max_sessions")
-            if limit is not None and not (isinstance(limit, int) and limit > 0):
-                raise ValueError(f"auth file {path}: tenants.{name}.max_sessions must be a positive integer")
-            if "max_memory_mb" in entry:
-                log.warning("auth file %s: tenants.%s.max_memory_mb is not enforced yet", path, name)
+            for key in ("max_sessions", "max_memory_mb"):
+                limit = entry.get(key)
+                if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
+                    raise ValueError(f"auth file {path}: tenants.{name}.{key} must be a positive integer")
             tokens.add(token)
-            tenants.append(Tenant(name, token, limit))
+            tenants.append(Tenant(name, token, entry.get("max_sessions"), entry.get("max_memory_mb")))
         return cls(tenants)
 
     def tenant_for(self, metadata) -> Tenant:

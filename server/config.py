@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from .scheduler import POLICIES
+
 __all__ = ["Limits", "ServerConfig", "resolve_device"]
 
 
@@ -23,6 +25,8 @@ class Limits:
     max_timesteps_times_batch: int = 1_000_000
     max_batch_size: int = 4096
     max_message_bytes: int = 256 * 1024 * 1024
+    max_memory_mb: int = 0
+    """Device memory all sessions and calls may hold; 0: 90% of a CUDA device's memory, none on the CPU."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,11 @@ class ServerConfig:
     """This replica's name in logs, GetServerInfo and every response's ``rnnsim-server-id`` metadata."""
     limits: Limits = field(default_factory=Limits)
     workers: int = 8
-    """Threads that run simulations; calls to different sessions run in parallel up to this many."""
+    """Scheduler slots: calls that run at once; the others wait their turn, fairly across tenants."""
+    scheduling: str = "fair"
+    """``fair`` across tenants by device time, or ``fifo`` (arrival order)."""
+    evict_idle_after_s: float = 0.0
+    """Sessions unused this long leave device memory for their checkpoint (0: never; needs checkpoint_dir)."""
     torch_threads: int = 0
     """Torch's intra-op threads; 0 keeps torch's default. 1 suits many small sessions on a CPU."""
     checkpoint_dir: str | None = None
@@ -64,7 +72,20 @@ class ServerConfig:
             "--workers",
             type=int,
             default=int(_env("workers", cls.workers)),
-            help="threads running simulations; different sessions run in parallel up to this many",
+            help="calls that run at once; the others wait their turn, fairly across tenants",
+        )
+        parser.add_argument(
+            "--scheduling",
+            choices=POLICIES,
+            default=_env("scheduling", cls.scheduling),
+            help="fair: across tenants by device time (default); fifo: in arrival order",
+        )
+        parser.add_argument(
+            "--evict-idle-after",
+            type=float,
+            default=float(_env("evict_idle_after", 900)),
+            help="seconds after which an unused session leaves device memory for its checkpoint and comes"
+            " back on its next call (default 900; 0: never)",
         )
         parser.add_argument(
             "--torch-threads",
@@ -112,6 +133,8 @@ class ServerConfig:
             device=args.device,
             limits=limits,
             workers=args.workers,
+            scheduling=args.scheduling,
+            evict_idle_after_s=args.evict_idle_after,
             torch_threads=args.torch_threads,
             checkpoint_dir=args.checkpoint_dir or None,
             checkpoint_interval_s=args.checkpoint_interval,

@@ -1,5 +1,6 @@
 """Prometheus metrics of one server: RPC latency and errors by method, timesteps simulated,
-sessions per tenant and the memory they hold. Each server has its own registry."""
+sessions per tenant and the memory they hold, evictions and restores, and the scheduler's queues.
+Each server has its own registry."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections import Counter as Tally
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .scheduler import FairScheduler
 from .sessions import SessionManager
 
 __all__ = ["Metrics"]
@@ -17,7 +19,7 @@ __all__ = ["Metrics"]
 class Metrics:
     """The server's metrics; ``serve(port)`` exposes them over HTTP for Prometheus to scrape."""
 
-    def __init__(self, manager: SessionManager):
+    def __init__(self, manager: SessionManager, scheduler: FairScheduler):
         self.registry = CollectorRegistry()
         self.rpc_seconds = Histogram(
             "rnnsim_rpc_duration_seconds", "RPC latency by method (streams: the whole stream)", ["method"],
@@ -27,7 +29,7 @@ class Metrics:
             "rnnsim_rpc_errors", "Failed RPCs by method and status code", ["method", "code"], registry=self.registry
         )
         self.timesteps = Counter("rnnsim_timesteps", "Timesteps simulated by Run and Simulate", registry=self.registry)
-        self.registry.register(_SessionCollector(manager))
+        self.registry.register(_SessionCollector(manager, scheduler))
 
     def observe(self, method: str, seconds: float, code: str) -> None:
         """Record one finished RPC; ``code`` is its status code name (``"OK"`` when it succeeded)."""
@@ -46,24 +48,46 @@ class Metrics:
 
 
 class _SessionCollector:
-    """Sessions per tenant and the bytes their parameters and states hold, read at scrape time."""
+    """Sessions, memory, evictions, restores and queues, read at scrape time."""
 
-    def __init__(self, manager: SessionManager):
+    def __init__(self, manager: SessionManager, scheduler: FairScheduler):
         self.manager = manager
+        self.scheduler = scheduler
 
     def collect(self):
         sessions = self.manager.list()
         per_tenant = GaugeMetricFamily("rnnsim_sessions", "Open sessions by tenant", labels=["tenant"])
+        resident = GaugeMetricFamily(
+            "rnnsim_resident_sessions", "Sessions in device memory (the others are evicted)", labels=["tenant"]
+        )
         for tenant, count in sorted(Tally(s.owner for s in sessions).items()):
             per_tenant.add_metric([tenant], count)
+            resident.add_metric([tenant], sum(s.resident for s in sessions if s.owner == tenant))
         yield per_tenant
+        yield resident
         device = self.manager.device
-        if device.type == "cuda":
-            used = torch.cuda.memory_allocated(device)
-        else:
-            used = sum(self.manager.memory_bytes(s) for s in sessions)
+        used = torch.cuda.memory_allocated(device) if device.type == "cuda" else self.manager.resident_bytes()
         yield GaugeMetricFamily(
             "rnnsim_device_memory_bytes",
-            "Device memory in use: CUDA's allocated bytes, or on the CPU the sessions' parameters and states",
+            "Device memory in use: CUDA's allocated bytes, or on the CPU the resident sessions' bytes",
             value=used,
         )
+        evictions = CounterMetricFamily(
+            "rnnsim_evictions", "Sessions evicted from device memory, by reason", labels=["reason"]
+        )
+        for reason in ("idle", "memory"):
+            evictions.add_metric([reason], self.manager.evictions[reason])
+        yield evictions
+        yield CounterMetricFamily(
+            "rnnsim_restores", "Sessions loaded back from their checkpoints", value=self.manager.restores
+        )
+        queued = GaugeMetricFamily("rnnsim_queued_calls", "Calls waiting for a scheduler slot", labels=["tenant"])
+        for tenant, count in sorted(self.scheduler.queued().items()):
+            queued.add_metric([tenant], count)
+        yield queued
+        seconds = CounterMetricFamily(
+            "rnnsim_device_seconds", "Slot time each tenant has had from the scheduler", labels=["tenant"]
+        )
+        for tenant, value in sorted(self.scheduler.device_seconds().items()):
+            seconds.add_metric([tenant], value)
+        yield seconds

@@ -21,9 +21,10 @@ from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
 from . import snapshots, training
 from .auth import Authenticator, Tenant
-from .checkpoints import CheckpointStore
+from .config import ServerConfig
 from .errors import DOMAIN, InvalidRequest, status_of
 from .metrics import Metrics
+from .scheduler import FairScheduler
 from .sessions import Session, SessionManager
 
 __all__ = ["SimulatorServicer", "VERSION", "SERVER_ID_KEY"]
@@ -75,30 +76,30 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
 class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     """Each method: decode the request, run the manager call in a worker thread, encode the answer."""
 
-    def __init__(
-        self,
-        manager: SessionManager,
-        workers: int,
-        device_name: str,
-        authenticator: Authenticator,
-        checkpoints: CheckpointStore | None = None,
-        server_id: str = "",
-    ):
+    def __init__(self, manager: SessionManager, config: ServerConfig, device_name: str, authenticator: Authenticator):
         self.manager = manager
-        self.server_id = server_id
-        self.identity = ((SERVER_ID_KEY, server_id),)
         self.authenticator = authenticator
-        self.checkpoints = checkpoints
-        self.metrics = Metrics(manager)
         self.device_name = device_name
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnsim-worker")
+        self.server_id = config.server_id
+        self.identity = ((SERVER_ID_KEY, config.server_id),)
+        self.scheduler = FairScheduler(config.workers, config.scheduling)
+        self.metrics = Metrics(manager, self.scheduler)
+        # Training and evaluation loops wait here between batches; each batch takes a scheduler turn.
+        self._loops = ThreadPoolExecutor(max_workers=config.limits.max_sessions, thread_name_prefix="rnnsim-loop")
 
-    async def in_worker(self, fn, *args):
-        """``fn(*args)`` on a worker thread, so the event loop keeps serving other calls."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+    async def in_worker(self, tenant: Tenant, fn, *args):
+        """``fn(*args)`` in the tenant's turn on a scheduler slot, so the event loop keeps serving.
+        A call cancelled (or past its deadline) before its turn comes never runs."""
+        return await asyncio.wrap_future(self.scheduler.submit(tenant.name, functools.partial(fn, *args)))
+
+    async def in_turns(self, tenant: Tenant, loop_fn, **kwargs):
+        """``loop_fn(..., schedule=...)`` on a loop thread, each of its batches in the tenant's turn."""
+        fn = functools.partial(loop_fn, schedule=functools.partial(self.scheduler.call, tenant.name), **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._loops, fn)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._loops.shutdown(wait=True)
+        self.scheduler.close()
 
     @_handled
     async def GetServerInfo(self, request, context, tenant):
@@ -122,13 +123,13 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             raise InvalidRequest("session.network is missing: describe the network to simulate")
         description = network.from_message(requested.network)
         session = await self.in_worker(
+            tenant,
             self.manager.create,
             description,
             list(requested.input_shape),
             requested.batch_size,
             requested.seed,
             tenant.name,
-            tenant.max_sessions,
         )
         return pb.CreateSessionResponse(session=self._session(session))
 
@@ -154,37 +155,35 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def DeleteSession(self, request, context, tenant):
-        session_id = self._owned(request.name, tenant)
-        self.manager.delete(session_id)
-        if self.checkpoints is not None:
-            await self.in_worker(self.checkpoints.remove, session_id)
+        await self.in_worker(tenant, self.manager.delete, self._owned(request.name, tenant))
         return pb.DeleteSessionResponse()
 
     @_handled
     async def ResetState(self, request, context, tenant):
-        await self.in_worker(self.manager.reset, self._owned(request.name, tenant), list(request.batch_indices))
+        await self.in_worker(tenant, self.manager.reset, self._owned(request.name, tenant), list(request.batch_indices))
         return pb.ResetStateResponse()
 
     @_handled
     async def GetState(self, request, context, tenant):
-        state = await self.in_worker(self.manager.get_state, self._owned(request.name, tenant))
+        state = await self.in_worker(tenant, self.manager.get_state, self._owned(request.name, tenant))
         return pb.GetStateResponse(tensors=snapshots.named_tensors(state))
 
     @_handled
     async def SetState(self, request, context, tenant):
         await self.in_worker(
-            self.manager.set_state, self._owned(request.name, tenant), snapshots.decode_named(request.tensors)
+            tenant, self.manager.set_state, self._owned(request.name, tenant), snapshots.decode_named(request.tensors)
         )
         return pb.SetStateResponse()
 
     @_handled
     async def GetParameters(self, request, context, tenant):
-        parameters = await self.in_worker(self.manager.get_parameters, self._owned(request.name, tenant))
+        parameters = await self.in_worker(tenant, self.manager.get_parameters, self._owned(request.name, tenant))
         return pb.GetParametersResponse(parameters=snapshots.named_tensors(parameters))
 
     @_handled
     async def SetParameters(self, request, context, tenant):
         await self.in_worker(
+            tenant,
             self.manager.set_parameters,
             self._owned(request.name, tenant),
             snapshots.decode_named(request.parameters),
@@ -230,6 +229,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             raise InvalidRequest(f"unknown carry {request.carry}")
         loss, optimizer, clip = _training_config(request.config)
         result = await self.in_worker(
+            tenant,
             functools.partial(
                 self.manager.train_step,
                 self._owned(request.name, tenant),
@@ -239,7 +239,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
                 optimizer,
                 clip_norm=clip,
                 carry=carry,
-            )
+            ),
         )
         return pb.TrainStepResponse(metrics=_metrics(result.metrics()))
 
@@ -274,7 +274,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
                 report=lambda progress: loop.call_soon_threadsafe(queue.put_nowait, progress),
                 cancelled=cancel.is_set,
             )
-            done = loop.run_in_executor(self._executor, fit)
+            done = loop.create_task(self.in_turns(tenant, fit))
             done.add_done_callback(lambda _: queue.put_nowait(None))
             try:
                 while (progress := await queue.get()) is not None:
@@ -290,19 +290,20 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def Evaluate(self, request, context, tenant):
-        metrics = await self.in_worker(
+        metrics = await self.in_turns(
+            tenant,
             self.manager.evaluate,
-            self._owned(request.name, tenant),
-            _required_tensor(request, "inputs"),
-            _required_tensor(request, "targets"),
-            request.loss or "ce_count",
-            request.batch_size or 256,
+            session_id=self._owned(request.name, tenant),
+            x=_required_tensor(request, "inputs"),
+            y=_required_tensor(request, "targets"),
+            loss=request.loss or "ce_count",
+            batch_size=request.batch_size or 256,
         )
         return pb.EvaluateResponse(metrics=_metrics(metrics))
 
     @_handled
     async def ExportSession(self, request, context, tenant):
-        snapshot = await self.in_worker(self.manager.export, self._owned(request.name, tenant))
+        snapshot = await self.in_worker(tenant, self.manager.export, self._owned(request.name, tenant))
         return pb.ExportSessionResponse(snapshot=snapshots.to_message(snapshot))
 
     @_handled
@@ -310,7 +311,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         if not request.HasField("snapshot") or not request.snapshot.HasField("network"):
             raise InvalidRequest("snapshot is missing or has no network: send what ExportSession gave")
         snapshot = snapshots.from_message(request.snapshot)
-        session = await self.in_worker(self.manager.import_, snapshot, tenant.name, tenant.max_sessions)
+        session = await self.in_worker(tenant, self.manager.import_, snapshot, tenant.name)
         return pb.ImportSessionResponse(session=self._session(session))
 
     async def _simulate(self, request, tenant: Tenant):
@@ -319,7 +320,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             raise InvalidRequest("input is missing: send a (time, batch, *input_shape) tensor")
         x = tensors.decode_torch(request.input)
         packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
-        result = await self.in_worker(self.manager.run, session_id, x, list(request.record_layers), packed)
+        result = await self.in_worker(tenant, self.manager.run, session_id, x, list(request.record_layers), packed)
         self.metrics.timesteps.inc(x.shape[0])
         return result
 

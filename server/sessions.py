@@ -7,13 +7,17 @@ sessions run in parallel. A call that fails leaves its session as it was.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,6 +27,7 @@ from rnnbuilder import spec
 
 from .config import Limits
 from .errors import InvalidRequest, LimitExceeded, SessionNotFound
+from .memory import MB, MemoryLedger, Quota, held_bytes, work_bytes
 from .training import (
     BatchResult,
     OptimizerConfig,
@@ -37,48 +42,83 @@ from .training import (
     train_chunks,
 )
 
-__all__ = ["Session", "SessionManager"]
+__all__ = ["Session", "SessionManager", "SessionStore"]
 
 log = logging.getLogger("rnnsim.sessions")
 
 
+class SessionStore(Protocol):
+    """Where sessions go when they leave memory: a checkpoint folder (see ``server.checkpoints``)."""
+
+    def write(self, session_id: str, owner: str, snapshot: dict) -> None: ...
+    def read(self, session_id: str, owner: str | None) -> tuple[str, dict] | None: ...
+    def index(self) -> list[tuple[str, str]]: ...
+    def remove(self, session_id: str) -> None: ...
+
+
 @dataclass
 class Session:
-    """One simulation: the model with its parameters, and the state between calls."""
+    """One simulation: the model with its parameters, and the state between calls.
+
+    ``model``, ``state`` and ``training`` are None while the session is evicted: its checkpoint
+    holds them, and the next call that needs them loads it. The rest is always here.
+    """
 
     id: str
     description: dict
     input_shape: tuple[int, ...]
     batch_size: int
     seed: int
-    model: rb.Model
-    state: object
+    owner: str
     create_time: dt.datetime
-    training: Training
-    owner: str = "default"
+    output_shape: tuple[int, ...]
+    parameter_count: int
+    recordable_layers: list[str]
+    entry_elements: int
+    """Input, state and output elements per batch entry: the scale of a call's activations."""
+    model: rb.Model | None = None
+    state: object = None
+    training: Training | None = None
     timesteps: int = 0
+    bytes: int = 0
+    """Device bytes it holds while resident (measured), or will hold when loaded (from its checkpoint)."""
+    last_used: float = field(default_factory=time.monotonic)
+    dirty: bool = True
+    """Changed since its last checkpoint."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self.model.out_shape
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
-    @property
-    def recordable_layers(self) -> list[str]:
-        return self.model.record_names()
+    def resident(self) -> bool:
+        return self.model is not None
 
 
 class SessionManager:
-    """Creates, runs and deletes sessions on one device, within ``limits``."""
+    """Creates, runs, evicts and deletes sessions on one device, within ``limits`` and memory budgets.
 
-    def __init__(self, device: torch.device, limits: Limits, registry: spec.Registry | None = None):
+    With a ``store``, sessions can leave memory (``evict_idle``, or to make room under a budget)
+    and come back on their next call; sessions the store has but memory hasn't (after a restart,
+    or written by another replica sharing the folder) are loaded on demand.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        limits: Limits,
+        registry: spec.Registry | None = None,
+        store: SessionStore | None = None,
+        quotas: Mapping[str, Quota] | None = None,
+        memory_budget_bytes: int | None = None,
+    ):
         self.device = device
         self.limits = limits
         self.registry = registry or spec.default_registry
+        self.store = store
+        self.quotas = dict(quotas or {})
+        self.ledger = MemoryLedger(memory_budget_bytes)
+        self.evictions: Counter[str] = Counter()
+        """Sessions evicted, by reason (``idle``, ``memory``)."""
+        self.restores = 0
+        """Evicted or stored sessions loaded back into memory."""
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
@@ -89,12 +129,11 @@ class SessionManager:
         batch_size: int,
         seed: int,
         owner: str = "default",
-        owner_max_sessions: int | None = None,
         session_id: str | None = None,
     ) -> Session:
         """Build the described network for ``input_shape`` and open a session for ``batch_size``
-        sequences, owned by ``owner``, who may hold at most ``owner_max_sessions`` (None: no own limit).
-        ``session_id`` is for restoring checkpoints; new sessions get a random one."""
+        sequences, owned by ``owner``. ``session_id`` is for imports that keep an id; new
+        sessions get a random one."""
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d <= 0 for d in input_shape):
             raise InvalidRequest(
@@ -105,10 +144,42 @@ class SessionManager:
         if batch_size > self.limits.max_batch_size:
             raise LimitExceeded("max_batch_size", batch_size, self.limits.max_batch_size, "batch size")
         factory = spec.from_spec(description, self.registry)
-        with torch.device("meta"):  # count before allocating anything
+        session = self._plan(factory, input_shape, batch_size, seed, owner, session_id or secrets.token_hex(8))
+        self._check_room(owner)  # before allocating; again when inserting: others may be faster
+        with self._reserved(session, session.bytes, evict=True):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = factory.make_model(input_shape)
+            session.model = model.to(self.device).eval()
+            session.state = session.model.get_initial_state(batch_size)
+            session.training = Training(seed)
+            session.bytes = held_bytes(session.model, session.state)
+            with self._lock:
+                self._check_room(owner)
+                if session.id in self._sessions:
+                    raise InvalidRequest(f"session {session.id} exists already")
+                self._sessions[session.id] = session
+        log.info(
+            "session %s created: %s, input %s, batch %d",
+            session.id,
+            _summary(factory),
+            input_shape,
+            batch_size,
+            extra={"event": "session_created", "session": session.id, "tenant": owner},
+        )
+        return session
+
+    def _plan(
+        self, factory, input_shape: tuple[int, ...], batch_size: int, seed: int, owner: str, session_id: str
+    ) -> Session:
+        """The session ``factory`` would make, with nothing allocated: sizes are counted on the
+        meta device and checked against the limits."""
+        with torch.device("meta"):
             planned = factory.make_model(input_shape)
             size = sum(t.numel() for t in planned.state_dict().values())
-            state_size = sum(t.numel() for t in rb.named_leaves(planned.get_initial_state(batch_size)).values())
+            initial = planned.get_initial_state(batch_size)
+            state_size = sum(t.numel() for t in rb.named_leaves(initial).values())
+            held = held_bytes(planned, initial)
         if size > self.limits.max_parameters_per_session:
             raise LimitExceeded(
                 "max_parameters_per_session", size, self.limits.max_parameters_per_session, "parameters and buffers"
@@ -120,63 +191,229 @@ class SessionManager:
                 self.limits.max_state_elements_per_session,
                 "state elements (neurons x batch); use a smaller batch or network",
             )
-        self._check_room(owner, owner_max_sessions)  # before allocating; again when inserting: others may be faster
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = factory.make_model(input_shape)
-        model = model.to(self.device).eval()
-        session = Session(
-            id=session_id or secrets.token_hex(8),
+        return Session(
+            id=session_id,
             description=spec.to_spec(factory, self.registry),
             input_shape=input_shape,
             batch_size=batch_size,
             seed=seed,
-            model=model,
-            state=model.get_initial_state(batch_size),
-            create_time=dt.datetime.now(dt.UTC),
-            training=Training(seed),
             owner=owner,
+            create_time=dt.datetime.now(dt.UTC),
+            output_shape=planned.out_shape,
+            parameter_count=sum(p.numel() for p in planned.parameters()),
+            recordable_layers=planned.record_names(),
+            entry_elements=state_size // batch_size + math.prod(input_shape) + math.prod(planned.out_shape),
+            bytes=held,
         )
-        with self._lock:
-            self._check_room(owner, owner_max_sessions)
-            if session.id in self._sessions:
-                raise InvalidRequest(f"session {session.id} exists already")
-            self._sessions[session.id] = session
-        log.info("session %s created: %s, input %s, batch %d", session.id, _summary(factory), input_shape, batch_size)
-        return session
 
-    def _check_room(self, owner: str, owner_max_sessions: int | None) -> None:
+    def _check_room(self, owner: str) -> None:
         if len(self._sessions) >= self.limits.max_sessions:
             raise LimitExceeded("max_sessions", len(self._sessions) + 1, self.limits.max_sessions, "open sessions")
         owned = sum(s.owner == owner for s in self._sessions.values())
-        if owner_max_sessions is not None and owned >= owner_max_sessions:
-            raise LimitExceeded("tenant max_sessions", owned + 1, owner_max_sessions, f"sessions of {owner}")
+        limit = self._quota(owner).max_sessions
+        if limit is not None and owned >= limit:
+            raise LimitExceeded("tenant max_sessions", owned + 1, limit, f"sessions of {owner}")
 
-    def memory_bytes(self, session: Session) -> int:
-        """The bytes a session's parameters, buffers and state take."""
-        tensors = [*session.model.state_dict().values(), *rb.named_leaves(session.state).values()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+    def _quota(self, owner: str) -> Quota:
+        return self.quotas.get(owner, Quota())
+
+    def resident_bytes(self, owner: str | None = None) -> int:
+        """Bytes the resident sessions (of ``owner``, if given) hold on the device."""
+        with self._lock:
+            return sum(s.bytes for s in self._sessions.values() if s.resident and owner in (None, s.owner))
 
     def get(self, session_id: str, owner: str | None = None) -> Session:
-        """The session; ``owner``, if given, must own it: others get SessionNotFound, so that a
-        session's existence doesn't leak to other tenants."""
+        """The session, resident or not; ``owner``, if given, must own it: others get
+        SessionNotFound, so that a session's existence doesn't leak to other tenants. A session
+        only the store has is registered here (and loaded by the first call that needs it)."""
         with self._lock:
             session = self._sessions.get(session_id)
+        if session is None and self.store is not None:
+            session = self._discover(session_id, owner)
         if session is None or (owner is not None and session.owner != owner):
             raise SessionNotFound(f"sessions/{session_id}")
         return session
 
+    def _discover(self, session_id: str, owner: str | None) -> Session | None:
+        found = self.store.read(session_id, owner)
+        if found is None:
+            return None
+        owner, snapshot = found
+        session = self._stub(session_id, owner, snapshot)
+        with self._lock:
+            return self._sessions.setdefault(session_id, session)
+
+    def _stub(self, session_id: str, owner: str, snapshot: dict) -> Session:
+        """An evicted session for a stored snapshot: described, sized, not loaded."""
+        factory = spec.from_spec(snapshot["description"], self.registry)
+        session = self._plan(
+            factory, tuple(snapshot["input_shape"]), snapshot["batch_size"], snapshot["seed"], owner, session_id
+        )
+        tensors = [*snapshot["parameters"].values(), *snapshot["state"].values()]
+        tensors += [*(snapshot["optimizer"] or {}).get("tensors", {}).values(), *(snapshot["carried"] or {}).values()]
+        session.bytes = sum(t.numel() * t.element_size() for t in tensors)
+        session.timesteps, session.dirty = snapshot["timesteps"], False
+        return session
+
+    def register_stored(self) -> int:
+        """Register every session the store holds, not loaded: after a restart they list and
+        answer as before, and each is loaded on its first call. Unreadable ones are logged and
+        skipped. Returns how many."""
+        registered = 0
+        for session_id, owner in self.store.index():
+            try:
+                registered += self.get(session_id, owner) is not None
+            except Exception as error:  # a checkpoint this server can't rebuild is skipped, never fatal
+                log.warning("skipping stored session %s: %s", session_id, error)
+        return registered
+
     def list(self, owner: str | None = None) -> list[Session]:
-        """The sessions (of ``owner``, if given), oldest first."""
+        """The sessions (of ``owner``, if given), resident or not, oldest first."""
         with self._lock:
             sessions = [s for s in self._sessions.values() if owner is None or s.owner == owner]
         return sorted(sessions, key=lambda s: s.create_time)
 
     def delete(self, session_id: str) -> None:
+        """Close the session and remove its checkpoint; a call running on it finishes first."""
         with self._lock:
-            if self._sessions.pop(session_id, None) is None:
+            session = self._sessions.pop(session_id, None)
+        if session is None:
+            raise SessionNotFound(f"sessions/{session_id}")
+        with session.lock:
+            session.model = session.state = session.training = None
+            if self.store is not None:
+                self.store.remove(session_id)
+        log.info("session %s deleted", session_id, extra={"event": "session_deleted", "session": session_id})
+
+    @contextmanager
+    def _using(self, session_id: str, work: int = 0, changes: bool = True) -> Iterator[Session]:
+        """The session, locked and loaded, with ``work`` bytes reserved for the call; ``changes``:
+        the call changes what a checkpoint holds. Refused (LimitExceeded) over a memory budget."""
+        session = self.get(session_id)
+        with session.lock:
+            if session_id not in self._sessions:  # deleted while this call waited
                 raise SessionNotFound(f"sessions/{session_id}")
-        log.info("session %s deleted", session_id)
+            if not session.resident:
+                with self._reserved(session, session.bytes, evict=True):
+                    self._load(session)
+            with self._reserved(session, work, evict=True):
+                session.last_used = time.monotonic()
+                yield session
+                session.dirty |= changes
+
+    @contextmanager
+    def _reserved(self, session: Session, need: int, evict: bool) -> Iterator[None]:
+        """``need`` bytes reserved for ``session``'s owner while the block runs. Over a budget,
+        idle sessions are evicted first (the owner's, for the owner's budget); if that isn't
+        enough, LimitExceeded gives the numbers."""
+        owner, budget = session.owner, self._quota(session.owner).max_memory_mb
+        budget = None if budget is None else budget * MB
+        while True:
+            broken = self.ledger.try_reserve(owner, need, budget, self.resident_bytes(owner), self.resident_bytes())
+            if broken is None:
+                break
+            scope, total, allowed = broken
+            if not (evict and self._evict_for(total - allowed, owner if scope == "tenant" else None, session)):
+                what = f"device memory of {owner}" if scope == "tenant" else "device memory of the server"
+                raise LimitExceeded(
+                    f"{scope} max_memory_mb",
+                    math.ceil(total / MB),
+                    allowed // MB,
+                    f"{what} in MB, this call needing {math.ceil(need / MB)} MB; close or shrink sessions,"
+                    " or send fewer timesteps x batch",
+                )
+        try:
+            yield
+        finally:
+            self.ledger.release(owner, need)
+
+    def _evict_for(self, shortfall: int, owner: str | None, keep: Session) -> bool:
+        """Evict least recently used idle sessions (of ``owner``, if given) until ``shortfall``
+        bytes are free; False if nothing could be evicted."""
+        with self._lock:
+            candidates = [
+                s for s in self._sessions.values() if s.resident and s is not keep and owner in (None, s.owner)
+            ]
+        freed = 0
+        for victim in sorted(candidates, key=lambda s: s.last_used):
+            if freed >= shortfall:
+                break
+            size = victim.bytes
+            if self._evict(victim, "memory"):
+                freed += size
+        return freed > 0
+
+    def evict_idle(self, idle_s: float) -> int:
+        """Evict the sessions unused for ``idle_s`` seconds; returns how many."""
+        cutoff = time.monotonic() - idle_s
+        with self._lock:
+            idle = [s for s in self._sessions.values() if s.resident and s.last_used < cutoff]
+        return sum(self._evict(s, "idle") for s in idle)
+
+    def _evict(self, session: Session, reason: str) -> bool:
+        """Checkpoint the session (if changed) and free its device memory; False if it is busy,
+        gone, or there is no store to keep it."""
+        if self.store is None or not session.lock.acquire(blocking=False):
+            return False
+        try:
+            if not session.resident or session.id not in self._sessions:
+                return False
+            if session.dirty:
+                self.store.write(session.id, session.owner, self._export(session))
+            session.model = session.state = session.training = None
+            session.dirty = False
+            self.evictions[reason] += 1
+        finally:
+            session.lock.release()
+        log.info(
+            "session %s evicted (%s)",
+            session.id,
+            reason,
+            extra={"event": "session_evicted", "session": session.id, "tenant": session.owner, "reason": reason},
+        )
+        return True
+
+    def _load(self, session: Session) -> None:
+        """Bring an evicted session back from its checkpoint (the session's lock is held)."""
+        found = self.store.read(session.id, session.owner)
+        if found is None:
+            with self._lock:
+                self._sessions.pop(session.id, None)
+            raise SessionNotFound(f"sessions/{session.id}")
+        snapshot = found[1]
+        factory = spec.from_spec(snapshot["description"], self.registry)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(session.seed)
+            model = factory.make_model(session.input_shape)
+        session.model = model.to(self.device).eval()
+        session.state = session.model.get_initial_state(session.batch_size)
+        session.training = Training(session.seed)
+        try:
+            self._apply(session, snapshot)
+        except Exception:
+            session.model = session.state = session.training = None
+            raise
+        session.dirty = False
+        self.restores += 1
+        log.info(
+            "session %s loaded from its checkpoint",
+            session.id,
+            extra={"event": "session_restored", "session": session.id, "tenant": session.owner},
+        )
+
+    def checkpoint_all(self) -> int:
+        """Write the checkpoint of every resident session changed since its last one; returns how many."""
+        written = 0
+        for session in self.list():
+            try:
+                with session.lock:
+                    if session.resident and session.dirty and session.id in self._sessions:
+                        self.store.write(session.id, session.owner, self._export(session))
+                        session.dirty = False
+                        written += 1
+            except Exception:  # a full disk: the others still get written
+                log.exception("checkpoint of session %s failed", session.id)
+        return written
 
     def run(
         self, session_id: str, x: torch.Tensor, record: list[str], bitpacked: bool = False
@@ -189,7 +426,8 @@ class SessionManager:
         """
         session = self.get(session_id)
         x = self._checked_input(session, x, batch=session.batch_size)
-        with session.lock, torch.no_grad():
+        work = work_bytes(session.entry_elements, x.shape[0], x.shape[1], training=False)
+        with self._using(session_id, work) as session, torch.no_grad():
             if record:
                 out, state, recordings = session.model.record(x, record, session.state)
             else:
@@ -225,14 +463,23 @@ class SessionManager:
         objective = get_loss(loss)
         x = self._checked_input(session, x)
         y = objective.check_targets(y.to(self.device), x.shape[0], x.shape[1], session.output_shape)
-        with session.lock:
+        with self._using(session_id, self._training_work(session, x.shape[0], x.shape[1])) as session:
             carried = session.training.carried if carry == "continue" else None
             if carried is not None and session.model.batch_size_of(carried) not in (0, x.shape[1]):
                 raise InvalidRequest("carry='continue' needs the batch size of the chunk that started the stream")
             result, final = train_batch(session.model, session.training, x, y, objective, optimizer, clip_norm, carried)
             if carry != "none":
                 session.training.carried = detached(final)
+            self._measure(session)
         return result
+
+    def _training_work(self, session: Session, timesteps: int, batch: int) -> int:
+        """Activations and gradients, plus room for an optimizer's moments if there is none yet."""
+        moments = 0 if session.resident and session.training.optimizer is not None else 2 * 4 * session.parameter_count
+        return work_bytes(session.entry_elements, timesteps, batch, training=True) + moments
+
+    def _measure(self, session: Session) -> None:
+        session.bytes = held_bytes(session.model, session.state, session.training.optimizer, session.training.carried)
 
     def fit(
         self,
@@ -249,12 +496,14 @@ class SessionManager:
         tbptt_steps: int = 0,
         report: Callable[[dict], None] = lambda progress: None,
         cancelled: Callable[[], bool] = lambda: False,
+        schedule: Callable[[Callable], object] = lambda job: job(),
     ) -> list[dict]:
         """Train on a dataset x (samples, time, *input_shape), targets (samples, ...), for ``epochs``.
 
         Each batch starts from a fresh state; the order is shuffled by the session's generator.
         ``report`` gets a dict after every batch (``kind="batch"``) and epoch (``kind="epoch"``).
         Stops at the next batch boundary once ``cancelled()``; returns the per-epoch history.
+        ``schedule(job)`` runs each batch's ``job()`` and returns its result: a scheduler's turn.
         """
         session = self.get(session_id)
         objective = get_loss(loss)
@@ -267,27 +516,32 @@ class SessionManager:
             validation = self._dataset(session, *validation, objective, batch_size)
         history: list[dict] = []
         batches = math.ceil(x.shape[1] / batch_size)
+        steps = min(tbptt_steps or x.shape[0], x.shape[0])
+
+        def train(index: torch.Tensor) -> BatchResult:
+            with self._using(session_id, self._training_work(session, steps, len(index))) as held:
+                result = train_chunks(
+                    held.model,
+                    held.training,
+                    x[:, index],
+                    y[:, index] if objective.per_step else y[index],
+                    objective,
+                    optimizer,
+                    clip_norm,
+                    tbptt_steps,
+                )
+                self._measure(held)
+                return result
+
         for epoch in range(epochs):
             started, totals = time.perf_counter(), Totals()
-            with session.lock:
-                order = (
-                    torch.randperm(x.shape[1], generator=session.training.rng) if shuffle else torch.arange(x.shape[1])
-                )
+            with self._using(session_id, changes=shuffle) as held:
+                order = torch.randperm(x.shape[1], generator=held.training.rng) if shuffle else torch.arange(x.shape[1])
             for batch, index in enumerate(order.to(self.device).split(batch_size)):
                 if cancelled():
                     log.info("session %s training cancelled at epoch %d, batch %d", session_id, epoch, batch)
                     return history
-                with session.lock:
-                    result = train_chunks(
-                        session.model,
-                        session.training,
-                        x[:, index],
-                        y[:, index] if objective.per_step else y[index],
-                        objective,
-                        optimizer,
-                        clip_norm,
-                        tbptt_steps,
-                    )
+                result = schedule(functools.partial(train, index))
                 totals.add(result, len(index))
                 report({"kind": "batch", "epoch": epoch, "batch": batch, "batches": batches, **result.metrics()})
             summary = {
@@ -296,30 +550,49 @@ class SessionManager:
                 "samples_per_second": x.shape[1] / (time.perf_counter() - started),
             }
             if validation is not None:
-                summary.update(
-                    {f"val_{k}": v for k, v in self._evaluate(session, *validation, objective, batch_size).items()}
-                )
+                metrics = self._evaluate(session_id, *validation, objective, batch_size, schedule)
+                summary.update({f"val_{k}": v for k, v in metrics.items()})
             history.append(summary)
             report({"kind": "epoch", **summary})
-            log.info("session %s epoch %d: %s", session_id, epoch, summary)
+            log.info(
+                "session %s epoch %d: %s",
+                session_id,
+                epoch,
+                summary,
+                extra={"event": "epoch", "session": session_id, "tenant": session.owner},
+            )
         return history
 
-    def evaluate(self, session_id: str, x: torch.Tensor, y: torch.Tensor, loss: str, batch_size: int) -> dict:
-        """Loss (and accuracy, for class losses) on x (samples, time, ...), in eval mode."""
+    def evaluate(
+        self,
+        session_id: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss: str,
+        batch_size: int,
+        schedule: Callable[[Callable], object] = lambda job: job(),
+    ) -> dict:
+        """Loss (and accuracy, for class losses) on x (samples, time, ...), in eval mode;
+        ``schedule`` as in ``fit``."""
         session = self.get(session_id)
         objective = get_loss(loss)
         if batch_size < 1:
             raise InvalidRequest(f"batch_size must be at least 1, got {batch_size}")
-        return self._evaluate(session, *self._dataset(session, x, y, objective, batch_size), objective, batch_size)
+        x, y = self._dataset(session, x, y, objective, batch_size)
+        return self._evaluate(session_id, x, y, objective, batch_size, schedule)
 
-    def _evaluate(self, session: Session, x, y, objective, batch_size: int) -> dict:
+    def _evaluate(self, session_id: str, x, y, objective, batch_size: int, schedule) -> dict:
         totals = Totals()
-        for index in torch.arange(x.shape[1], device=self.device).split(batch_size):
-            with session.lock:
-                result = evaluate_batch(
-                    session.model, x[:, index], y[:, index] if objective.per_step else y[index], objective
+
+        def evaluate(index: torch.Tensor) -> BatchResult:
+            work = work_bytes(self.get(session_id).entry_elements, x.shape[0], len(index), training=False)
+            with self._using(session_id, work, changes=False) as held:
+                return evaluate_batch(
+                    held.model, x[:, index], y[:, index] if objective.per_step else y[index], objective
                 )
-            totals.add(result, len(index))
+
+        for index in torch.arange(x.shape[1], device=self.device).split(batch_size):
+            totals.add(schedule(functools.partial(evaluate, index)), len(index))
         metrics = totals.metrics()
         metrics.pop("grad_norm")
         return metrics
@@ -365,30 +638,26 @@ class SessionManager:
     def export(self, session_id: str) -> dict:
         """Everything needed to recreate the session exactly: description, parameters, state,
         optimizer state, random generator, carried training state and timestep count."""
-        session = self.get(session_id)
-        with session.lock:
-            training = session.training
-            return {
-                "description": session.description,
-                "input_shape": session.input_shape,
-                "batch_size": session.batch_size,
-                "seed": session.seed,
-                "timesteps": session.timesteps,
-                "parameters": _cpu(session.model.state_dict()),
-                "state": _cpu(rb.named_leaves(session.state)),
-                "optimizer": optimizer_snapshot(training),
-                "rng": training.rng.get_state(),
-                "carried": None if training.carried is None else _cpu(rb.named_leaves(training.carried)),
-                "carried_batch": 0 if training.carried is None else session.model.batch_size_of(training.carried),
-            }
+        with self._using(session_id, changes=False) as session:
+            return self._export(session)
 
-    def import_(
-        self,
-        snapshot: dict,
-        owner: str = "default",
-        owner_max_sessions: int | None = None,
-        session_id: str | None = None,
-    ) -> Session:
+    def _export(self, session: Session) -> dict:
+        training = session.training
+        return {
+            "description": session.description,
+            "input_shape": session.input_shape,
+            "batch_size": session.batch_size,
+            "seed": session.seed,
+            "timesteps": session.timesteps,
+            "parameters": _cpu(session.model.state_dict()),
+            "state": _cpu(rb.named_leaves(session.state)),
+            "optimizer": optimizer_snapshot(training),
+            "rng": training.rng.get_state(),
+            "carried": None if training.carried is None else _cpu(rb.named_leaves(training.carried)),
+            "carried_batch": 0 if training.carried is None else session.model.batch_size_of(training.carried),
+        }
+
+    def import_(self, snapshot: dict, owner: str = "default", session_id: str | None = None) -> Session:
         """A new session of ``owner`` (under ``session_id``, if given), exactly as ``export`` described one."""
         session = self.create(
             snapshot["description"],
@@ -396,35 +665,38 @@ class SessionManager:
             snapshot["batch_size"],
             snapshot["seed"],
             owner,
-            owner_max_sessions,
             session_id,
         )
         try:
-            self.set_parameters(session.id, snapshot["parameters"])
-            self.set_state(session.id, snapshot["state"])
-            with session.lock:
-                training = session.training
-                if snapshot["optimizer"] is not None:
-                    restore_optimizer(training, session.model, snapshot["optimizer"])
-                if snapshot["rng"] is not None:
-                    try:
-                        training.rng.set_state(snapshot["rng"].to(torch.uint8))
-                    except RuntimeError as e:
-                        raise InvalidRequest(f"the random generator state is malformed: {e}") from None
-                if snapshot["carried"] is not None:
-                    template = session.model.get_initial_state(snapshot["carried_batch"])
-                    training.carried = rb.replace_leaves(template, snapshot["carried"])
-                session.timesteps = snapshot["timesteps"]
+            with self._using(session.id) as held:
+                self._apply(held, snapshot)
         except Exception:
             self.delete(session.id)
             raise
-        log.info("session %s restored from a snapshot", session.id)
+        log.info("session %s imported from a snapshot", session.id, extra={"event": "session_imported"})
         return session
+
+    def _apply(self, session: Session, snapshot: dict) -> None:
+        """Load ``export``'s output into a resident session (its lock held), checked first."""
+        self._assign_parameters(session, snapshot["parameters"])
+        self._assign_state(session, snapshot["state"])
+        training = session.training
+        if snapshot["optimizer"] is not None:
+            restore_optimizer(training, session.model, snapshot["optimizer"])
+        if snapshot["rng"] is not None:
+            try:
+                training.rng.set_state(snapshot["rng"].to(torch.uint8))
+            except RuntimeError as e:
+                raise InvalidRequest(f"the random generator state is malformed: {e}") from None
+        if snapshot["carried"] is not None:
+            template = session.model.get_initial_state(snapshot["carried_batch"])
+            training.carried = rb.replace_leaves(template, snapshot["carried"])
+        session.timesteps = snapshot["timesteps"]
+        self._measure(session)
 
     def reset(self, session_id: str, batch_indices: list[int]) -> None:
         """Restart the state of ``batch_indices`` (all when empty)."""
-        session = self.get(session_id)
-        with session.lock:
+        with self._using(session_id) as session:
             if batch_indices:
                 session.state = session.model.reset_state(session.state, batch_indices)
             else:
@@ -432,39 +704,41 @@ class SessionManager:
         log.info("session %s reset %s", session_id, batch_indices or "all")
 
     def get_state(self, session_id: str) -> dict[str, torch.Tensor]:
-        session = self.get(session_id)
-        with session.lock:
+        with self._using(session_id, changes=False) as session:
             return _cpu(rb.named_leaves(session.state))
 
     def set_state(self, session_id: str, tensors: dict[str, torch.Tensor]) -> None:
-        session = self.get(session_id)
-        with session.lock:
-            _check_finite(tensors, "state")
-            session.state = rb.replace_leaves(session.model.get_initial_state(session.batch_size), tensors)
+        with self._using(session_id) as session:
+            self._assign_state(session, tensors)
+
+    def _assign_state(self, session: Session, tensors: dict[str, torch.Tensor]) -> None:
+        _check_finite(tensors, "state")
+        session.state = rb.replace_leaves(session.model.get_initial_state(session.batch_size), tensors)
 
     def get_parameters(self, session_id: str) -> dict[str, torch.Tensor]:
-        session = self.get(session_id)
-        with session.lock:
+        with self._using(session_id, changes=False) as session:
             return _cpu(session.model.state_dict())
 
     def set_parameters(self, session_id: str, tensors: dict[str, torch.Tensor]) -> None:
         """Replace the named parameters and buffers; the others keep their values."""
-        session = self.get(session_id)
-        with session.lock:
-            current = session.model.state_dict()
-            unknown = sorted(tensors.keys() - current.keys())
-            if unknown:
-                raise InvalidRequest(f"unknown parameters {unknown}; this session has {sorted(current)}")
-            for name, tensor in tensors.items():
-                if tuple(tensor.shape) != tuple(current[name].shape):
-                    raise rb.ShapeError(
-                        f"parameter {name!r} must have shape {tuple(current[name].shape)}, got {tuple(tensor.shape)}"
-                    )
-            _check_finite(tensors, "parameter")
-            with torch.no_grad():
-                for name, tensor in tensors.items():
-                    current[name].copy_(tensor)
+        with self._using(session_id) as session:
+            self._assign_parameters(session, tensors)
         log.info("session %s parameters set: %d tensors", session_id, len(tensors))
+
+    def _assign_parameters(self, session: Session, tensors: dict[str, torch.Tensor]) -> None:
+        current = session.model.state_dict()
+        unknown = sorted(tensors.keys() - current.keys())
+        if unknown:
+            raise InvalidRequest(f"unknown parameters {unknown}; this session has {sorted(current)}")
+        for name, tensor in tensors.items():
+            if tuple(tensor.shape) != tuple(current[name].shape):
+                raise rb.ShapeError(
+                    f"parameter {name!r} must have shape {tuple(current[name].shape)}, got {tuple(tensor.shape)}"
+                )
+        _check_finite(tensors, "parameter")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                current[name].copy_(tensor)
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

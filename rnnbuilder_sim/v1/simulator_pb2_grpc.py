@@ -27,6 +27,14 @@ if _version_not_supported:
 
 class SimulatorServiceStub:
     """Simulates networks in sessions that keep their parameters and state on the server's device.
+
+    Replicas behind a proxy (deploy/ in the repository): a client sends the request metadata
+    "rnnsim-session: <session_id>" on every call that names a session, and on CreateSession and
+    ImportSession the id it proposes for the new session, so that a proxy hashing on it sends all
+    of a session's calls to the one replica that holds it. Calls without it (GetServerInfo,
+    ListSessions) may go to any replica; ListSessions then lists that replica's sessions. Every
+    response carries the initial metadata "rnnsim-server-id: <replica>", naming the replica that
+    answered.
     """
 
     def __init__(self, channel):
@@ -124,6 +132,14 @@ class SimulatorServiceStub:
 
 class SimulatorServiceServicer:
     """Simulates networks in sessions that keep their parameters and state on the server's device.
+
+    Replicas behind a proxy (deploy/ in the repository): a client sends the request metadata
+    "rnnsim-session: <session_id>" on every call that names a session, and on CreateSession and
+    ImportSession the id it proposes for the new session, so that a proxy hashing on it sends all
+    of a session's calls to the one replica that holds it. Calls without it (GetServerInfo,
+    ListSessions) may go to any replica; ListSessions then lists that replica's sessions. Every
+    response carries the initial metadata "rnnsim-server-id: <replica>", naming the replica that
+    answered.
     """
 
     def GetServerInfo(self, request, context):
@@ -344,6 +360,14 @@ def add_SimulatorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SimulatorService:
     """Simulates networks in sessions that keep their parameters and state on the server's device.
+
+    Replicas behind a proxy (deploy/ in the repository): a client sends the request metadata
+    "rnnsim-session: <session_id>" on every call that names a session, and on CreateSession and
+    ImportSession the id it proposes for the new session, so that a proxy hashing on it sends all
+    of a session's calls to the one replica that holds it. Calls without it (GetServerInfo,
+    ListSessions) may go to any replica; ListSessions then lists that replica's sessions. Every
+    response carries the initial metadata "rnnsim-server-id: <replica>", naming the replica that
+    answered.
     """
 
     @staticmethod

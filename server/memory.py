@@ -1,0 +1,90 @@
+"""Device-memory budgets: what sessions hold and calls need, counted before anything is allocated.
+
+The figures are estimates, made without touching the device: a session holds its parameters,
+buffers, state, optimizer state and carried training state; a call needs, on top, room for the
+activations of its timesteps. A real out-of-memory error inside a call is still caught (it fails
+that call only); the budgets keep the server from getting there, and say who asked for what.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+import rnnbuilder as rb
+
+__all__ = ["Quota", "MemoryLedger", "held_bytes", "work_bytes", "MB"]
+
+MB = 1024 * 1024
+
+INFERENCE_COPIES = 2
+"""Activations kept per timestep and batch entry when simulating: each layer's output, and the input."""
+TRAINING_COPIES = 6
+"""When training: the forward's activations, what autograd saves for the backward, and their gradients."""
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A tenant's own limits; None: only the server's limits apply."""
+
+    max_sessions: int | None = None
+    max_memory_mb: int | None = None
+
+
+def held_bytes(model: torch.nn.Module, *states) -> int:
+    """Bytes of the model's parameters and buffers plus every tensor in ``states`` (state trees,
+    optimizers); works on the meta device too."""
+    tensors = list(model.state_dict().values())
+    for state in states:
+        if isinstance(state, torch.optim.Optimizer):
+            tensors += [v for values in state.state.values() for v in values.values() if torch.is_tensor(v)]
+        elif state is not None:
+            tensors += list(rb.named_leaves(state).values())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def work_bytes(elements_per_entry: int, timesteps: int, batch: int, training: bool) -> int:
+    """Room a call on ``timesteps`` x ``batch`` needs for activations, in float32 bytes, for a
+    network with ``elements_per_entry`` input, state and output elements per batch entry."""
+    copies = TRAINING_COPIES if training else INFERENCE_COPIES
+    return elements_per_entry * timesteps * batch * 4 * copies
+
+
+class MemoryLedger:
+    """Bytes reserved by calls in flight, by tenant; with the resident sessions' bytes (which the
+    caller sums), checked against the tenant's and the server's budgets."""
+
+    def __init__(self, server_budget_bytes: int | None):
+        self.server_budget = server_budget_bytes
+        self._reserved: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def reserved(self, owner: str | None = None) -> int:
+        with self._lock:
+            return self._reserved[owner] if owner is not None else sum(self._reserved.values())
+
+    def try_reserve(
+        self, owner: str, need: int, owner_budget: int | None, held_owner: int, held_all: int
+    ) -> tuple[str, int, int] | None:
+        """Reserve ``need`` bytes for ``owner`` if both budgets have room (the sessions hold
+        ``held_owner`` and ``held_all`` bytes) and return None; else reserve nothing and return
+        ``(scope, total, budget)`` of the first budget it would break, ``scope`` being
+        ``"tenant"`` or ``"server"``."""
+        with self._lock:
+            owner_total = held_owner + self._reserved[owner] + need
+            all_total = held_all + sum(self._reserved.values()) + need
+            if owner_budget is not None and owner_total > owner_budget:
+                return "tenant", owner_total, owner_budget
+            if self.server_budget is not None and all_total > self.server_budget:
+                return "server", all_total, self.server_budget
+            self._reserved[owner] += need
+            return None
+
+    def release(self, owner: str, amount: int) -> None:
+        with self._lock:
+            self._reserved[owner] -= amount
+            if self._reserved[owner] <= 0:
+                del self._reserved[owner]
