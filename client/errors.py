@@ -10,6 +10,7 @@ __all__ = [
     "SimulatorError",
     "InvalidArgumentError",
     "NotFoundError",
+    "AlreadyExistsError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -34,6 +35,10 @@ class NotFoundError(SimulatorError):
     """No such session (or it belongs to someone else)."""
 
 
+class AlreadyExistsError(SimulatorError):
+    """A new session asked for an id that is taken."""
+
+
 class ResourceExhaustedError(SimulatorError):
     """Over a server limit; ``metadata`` has ``requested`` and ``allowed``."""
 
@@ -49,6 +54,7 @@ class UnavailableError(SimulatorError):
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,

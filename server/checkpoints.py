@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
 from . import snapshots
+from .sessions import SESSION_ID
 
 __all__ = ["CheckpointStore"]
 
 log = logging.getLogger("rnnsim.checkpoints")
 _SUFFIX = ".snapshot"
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class CheckpointStore:
@@ -44,7 +43,7 @@ class CheckpointStore:
     def read(self, session_id: str, owner: str | None) -> tuple[str, dict] | None:
         """``(owner, snapshot)`` of the session's checkpoint (only ``owner``'s, if given), or None
         if there is none or it can't be read (logged: a corrupt checkpoint is never fatal)."""
-        if not _ID.fullmatch(session_id):
+        if not SESSION_ID.fullmatch(session_id):
             return None
         if owner is not None:
             paths = [self._path(session_id, owner)]
@@ -71,9 +70,13 @@ class CheckpointStore:
                 log.warning("skipping checkpoint %s: %s", path, error)
         return found
 
+    def holds(self, session_id: str) -> bool:
+        """Whether the session has a checkpoint, whoever owns it."""
+        return bool(SESSION_ID.fullmatch(session_id)) and any(self.directory.glob(f"{session_id}.*{_SUFFIX}"))
+
     def remove(self, session_id: str) -> None:
         """Delete the session's checkpoint."""
-        if _ID.fullmatch(session_id):
+        if SESSION_ID.fullmatch(session_id):
             for path in self.directory.glob(f"{session_id}.*{_SUFFIX}"):
                 path.unlink(missing_ok=True)
 

@@ -10,7 +10,7 @@ from rnnbuilder import RnnbuilderError, ShapeError
 
 from .auth import Unauthenticated
 
-__all__ = ["SessionNotFound", "LimitExceeded", "InvalidRequest", "status_of"]
+__all__ = ["SessionNotFound", "SessionExists", "LimitExceeded", "InvalidRequest", "status_of"]
 
 DOMAIN = "rnnbuilder-sim"
 
@@ -21,6 +21,14 @@ class SessionNotFound(LookupError):
     def __init__(self, name: str):
         super().__init__(f"session {name!r} not found; list them with ListSessions or create one")
         self.name = name
+
+
+class SessionExists(Exception):
+    """A new session asked for an id that another session has."""
+
+    def __init__(self, session_id: str):
+        super().__init__(f"a session with id {session_id!r} exists already; choose another id or leave it empty")
+        self.session_id = session_id
 
 
 class LimitExceeded(Exception):
@@ -46,6 +54,8 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", {}
     if isinstance(error, SessionNotFound):
         return grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", {"session": error.name}
+    if isinstance(error, SessionExists):
+        return grpc.StatusCode.ALREADY_EXISTS, "SESSION_EXISTS", {"session": error.session_id}
     if isinstance(error, LimitExceeded):
         metadata = {"limit": error.limit, "requested": str(error.requested), "allowed": str(error.allowed)}
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "LIMIT_EXCEEDED", metadata

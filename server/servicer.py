@@ -130,6 +130,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             requested.batch_size,
             requested.seed,
             tenant.name,
+            request.session_id or None,
         )
         return pb.CreateSessionResponse(session=self._session(session))
 
@@ -311,7 +312,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         if not request.HasField("snapshot") or not request.snapshot.HasField("network"):
             raise InvalidRequest("snapshot is missing or has no network: send what ExportSession gave")
         snapshot = snapshots.from_message(request.snapshot)
-        session = await self.in_worker(tenant, self.manager.import_, snapshot, tenant.name)
+        session = await self.in_worker(tenant, self.manager.import_, snapshot, tenant.name, request.session_id or None)
         return pb.ImportSessionResponse(session=self._session(session))
 
     async def _simulate(self, request, tenant: Tenant):

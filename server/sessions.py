@@ -10,6 +10,7 @@ import datetime as dt
 import functools
 import logging
 import math
+import re
 import secrets
 import threading
 import time
@@ -26,7 +27,7 @@ import rnnbuilder as rb
 from rnnbuilder import spec
 
 from .config import Limits
-from .errors import InvalidRequest, LimitExceeded, SessionNotFound
+from .errors import InvalidRequest, LimitExceeded, SessionExists, SessionNotFound
 from .memory import MB, MemoryLedger, Quota, held_bytes, work_bytes
 from .training import (
     BatchResult,
@@ -42,7 +43,10 @@ from .training import (
     train_chunks,
 )
 
-__all__ = ["Session", "SessionManager", "SessionStore"]
+__all__ = ["Session", "SessionManager", "SessionStore", "SESSION_ID"]
+
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a session id may be: safe in file names, URLs and metadata."""
 
 log = logging.getLogger("rnnsim.sessions")
 
@@ -53,6 +57,7 @@ class SessionStore(Protocol):
     def write(self, session_id: str, owner: str, snapshot: dict) -> None: ...
     def read(self, session_id: str, owner: str | None) -> tuple[str, dict] | None: ...
     def index(self) -> list[tuple[str, str]]: ...
+    def holds(self, session_id: str) -> bool: ...
     def remove(self, session_id: str) -> None: ...
 
 
@@ -143,6 +148,10 @@ class SessionManager:
             raise InvalidRequest(f"batch_size must be positive, got {batch_size}")
         if batch_size > self.limits.max_batch_size:
             raise LimitExceeded("max_batch_size", batch_size, self.limits.max_batch_size, "batch size")
+        if session_id and not SESSION_ID.fullmatch(session_id):
+            raise InvalidRequest(f"a session id is 1 to 64 letters, digits, '-' or '_', got {session_id!r}")
+        if session_id and self._exists(session_id):
+            raise SessionExists(session_id)
         factory = spec.from_spec(description, self.registry)
         session = self._plan(factory, input_shape, batch_size, seed, owner, session_id or secrets.token_hex(8))
         self._check_room(owner)  # before allocating; again when inserting: others may be faster
@@ -157,7 +166,7 @@ class SessionManager:
             with self._lock:
                 self._check_room(owner)
                 if session.id in self._sessions:
-                    raise InvalidRequest(f"session {session.id} exists already")
+                    raise SessionExists(session.id)
                 self._sessions[session.id] = session
         log.info(
             "session %s created: %s, input %s, batch %d",
@@ -213,6 +222,13 @@ class SessionManager:
         limit = self._quota(owner).max_sessions
         if limit is not None and owned >= limit:
             raise LimitExceeded("tenant max_sessions", owned + 1, limit, f"sessions of {owner}")
+
+    def _exists(self, session_id: str) -> bool:
+        """Known here or in the store, whoever owns it."""
+        with self._lock:
+            if session_id in self._sessions:
+                return True
+        return self.store is not None and self.store.holds(session_id)
 
     def _quota(self, owner: str) -> Quota:
         return self.quotas.get(owner, Quota())

@@ -257,10 +257,12 @@ class Limits(_message.Message):
     def __init__(self, max_sessions: _Optional[int] = ..., max_parameters_per_session: _Optional[int] = ..., max_timesteps_times_batch: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_state_elements_per_session: _Optional[int] = ..., max_memory_mb: _Optional[int] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("session",)
+    __slots__ = ("session", "session_id")
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session: Session
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session",)
@@ -583,10 +585,12 @@ class ExportSessionResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[SessionSnapshot, _Mapping]] = ...) -> None: ...
 
 class ImportSessionRequest(_message.Message):
-    __slots__ = ("snapshot",)
+    __slots__ = ("snapshot", "session_id")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     snapshot: SessionSnapshot
-    def __init__(self, snapshot: _Optional[_Union[SessionSnapshot, _Mapping]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, snapshot: _Optional[_Union[SessionSnapshot, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ImportSessionResponse(_message.Message):
     __slots__ = ("session",)
