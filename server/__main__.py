@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 
+from pythonjsonlogger.json import JsonFormatter
+
 from .app import create_server
 from .config import ServerConfig
 
@@ -26,6 +28,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="seconds calls in flight get to finish on SIGTERM/SIGINT",
     )
     parser.add_argument("--log-level", default=os.environ.get("RNNSIM_LOG_LEVEL", "INFO"), help="DEBUG, INFO, ...")
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=os.environ.get("RNNSIM_LOG_FORMAT", "json"),
+        help="json: one JSON object per line and event, for log collectors (default); text: for people",
+    )
     ServerConfig.add_arguments(parser)
     return parser.parse_args(argv)
 
@@ -62,7 +70,18 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    if args.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{asctime}{levelname}{name}{message}",
+                style="{",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     asyncio.run(serve(args))
 
 

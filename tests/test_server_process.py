@@ -1,5 +1,6 @@
 """``python -m server`` as a process: flags, health, and graceful shutdown on SIGTERM."""
 
+import json
 import signal
 import socket
 import subprocess
@@ -118,3 +119,17 @@ def test_sessions_come_back_after_kill_9_from_their_last_checkpoint(tmp_path):
     finally:
         process.kill()
         process.wait(30)
+
+
+def test_logs_are_one_json_object_per_event(server_process):
+    """Each log line is one JSON object with time, level, logger and message; session events name the session."""
+    address, process = server_process
+    with Client(address) as c:
+        s = c.create_session(rb.Sequential(nn.Linear(4), snn.LIF()), input_shape=(3,), batch_size=1)
+        s.close()
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    records = [json.loads(line) for line in process.stdout.read().splitlines()]
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    created = [r for r in records if r.get("event") == "session_created"]
+    assert [r["session"] for r in created] == [s.id] and created[0]["tenant"] == "default"
