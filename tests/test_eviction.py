@@ -1,0 +1,153 @@
+"""Idle sessions leave device memory for their checkpoint and come back, exactly, on their next call;
+sessions in a checkpoint folder are found on demand, also when another replica wrote them."""
+
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+import rnnbuilder as rb
+from client import Client, NotFoundError
+from rnnbuilder import nn, snn
+from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+from server import ServerConfig
+from tests.server_fixture import running_server
+
+
+def recurrent_net():
+    n = rb.Network()
+    n.output = rb.Placeholder()
+    n.output = n.input.stack(n.output).apply(nn.Linear(6), snn.LIF())
+    return n
+
+
+def config(folder, **settings) -> ServerConfig:
+    return ServerConfig(device="cpu", checkpoint_dir=str(folder), checkpoint_interval_s=3600, **settings)
+
+
+def wait_until(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def inputs() -> np.ndarray:
+    return (np.random.default_rng(0).random((20, 2, 3)) * 2).astype(np.float32)
+
+
+def test_idle_session_is_evicted_and_continues_exactly(tmp_path):
+    """An idle session leaves memory; its next call loads it and the dynamics go on as if it never left."""
+    x = inputs()
+    with running_server(config(tmp_path, evict_idle_after_s=0.3)) as (address, server), Client(address) as c:
+        s = c.create_session(recurrent_net(), input_shape=(3,), batch_size=2, seed=1)
+        local = s.to_local()
+        first = s.run(x[:8])
+        wait_until(lambda: not server.sessions.get(s.id).resident)
+        assert server.sessions.evictions["idle"] == 1
+        rest = s.run(x[8:])
+        assert server.sessions.restores == 1
+    with torch.no_grad():
+        expected, _ = local(torch.from_numpy(x))
+    assert np.array_equal(np.concatenate([first, rest]), expected.numpy())
+    assert expected.sum() > 0
+
+
+def test_evicted_session_still_lists_with_its_description(tmp_path):
+    """An evicted session is listed and described as before, without being loaded."""
+    with running_server(config(tmp_path)) as (address, server), Client(address) as c:
+        s = c.create_session(recurrent_net(), input_shape=(3,), batch_size=2)
+        s.run(inputs()[:5])
+        assert server.sessions.evict_idle(0) == 1
+        [listed] = c.list_sessions()
+        assert (listed.id, listed.timesteps_simulated, listed.output_shape) == (s.id, 5, (6,))
+        assert server.sessions.restores == 0
+
+
+def test_evicted_session_can_be_deleted(tmp_path):
+    """Deleting an evicted session removes it and its checkpoint."""
+    with running_server(config(tmp_path)) as (address, server), Client(address) as c:
+        s = c.create_session(recurrent_net(), input_shape=(3,))
+        server.sessions.evict_idle(0)
+        s.close()
+        with pytest.raises(NotFoundError):
+            c.get_session(s.id)
+    assert list(tmp_path.glob("*.snapshot")) == []
+
+
+def test_evictions_and_restores_are_in_the_metrics(tmp_path):
+    """Prometheus sees evictions by reason and restores."""
+    with running_server(config(tmp_path)) as (address, server), Client(address) as c:
+        s = c.create_session(recurrent_net(), input_shape=(3,))
+        server.sessions.evict_idle(0)
+        s.run(inputs()[:2, :1])
+        text = server.metrics.text()
+    assert 'rnnsim_evictions_total{reason="idle"} 1.0' in text
+    assert "rnnsim_restores_total 1.0" in text
+
+
+def test_unchanged_session_is_not_rewritten(tmp_path):
+    """Checkpoints skip sessions unchanged since their last one."""
+    with running_server(config(tmp_path)) as (address, server), Client(address) as c:
+        s = c.create_session(recurrent_net(), input_shape=(3,))
+        assert server.sessions.checkpoint_all() == 1
+        s.get_state()
+        assert server.sessions.checkpoint_all() == 0
+        s.run(inputs()[:2, :1])
+        assert server.sessions.checkpoint_all() == 1
+
+
+def test_a_replica_finds_a_session_another_replica_checkpointed(tmp_path):
+    """Two servers sharing a folder: a session made on one and checkpointed on its shutdown continues on the other."""
+    x = inputs()
+    with running_server(config(tmp_path)) as (other, _), Client(other) as c:
+        with running_server(config(tmp_path)) as (address, _), Client(address) as first:
+            s = first.create_session(recurrent_net(), input_shape=(3,), batch_size=2, seed=3)
+            local = s.to_local()
+            early = s.run(x[:8])
+        late = c.get_session(s.id).run(x[8:])  # not there at start-up: found on demand
+    with torch.no_grad():
+        expected, _ = local(torch.from_numpy(x))
+    assert np.array_equal(np.concatenate([early, late]), expected.numpy())
+
+
+def test_a_new_session_may_have_a_chosen_id(client):
+    """CreateSession's session_id names the new session."""
+    stub = pb_grpc.SimulatorServiceStub(client._channel)
+    session = stub.CreateSession(create_request("my-run_01")).session
+    assert session.name == "sessions/my-run_01"
+    assert client.get_session("my-run_01").id == "my-run_01"
+    client.get_session("my-run_01").close()
+
+
+def test_a_taken_session_id_is_already_exists(client):
+    """A chosen id that another session has gets ALREADY_EXISTS; the first session is untouched."""
+    stub = pb_grpc.SimulatorServiceStub(client._channel)
+    stub.CreateSession(create_request("taken-id"))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CreateSession(create_request("taken-id"))
+    assert caught.value.code().name == "ALREADY_EXISTS" and "taken-id" in caught.value.details()
+    assert client.get_session("taken-id").timesteps_simulated == 0
+    client.get_session("taken-id").close()
+
+
+@pytest.mark.parametrize("bad", ["has space", "../etc", "x" * 65, "a.b", "*"])
+def test_a_malformed_session_id_is_invalid(client, bad):
+    """A chosen id must be letters, digits, '-' or '_' (up to 64): others get INVALID_ARGUMENT."""
+    stub = pb_grpc.SimulatorServiceStub(client._channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CreateSession(create_request(bad))
+    assert caught.value.code().name == "INVALID_ARGUMENT" and "session id" in caught.value.details()
+
+
+def create_request(session_id: str) -> pb.CreateSessionRequest:
+    from client import network
+    from rnnbuilder import spec
+
+    requested = pb.Session(
+        network=network.to_message(spec.to_spec(recurrent_net())), input_shape=[3], batch_size=1, seed=0
+    )
+    return pb.CreateSessionRequest(session=requested, session_id=session_id)
