@@ -6,10 +6,13 @@
 ...     out = s.run(x)                      # (T, 8, 64) -> (T, 8, *output_shape)
 
 ``client.tensors`` and ``client.network`` convert arrays and rnnbuilder networks to messages.
+Every call about a session carries its id in the ``SESSION_HEADER`` metadata, so a proxy in front of
+several replicas can route by it (``deploy/``); ``Session.server_id`` names the replica that answered.
 """
 
-from ._client import Client, Recording, ServerInfo, Session
+from ._client import SERVER_ID_HEADER, SESSION_HEADER, Client, Recording, ServerInfo, Session
 from .errors import (
+    AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -23,9 +26,12 @@ __all__ = [
     "Session",
     "ServerInfo",
     "Recording",
+    "SESSION_HEADER",
+    "SERVER_ID_HEADER",
     "SimulatorError",
     "InvalidArgumentError",
     "NotFoundError",
+    "AlreadyExistsError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,14 @@ from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from . import network, tensors
 from .errors import from_rpc_error
 
-__all__ = ["Client", "Session", "ServerInfo", "Recording"]
+__all__ = ["Client", "Session", "ServerInfo", "Recording", "SESSION_HEADER", "SERVER_ID_HEADER"]
 
+SESSION_HEADER = "rnnsim-session"
+"""Request metadata naming the session a call is about, for a proxy to route by (``deploy/``): every
+call that names a session sends its id; CreateSession and ImportSession choose the new session's id
+(``session_id``) and send it too, so that the session is made on the replica its later calls reach."""
+SERVER_ID_HEADER = "rnnsim-server-id"
+"""Response metadata: the replica that answered (``Session.server_id``, ``ServerInfo.server_id``)."""
 _PREFIX = "sessions/"
 _MAX_MESSAGE = 256 * 1024 * 1024
 
@@ -98,7 +105,18 @@ class Client:
         self._channel.close()
 
     def _call(self, name: str, request, **kwargs):
-        return getattr(self._stub, name)(request, metadata=self._metadata, **kwargs)
+        return self._routed(name, request, None, **kwargs)[0]
+
+    def _routed(self, name: str, request, session_id: str | None, **kwargs):
+        """The reply (or the stream of replies) of ``name`` and the id of the replica that answered;
+        ``session_id`` goes in ``SESSION_HEADER``."""
+        metadata = self._metadata if session_id is None else (*self._metadata, (SESSION_HEADER, session_id))
+        method = getattr(self._stub, name)
+        if hasattr(method, "with_call"):  # one reply
+            reply, call = method.with_call(request, metadata=metadata, **kwargs)
+        else:  # a stream of replies is itself the call; the server sends its headers first
+            reply = call = method(request, metadata=metadata, **kwargs)
+        return reply, dict(call.initial_metadata() or ()).get(SERVER_ID_HEADER, "")
 
     @_rpc
     def info(self) -> ServerInfo:
@@ -125,14 +143,17 @@ class Client:
             batch_size=batch_size,
             seed=seed,
         )
-        reply = self._call("CreateSession", pb.CreateSessionRequest(session=requested))
-        return Session(self, reply.session)
+        session_id = _new_id()
+        request = pb.CreateSessionRequest(session=requested, session_id=session_id)
+        reply, server_id = self._routed("CreateSession", request, session_id)
+        return Session(self, reply.session, server_id)
 
     @_rpc
     def get_session(self, session_id: str) -> Session:
         """Attach to an existing session by id (or ``sessions/<id>``), from any connection."""
         name = session_id if session_id.startswith(_PREFIX) else _PREFIX + session_id
-        return Session(self, self._call("GetSession", pb.GetSessionRequest(name=name)).session)
+        reply, server_id = self._routed("GetSession", pb.GetSessionRequest(name=name), name[len(_PREFIX) :])
+        return Session(self, reply.session, server_id)
 
     @_rpc
     def restore(self, blob: bytes) -> Session:
@@ -141,7 +162,10 @@ class Client:
             snapshot = pb.SessionSnapshot.FromString(blob)
         except Exception as e:  # protobuf's DecodeError, or a wrong type
             raise ValueError(f"not a saved session: {e}") from None
-        return Session(self, self._call("ImportSession", pb.ImportSessionRequest(snapshot=snapshot)).session)
+        session_id = _new_id()
+        request = pb.ImportSessionRequest(snapshot=snapshot, session_id=session_id)
+        reply, server_id = self._routed("ImportSession", request, session_id)
+        return Session(self, reply.session, server_id)
 
     @_rpc
     def list_sessions(self) -> list[Session]:
@@ -161,9 +185,16 @@ class Session:
     Arrays in: numpy arrays or torch tensors, (time, batch, *input_shape). Arrays out: numpy.
     """
 
-    def __init__(self, client: Client, message: pb.Session):
+    def __init__(self, client: Client, message: pb.Session, server_id: str = ""):
         self._client = client
+        self.server_id = server_id
+        """The replica that answered this session's latest call (behind a proxy: the one that holds it)."""
         self._update(message)
+
+    def _call(self, name: str, request):
+        """Every call about this session: routed by its id, noting which replica answered."""
+        reply, self.server_id = self._client._routed(name, request, self.id)
+        return reply
 
     def _update(self, message: pb.Session) -> None:
         self.name = message.name
@@ -184,7 +215,7 @@ class Session:
     @_rpc
     def refresh(self) -> Session:
         """Re-read the session from the server (e.g. ``timesteps_simulated``)."""
-        self._update(self._client._call("GetSession", pb.GetSessionRequest(name=self.name)).session)
+        self._update(self._call("GetSession", pb.GetSessionRequest(name=self.name)).session)
         return self
 
     @_rpc
@@ -230,7 +261,7 @@ class Session:
                 )
 
         try:
-            for reply in self._client._call("Simulate", requests()):
+            for reply in self._call("Simulate", requests()):
                 yield _recording(reply)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -239,27 +270,27 @@ class Session:
     def reset(self, batch_indices: Iterable[int] | None = None) -> None:
         """Restart the state of all batch entries, or only of ``batch_indices`` (episodes that end)."""
         indices = list(batch_indices or [])
-        self._client._call("ResetState", pb.ResetStateRequest(name=self.name, batch_indices=indices))
+        self._call("ResetState", pb.ResetStateRequest(name=self.name, batch_indices=indices))
 
     @_rpc
     def get_state(self) -> dict[str, np.ndarray]:
         """The state by dotted name (``layers.hidden.1.v`` is a membrane)."""
-        return _decoded(self._client._call("GetState", pb.GetStateRequest(name=self.name)).tensors)
+        return _decoded(self._call("GetState", pb.GetStateRequest(name=self.name)).tensors)
 
     @_rpc
     def set_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Replace the whole state, named and shaped as ``get_state`` gives it."""
-        self._client._call("SetState", pb.SetStateRequest(name=self.name, tensors=_named(state)))
+        self._call("SetState", pb.SetStateRequest(name=self.name, tensors=_named(state)))
 
     @_rpc
     def parameters(self) -> dict[str, np.ndarray]:
         """The parameters and buffers, named as in the model's ``state_dict``."""
-        return _decoded(self._client._call("GetParameters", pb.GetParametersRequest(name=self.name)).parameters)
+        return _decoded(self._call("GetParameters", pb.GetParametersRequest(name=self.name)).parameters)
 
     @_rpc
     def load_parameters(self, parameters: Mapping[str, np.ndarray]) -> None:
         """Replace some or all parameters and buffers."""
-        self._client._call("SetParameters", pb.SetParametersRequest(name=self.name, parameters=_named(parameters)))
+        self._call("SetParameters", pb.SetParametersRequest(name=self.name, parameters=_named(parameters)))
 
     @_rpc
     def train_step(
@@ -291,7 +322,7 @@ class Session:
             config=_config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm),
             carry=carries[carry],
         )
-        return _metrics(self._client._call("TrainStep", request).metrics)
+        return _metrics(self._call("TrainStep", request).metrics)
 
     def fit(
         self,
@@ -334,7 +365,7 @@ class Session:
             request.validation_inputs.CopyFrom(_encode_input(validation[0], True))
             request.validation_targets.CopyFrom(tensors.encode(_numpy(validation[1])))
         history: list[dict[str, float]] = []
-        replies = self._client._call("Train", request)
+        replies = self._call("Train", request)
         bar = _progress_bar(epochs * math.ceil(len(_numpy(y)) / batch_size)) if progress else None
         try:
             for reply in replies:
@@ -380,7 +411,7 @@ class Session:
             loss=loss,
             batch_size=batch_size,
         )
-        metrics = _metrics(self._client._call("Evaluate", request).metrics)
+        metrics = _metrics(self._call("Evaluate", request).metrics)
         metrics.pop("grad_norm")
         return metrics
 
@@ -388,7 +419,7 @@ class Session:
     def save(self) -> bytes:
         """The whole session (network, parameters, state, optimizer state, generator) as bytes;
         ``Client.restore`` makes a new session from them. A serialized ``SessionSnapshot`` message."""
-        return self._client._call("ExportSession", pb.ExportSessionRequest(name=self.name)).snapshot.SerializeToString()
+        return self._call("ExportSession", pb.ExportSessionRequest(name=self.name)).snapshot.SerializeToString()
 
     def to_local(self) -> Model:
         """A local rnnbuilder model with this session's network and current weights, in eval mode."""
@@ -401,14 +432,19 @@ class Session:
     @_rpc
     def close(self) -> None:
         """Delete the session on the server."""
-        self._client._call("DeleteSession", pb.DeleteSessionRequest(name=self.name))
+        self._call("DeleteSession", pb.DeleteSessionRequest(name=self.name))
 
     def _run(self, x, layers, bitpacked: bool) -> Recording:
         encoding = pb.TENSOR_ENCODING_BITPACKED if bitpacked else pb.TENSOR_ENCODING_RAW
         request = pb.RunRequest(
             name=self.name, input=_encode_input(x, bitpacked), record_layers=layers, output_encoding=encoding
         )
-        return _recording(self._client._call("Run", request))
+        return _recording(self._call("Run", request))
+
+
+def _new_id() -> str:
+    """A new session's id, chosen here so that the proxy can route its creation (the server's own look the same)."""
+    return secrets.token_hex(8)
 
 
 def _config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm) -> pb.TrainingConfig:

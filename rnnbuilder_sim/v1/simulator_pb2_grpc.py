@@ -30,8 +30,8 @@ class SimulatorServiceStub:
 
     Replicas behind a proxy (deploy/ in the repository): a client sends the request metadata
     "rnnsim-session: <session_id>" on every call that names a session, and on CreateSession and
-    ImportSession the id it proposes for the new session, so that a proxy hashing on it sends all
-    of a session's calls to the one replica that holds it. Calls without it (GetServerInfo,
+    ImportSession the session_id it chooses for the new session, so that a proxy hashing on it sends
+    all of a session's calls to the one replica that holds it. Calls without it (GetServerInfo,
     ListSessions) may go to any replica; ListSessions then lists that replica's sessions. Every
     response carries the initial metadata "rnnsim-server-id: <replica>", naming the replica that
     answered.
@@ -135,8 +135,8 @@ class SimulatorServiceServicer:
 
     Replicas behind a proxy (deploy/ in the repository): a client sends the request metadata
     "rnnsim-session: <session_id>" on every call that names a session, and on CreateSession and
-    ImportSession the id it proposes for the new session, so that a proxy hashing on it sends all
-    of a session's calls to the one replica that holds it. Calls without it (GetServerInfo,
+    ImportSession the session_id it chooses for the new session, so that a proxy hashing on it sends
+    all of a session's calls to the one replica that holds it. Calls without it (GetServerInfo,
     ListSessions) may go to any replica; ListSessions then lists that replica's sessions. Every
     response carries the initial metadata "rnnsim-server-id: <replica>", naming the replica that
     answered.
@@ -363,8 +363,8 @@ class SimulatorService:
 
     Replicas behind a proxy (deploy/ in the repository): a client sends the request metadata
     "rnnsim-session: <session_id>" on every call that names a session, and on CreateSession and
-    ImportSession the id it proposes for the new session, so that a proxy hashing on it sends all
-    of a session's calls to the one replica that holds it. Calls without it (GetServerInfo,
+    ImportSession the session_id it chooses for the new session, so that a proxy hashing on it sends
+    all of a session's calls to the one replica that holds it. Calls without it (GetServerInfo,
     ListSessions) may go to any replica; ListSessions then lists that replica's sessions. Every
     response carries the initial metadata "rnnsim-server-id: <replica>", naming the replica that
     answered.
