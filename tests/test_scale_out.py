@@ -194,8 +194,13 @@ def start_proxy(replicas: list[str], folder: Path) -> tuple[str, subprocess.Pope
 
 
 def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (nginx's master then stops its workers, which a SIGKILL would leave behind), else SIGKILL."""
     if process.poll() is None:
-        process.kill()
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
     process.wait(30)
 
 
