@@ -85,6 +85,10 @@ class _SessionCollector:
         for tenant, count in sorted(self.scheduler.queued().items()):
             queued.add_metric([tenant], count)
         yield queued
+        running = GaugeMetricFamily("rnnsim_running_calls", "Calls on a scheduler slot now", labels=["tenant"])
+        for tenant, count in sorted(self.scheduler.running().items()):
+            running.add_metric([tenant], count)
+        yield running
         seconds = CounterMetricFamily(
             "rnnsim_device_seconds", "Slot time each tenant has had from the scheduler", labels=["tenant"]
         )

@@ -30,6 +30,7 @@ POLICIES = ("fair", "fifo")
 class _Tenant:
     queue: deque = field(default_factory=deque)
     device_seconds: float = 0.0
+    running: int = 0
 
 
 class FairScheduler:
@@ -75,6 +76,11 @@ class FairScheduler:
         with self._work:
             return {name: len(t.queue) for name, t in self._tenants.items() if t.queue}
 
+    def running(self) -> dict[str, int]:
+        """Jobs on a slot now, by tenant (those with none are left out)."""
+        with self._work:
+            return {name: t.running for name, t in self._tenants.items() if t.running}
+
     def device_seconds(self) -> dict[str, float]:
         """Seconds of slot time each tenant has had."""
         with self._work:
@@ -98,6 +104,7 @@ class FairScheduler:
                     else:
                         tenant = min(busy, key=lambda t: t.queue[0][0])
                     _, fn, future = tenant.queue.popleft()
+                    tenant.running += 1
                     return tenant, fn, future
                 if self._closed:
                     return None
@@ -106,9 +113,11 @@ class FairScheduler:
     def _serve(self) -> None:
         while (job := self._next()) is not None:
             tenant, fn, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
             started = time.perf_counter()
+            if not future.set_running_or_notify_cancel():
+                with self._work:
+                    tenant.running -= 1
+                continue
             try:
                 result = fn()
             except BaseException as error:  # handed to whoever waits on the future
@@ -118,3 +127,4 @@ class FairScheduler:
             finally:
                 with self._work:
                     tenant.device_seconds += time.perf_counter() - started
+                    tenant.running -= 1
