@@ -260,6 +260,74 @@ def test_backward_keeps_one_value_per_element_for_lif():
     assert xs.grad.shape == xs.shape
 
 
+@pytest.mark.parametrize("factory", [snn.LIF(tau=4.0), snn.NoReset(tau=6.0)], ids=repr)
+def test_retain_graph_backward_twice_gives_the_same_gradients(factory):
+    """LIF's backward writes the input gradient over its saved membrane only when autograd frees it
+    afterwards; with retain_graph=True it keeps it, so a second backward gives the same gradients."""
+    model = factory.make_model((7,))
+    xs = drive(factory, (30, 3, 7), seed=10)
+    ref = run(model, xs, "reference")
+    model.zero_grad()
+    xs = xs.clone().requires_grad_(True)
+    out, state = model(xs)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+    loss = (out * weights).sum() + 1.5 * state.v.sum()
+    first = torch.autograd.grad(loss, xs, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, xs)[0]  # the graph is freed after this one
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, ref[2])
+
+
+@pytest.mark.parametrize("grad_spikes", ["dense", "broadcast", "none"])
+@pytest.mark.parametrize("reset", [True, False], ids=["LIF", "NoReset"])
+def test_lif_backward_called_directly_leaves_its_saved_values(reset, grad_spikes):
+    """Outside an autograd backward the torch backward can't know that its saved membrane is
+    freed afterwards: it leaves it untouched, and it gives the same gradient as the in-place path."""
+    xs = drive(snn.LIF(), (9, 2, 5), seed=11)
+    impl = fused._torch_impl
+    _, _, saved = impl.lif_forward(xs, torch.zeros(2, 5), 0.8, reset, store=True)
+    kept = saved[0].clone()
+    gs = {
+        "dense": torch.randn(9, 2, 5),
+        "broadcast": torch.tensor(0.5).expand(9, 2, 5),  # what out.sum() or out.mean() pass back
+        "none": None,
+    }[grad_spikes]
+    gv = torch.randn(2, 5)
+    gx, gv0 = impl.lif_backward(saved, gs, gv, 0.8, reset, snn.SpikeLinear())
+    assert torch.equal(saved[0], kept)
+
+    class Wrapped(torch.autograd.Function):  # the same call inside a backward that frees u
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(kept.clone())
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            (u,) = ctx.saved_tensors
+            got, got_v0 = impl.lif_backward((u,), gs, gv, 0.8, reset, snn.SpikeLinear())
+            assert got.data_ptr() == u.data_ptr()  # written in place
+            torch.testing.assert_close(got, gx)
+            torch.testing.assert_close(got_v0, gv0)
+            return grad
+
+    Wrapped.apply(torch.ones(1, requires_grad=True)).sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_one_op_decay_rounds_like_the_reference_step(dtype):
+    """The torch forward's ``beta * v + x`` in one addcmul equals the reference's mul then add,
+    bit for bit, over magnitudes from subnormal to huge, both signs."""
+    g = torch.Generator().manual_seed(12)
+    scale = torch.pow(10.0, torch.randint(-40, 30, (4096,), generator=g).to(torch.float64))
+    v = (torch.randn(4096, generator=g, dtype=torch.float64) * scale).to(dtype).reshape(1, 64, 64)
+    x = (torch.randn(4096, generator=g, dtype=torch.float64) * scale.flip(0)).to(dtype).reshape(64, 64)
+    for beta in (F.decay(5.0), F.decay(1.5), 0.3, 1.0):
+        out = torch.empty_like(x)
+        fused._decay(beta, v)(v[0], x, out)
+        assert torch.equal(out, beta * v[0] + x)
+
+
 # --------------------------------------------------------------------------------------------
 # Choosing the backend
 # --------------------------------------------------------------------------------------------

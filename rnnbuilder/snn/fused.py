@@ -38,6 +38,12 @@ torch backend allocates its spike output and saved values as one block, so the s
 released together with the saved values; see ``_block``.) Keeping the pre-spike membrane is the
 minimum for an exact backward: recovering it backwards in time (v = (u - x) / beta) amplifies
 rounding errors by 1 / beta a step, and recomputing it costs a second forward pass.
+
+The torch backend's LIF backward writes the input gradient over the saved membrane, timestep by
+timestep right after reading it, when autograd frees the saved values after the call (no
+``retain_graph``): on the CPU a fresh gradient buffer costs a write of the whole sequence to memory
+that isn't in cache, the largest single cost of the backward. The gradient then shares the block
+with the spikes until both are freed.
 """
 
 from __future__ import annotations
@@ -295,6 +301,12 @@ class _TorchImpl:
     outputs. The backward evaluates the surrogate and the per-element coefficients of the reverse
     recurrence for a chunk of timesteps at once (few large ops), then runs the recurrence itself,
     one or two fused multiply-adds per timestep.
+
+    On the CPU these loops are bound by the fixed cost of each PyTorch call (about 1 to 3 us, as
+    much as the arithmetic on a (16, 1024) slice) and by memory that other work has evicted from
+    the cache, so the LIF path counts both: three ops a timestep forward, three and a half backward,
+    per-timestep views made once (``unbind``) rather than by indexing in the loop, and no fresh
+    buffer for the input gradient (see the module docstring).
     """
 
     # -- LIF / NoReset ------------------------------------------------------------------------
@@ -305,15 +317,14 @@ class _TorchImpl:
         steps = xs.shape[0]
         block = _block(2 if store else 1, steps, xs)
         spikes, u = block[0], block[-1]  # u is the spikes' buffer when not storing
-        x_t, s_t = xs.unbind(0), spikes.unbind(0)
-        beta, one = _scalar(beta, xs), _scalar(1.0, xs)
+        x_t, s_t, u_t = xs.unbind(0), spikes.unbind(0), u.unbind(0)
+        decay = _decay(beta, xs)
+        one = _scalar(1.0, xs)
         if not reset:
             # u_t = beta * u_{t-1} + x_t doesn't depend on the spikes: spikes in one op afterwards.
-            u_t = u.unbind(0)
             prev = v0
             for t in range(steps):
-                torch.mul(prev, beta, out=u_t[t])
-                u_t[t].add_(x_t[t])
+                decay(prev, x_t[t], u_t[t])
                 prev = u_t[t]
             v = u_t[-1].clone()
             if store:
@@ -325,11 +336,10 @@ class _TorchImpl:
         v = torch.empty_like(s_t[0])
         prev = v0
         for t in range(steps):
-            ut = u[t] if store else buf
-            torch.mul(prev, beta, out=ut)
-            ut.add_(x_t[t])
-            torch.gt(ut, one, out=s_t[t])
-            torch.sub(ut, s_t[t], out=v)
+            ut, st = u_t[t] if store else buf, s_t[t]
+            decay(prev, x_t[t], ut)
+            torch.gt(ut, one, out=st)
+            torch.sub(ut, st, out=v)
             prev = v
         return spikes, v, (u,) if store else ()
 
@@ -338,46 +348,52 @@ class _TorchImpl:
     def lif_backward(saved, grad_spikes, grad_v, beta, reset, surrogate):
         (u,) = saved
         steps = u.shape[0]
-        gx = torch.empty_like(u)
-        g_t = gx.unbind(0)
         # G_t = dL/du_t. With gv = dL/dv_t (after the reset): G_t = gv * (1 - g_t) + gs_t * g_t (reset)
         # or gv + gs_t * g_t (no reset); dL/dv_{t-1} = beta * G_t. The coefficient c_t multiplies
         # G_{t+1}, so it carries beta, except at the last step, where it multiplies grad_v.
+        # G_t goes into u_t's slot when autograd drops u after this call: that memory was just read
+        # (in cache), where a fresh buffer would cost a cold write of the whole sequence.
+        gx = u if _saved_tensors_are_freed() else torch.empty_like(u)
+        g_t = gx.unbind(0)
         prev = grad_v if grad_v is not None else torch.zeros_like(g_t[0])
         chunk = _chunk(u)
         work = _Buffers(u, chunk)
-        one, beta_s = _scalar(1.0, u), _scalar(beta, u)
+        c_t = work.steps("c") if reset else None
+        d_t = work.steps("d") if grad_spikes is not None else None
+        one, two, beta_s = _scalar(1.0, u), _scalar(2.0, u), _scalar(beta, u)
         spike_linear = type(surrogate) is S.SpikeLinear
-        two, factor = _scalar(2.0, u), _scalar(getattr(surrogate, "gradient_factor", 1.0), u)
+        factor = float(surrogate.gradient_factor) if spike_linear else 1.0
+        zero = torch.zeros((), dtype=u.dtype, device=u.device)
         for stop in range(steps, 0, -chunk):
             start = max(0, stop - chunk)
-            z = work.get("z", stop - start)
+            n = stop - start
+            z = work.get("z", n)
             if spike_linear:
-                # factor * clamp(1 - |u - 1|, min=0) computed as factor * clamp(min(u, 2 - u), min=0): 4 ops, not 5
+                # g = factor * h with h = clamp(1 - |u - 1|, min=0), as clamp(min(2 - u, u), min=0): 3 ops, not 4
                 torch.sub(two, u[start:stop], out=z)
-                g = torch.minimum(z, u[start:stop], out=z).clamp_min_(0).mul_(factor)
+                h = torch.minimum(z, u[start:stop], out=z).clamp_min_(0)
             else:
-                g = _surrogate_gradient(torch.sub(u[start:stop], one, out=z), surrogate, work)
-            d = None
-            if grad_spikes is not None:
-                d = torch.mul(g, grad_spikes[start:stop], out=work.get("d", stop - start))
+                h = _surrogate_gradient(torch.sub(u[start:stop], one, out=z), surrogate, work)
+            has_d = grad_spikes is not None
+            if has_d:  # d = g * gs = factor * h * gs, one op: 0 + factor * h * gs
+                torch.addcmul(zero, h, grad_spikes[start:stop], value=factor, out=work.get("d", n))
             if reset:
-                c = torch.add(beta_s, g, alpha=-beta, out=work.get("c", stop - start))  # beta * (1 - g)
+                c = torch.add(beta_s, h, alpha=-beta * factor, out=work.get("c", n))  # beta * (1 - g)
                 if stop == steps:
-                    torch.sub(one, g[-1], out=c[-1])
+                    torch.add(one, h[-1], alpha=-factor, out=c[-1])  # 1 - g
             for t in range(stop - 1, start - 1, -1):
                 i = t - start
                 if reset:
-                    if d is None:
-                        torch.mul(c[i], prev, out=g_t[t])
+                    if has_d:
+                        torch.addcmul(d_t[i], c_t[i], prev, out=g_t[t])
                     else:
-                        torch.addcmul(d[i], c[i], prev, out=g_t[t])
+                        torch.mul(c_t[i], prev, out=g_t[t])
                 else:
                     scale = 1.0 if t == steps - 1 else beta
-                    if d is None:
-                        torch.mul(prev, scale, out=g_t[t])
+                    if has_d:
+                        torch.add(d_t[i], prev, alpha=scale, out=g_t[t])
                     else:
-                        torch.add(d[i], prev, alpha=scale, out=g_t[t])
+                        torch.mul(prev, scale, out=g_t[t])
                 prev = g_t[t]
         return gx, prev * beta
 
@@ -538,6 +554,14 @@ class _Buffers:
             )
         return self.buffers[name][:steps]
 
+    def steps(self, name: str) -> tuple[torch.Tensor, ...]:
+        """The (state shape) slices of buffer ``name``, one per timestep of a chunk: indexing a
+        tuple costs nothing, indexing the tensor costs a view each time."""
+        key = name + "/steps"
+        if key not in self.buffers:
+            self.buffers[key] = self.get(name, self.chunk).unbind(0)
+        return self.buffers[key]
+
 
 def _surrogate_gradient(z: torch.Tensor, surrogate: Surrogate, work: _Buffers) -> torch.Tensor:
     """``surrogate.gradient(z)``, in place in ``z`` for the built-in surrogates: the same PyTorch
@@ -563,6 +587,42 @@ def _surrogate_gradient(z: torch.Tensor, surrogate: Surrogate, work: _Buffers) -
     if kind is S.StraightThrough:
         return z.fill_(1)
     return surrogate.gradient(z)
+
+
+def _decay(beta: float, like: torch.Tensor):
+    """``step(prev, x, out)``: ``out = beta * prev + x`` with exactly the reference's two roundings.
+
+    One op where it can be: ``addcmul(x, prev, 1, value=beta)`` computes x + (beta * prev) * 1 in
+    ``like``'s own dtype on the CPU, so the product is rounded before the sum just as ``beta * v + x``
+    does, whether or not the compiler fused the multiply-add (the factor 1 makes it exact either
+    way). For float16/bfloat16 (computed in float32, rounded once) and on other devices: mul, add."""
+    if like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64):
+        ones = torch.ones((), dtype=like.dtype).expand(like.shape[1:])
+
+        def step(prev, x, out):
+            torch.addcmul(x, prev, ones, value=beta, out=out)
+
+    else:
+        beta_s = _scalar(beta, like)
+
+        def step(prev, x, out):
+            torch.mul(prev, beta_s, out=out)
+            out.add_(x)
+
+    return step
+
+
+def _saved_tensors_are_freed() -> bool:
+    """Whether autograd frees this backward's saved tensors when it returns (no ``retain_graph``),
+    so that the backward may overwrite them. False when it can't tell (outside a backward, or a
+    PyTorch without the query that AOTAutograd uses for the same purpose)."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if keep_graph is None:
+        return False
+    try:
+        return not keep_graph()
+    except RuntimeError:
+        return False
 
 
 def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
