@@ -2,9 +2,13 @@
 
 Jobs wait in one queue per tenant; ``slots`` threads run them. When a slot frees, it takes the
 oldest job of the tenant that has had the least device time so far (start-time fair queuing:
-a tenant that was idle starts level with the busiest, not with a credit for its idle time). A
-long training run is many small jobs, one per batch, so another tenant's streaming step waits at
-most for one batch to finish, however much the trainer queues.
+a tenant that was idle starts level with the busiest, not with a credit for its idle time).
+
+While several tenants are active (a job queued or running, or one submitted in the last
+``ACTIVE_WINDOW_S``), each may hold at most its share of the slots, ``slots // active`` (at least
+one): a tenant that streams one step after another finds a slot free for each step, instead of
+waiting behind another tenant's long calls. A long training run is many small jobs, one per batch.
+Alone, a tenant may use every slot.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ __all__ = ["FairScheduler", "POLICIES"]
 
 log = logging.getLogger("rnnsim.scheduler")
 
+ACTIVE_WINDOW_S = 1.0
+"""How long after its last call a tenant still counts as active, holding its share of the slots."""
+
 POLICIES = ("fair", "fifo")
-"""``fair``: across tenants by device time; ``fifo``: in arrival order (the baseline it is measured against)."""
+"""``fair``: across tenants by device time, with shares of the slots; ``fifo``: in arrival order, no
+shares (the baseline it is measured against)."""
 
 
 @dataclass
@@ -31,6 +39,7 @@ class _Tenant:
     queue: deque = field(default_factory=deque)
     device_seconds: float = 0.0
     running: int = 0
+    last_submit: float = 0.0
 
 
 class FairScheduler:
@@ -42,6 +51,7 @@ class FairScheduler:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r}; choose one of {', '.join(POLICIES)}")
         self.policy = policy
+        self.slots = slots
         self._tenants: dict[str, _Tenant] = {}
         self._arrivals = 0
         self._work = threading.Condition()
@@ -64,6 +74,7 @@ class FairScheduler:
                     queue.device_seconds = max(queue.device_seconds, min(busy))
             self._arrivals += 1
             queue.queue.append((self._arrivals, fn, future))
+            queue.last_submit = time.monotonic()
             self._work.notify()
         return future
 
@@ -98,17 +109,30 @@ class FairScheduler:
         with self._work:
             while True:
                 busy = [t for t in self._tenants.values() if t.queue]
-                if busy:
-                    if self.policy == "fair":
-                        tenant = min(busy, key=lambda t: (t.device_seconds, t.queue[0][0]))
-                    else:
-                        tenant = min(busy, key=lambda t: t.queue[0][0])
-                    _, fn, future = tenant.queue.popleft()
-                    tenant.running += 1
-                    return tenant, fn, future
-                if self._closed:
+                if self.policy == "fair":
+                    share = self._share()
+                    ready = [t for t in busy if t.running < share]
+                    if ready:
+                        tenant = min(ready, key=lambda t: (t.device_seconds, t.queue[0][0]))
+                        return self._start(tenant)
+                elif busy:
+                    return self._start(min(busy, key=lambda t: t.queue[0][0]))
+                if self._closed and not busy:
                     return None
-                self._work.wait()
+                # a tenant at its share waits for a slot of its own, or for the others to go quiet
+                self._work.wait(ACTIVE_WINDOW_S if busy else None)
+
+    def _share(self) -> int:
+        """Slots each active tenant may hold now."""
+        recent = time.monotonic() - ACTIVE_WINDOW_S
+        active = sum(1 for t in self._tenants.values() if t.queue or t.running or t.last_submit > recent)
+        return max(1, self.slots // max(active, 1))
+
+    @staticmethod
+    def _start(tenant: _Tenant) -> tuple[_Tenant, Callable, Future]:
+        _, fn, future = tenant.queue.popleft()
+        tenant.running += 1
+        return tenant, fn, future
 
     def _serve(self) -> None:
         while (job := self._next()) is not None:
@@ -117,6 +141,7 @@ class FairScheduler:
             if not future.set_running_or_notify_cancel():
                 with self._work:
                     tenant.running -= 1
+                    self._work.notify_all()
                 continue
             try:
                 result = fn()
@@ -128,3 +153,4 @@ class FairScheduler:
                 with self._work:
                     tenant.device_seconds += time.perf_counter() - started
                     tenant.running -= 1
+                    self._work.notify_all()  # a tenant at its share may go on
