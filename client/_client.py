@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,6 +28,17 @@ call that names a session sends its id; CreateSession and ImportSession choose t
 (``session_id``) and send it too, so that the session is made on the replica its later calls reach."""
 SERVER_ID_HEADER = "rnnsim-server-id"
 """Response metadata: the replica that answered (``Session.server_id``, ``ServerInfo.server_id``)."""
+RETRY_POLICY = {
+    "name": [{"service": pb.DESCRIPTOR.services_by_name["SimulatorService"].full_name}],
+    "retryPolicy": {
+        "maxAttempts": 5,
+        "initialBackoff": "0.25s",
+        "maxBackoff": "2s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    },
+}
+"""gRPC's retry of calls answered UNAVAILABLE before the server did anything (trailers only)."""
 _PREFIX = "sessions/"
 _MAX_MESSAGE = 256 * 1024 * 1024
 
@@ -71,6 +83,9 @@ class Client:
     ``token`` is sent as a bearer token. ``tls``: ``None`` or ``False`` for plain TCP, ``True`` for
     TLS with the system's roots, or the path (or PEM bytes) of a root certificate;
     ``client_cert`` and ``client_key`` (PEM paths) for mutual TLS.
+
+    A call answered UNAVAILABLE (a replica shutting down hands its sessions over; a server
+    restarting) is retried by gRPC itself, up to 5 tries within about 4 s (``RETRY_POLICY``).
     """
 
     def __init__(
@@ -81,7 +96,11 @@ class Client:
         client_cert: str | Path | None = None,
         client_key: str | Path | None = None,
     ):
-        options = [("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.max_send_message_length", _MAX_MESSAGE)]
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.service_config", json.dumps({"methodConfig": [RETRY_POLICY]})),
+        ]
         if tls:
             roots = None if tls is True else (tls if isinstance(tls, bytes) else Path(tls).read_bytes())
             key = Path(client_key).read_bytes() if client_key else None

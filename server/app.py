@@ -65,20 +65,29 @@ class SimulatorServer:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = 5.0) -> None:
-        """Graceful: new calls are refused, calls in flight get ``grace`` seconds to finish."""
+        """Graceful: health turns NOT_SERVING, new calls are refused, calls in flight get ``grace``
+        seconds to finish. With a checkpoint folder, every session is handed over to it: idle
+        ones at once, busy ones when their call ends; until then replicas sharing the folder
+        answer their calls with UNAVAILABLE (clients retry) rather than load an older checkpoint."""
         await self._health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace)
         for task in self._periodic:
             task.cancel()
-        self.servicer.close()
-        if self.sessions.store is not None:
-            written = await asyncio.to_thread(self.sessions.checkpoint_all)
+        store = self.sessions.store
+        if store is None:
+            await self.grpc_server.stop(grace)
+        else:
+            await asyncio.to_thread(self.sessions.begin_hand_over)
+            _, handed = await asyncio.gather(
+                self.grpc_server.stop(grace), asyncio.to_thread(self.sessions.hand_over, grace or 0.0)
+            )
+            late = await asyncio.to_thread(self.sessions.end_hand_over)
             log.info(
                 "checkpointed %d sessions to %s",
-                written,
-                self.sessions.store.directory,
-                extra={"event": "shutdown_checkpoint", "sessions": written},
+                handed + late,
+                store.directory,
+                extra={"event": "shutdown_checkpoint", "sessions": handed + late},
             )
+        self.servicer.close()
 
     @staticmethod
     async def _every(seconds: float, job) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
@@ -17,10 +18,13 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from . import snapshots
 from .sessions import SESSION_ID
 
-__all__ = ["CheckpointStore"]
+__all__ = ["CheckpointStore", "MOVING_EXPIRES_S"]
 
 log = logging.getLogger("rnnsim.checkpoints")
 _SUFFIX = ".snapshot"
+_MOVING = ".moving"
+MOVING_EXPIRES_S = 120.0
+"""A hand-over mark older than this is from a replica that died mid-way, and is ignored."""
 
 
 class CheckpointStore:
@@ -79,6 +83,21 @@ class CheckpointStore:
         if SESSION_ID.fullmatch(session_id):
             for path in self.directory.glob(f"{session_id}.*{_SUFFIX}"):
                 path.unlink(missing_ok=True)
+
+    def mark_moving(self, session_id: str) -> None:
+        """Mark the session as being handed over: other replicas wait for its checkpoint."""
+        (self.directory / f"{session_id}{_MOVING}").touch()
+
+    def unmark_moving(self, session_id: str) -> None:
+        (self.directory / f"{session_id}{_MOVING}").unlink(missing_ok=True)
+
+    def moving(self, session_id: str) -> bool:
+        """Whether a replica is handing the session over (a recent mark)."""
+        try:
+            age = time.time() - (self.directory / f"{session_id}{_MOVING}").stat().st_mtime
+        except (FileNotFoundError, ValueError):
+            return False
+        return age < MOVING_EXPIRES_S
 
     def _path(self, session_id: str, owner: str) -> Path:
         return self.directory / f"{session_id}.{owner.encode().hex()}{_SUFFIX}"

@@ -10,7 +10,7 @@ from rnnbuilder import RnnbuilderError, ShapeError
 
 from .auth import Unauthenticated
 
-__all__ = ["SessionNotFound", "SessionExists", "LimitExceeded", "InvalidRequest", "status_of"]
+__all__ = ["SessionNotFound", "SessionExists", "SessionMoving", "LimitExceeded", "InvalidRequest", "status_of"]
 
 DOMAIN = "rnnbuilder-sim"
 
@@ -28,6 +28,14 @@ class SessionExists(Exception):
 
     def __init__(self, session_id: str):
         super().__init__(f"a session with id {session_id!r} exists already; choose another id or leave it empty")
+        self.session_id = session_id
+
+
+class SessionMoving(Exception):
+    """The session is leaving this replica, or arriving from one that is shutting down: retry soon."""
+
+    def __init__(self, session_id: str, why: str):
+        super().__init__(f"session {session_id!r} {why}; retry in a moment (the client does, by itself)")
         self.session_id = session_id
 
 
@@ -54,6 +62,8 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", {}
     if isinstance(error, SessionNotFound):
         return grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", {"session": error.name}
+    if isinstance(error, SessionMoving):
+        return grpc.StatusCode.UNAVAILABLE, "SESSION_MOVING", {"session": error.session_id}
     if isinstance(error, SessionExists):
         return grpc.StatusCode.ALREADY_EXISTS, "SESSION_EXISTS", {"session": error.session_id}
     if isinstance(error, LimitExceeded):

@@ -43,11 +43,13 @@ def _handled(method):
     async def unary(self, request, context):
         started, code = time.perf_counter(), "OK"
         try:
+            tenant = self.authenticator.tenant_for(context.invocation_metadata())
+            response = await method(self, request, context, tenant)
             await context.send_initial_metadata(self.identity)
-            return await method(self, request, context, self.authenticator.tenant_for(context.invocation_metadata()))
+            return response
         except Exception as error:  # every error becomes a status, none takes the server down
             code = _code_name(error)
-            await _abort(context, error, method.__name__)
+            await _abort(context, error, method.__name__, self.identity)
         finally:
             self.metrics.observe(method.__name__, time.perf_counter() - started, code)
 
@@ -60,7 +62,9 @@ def _code_name(error: Exception) -> str:
     return status_of(error)[0].name
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str):
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str, identity: tuple):
+    """End the call with ``error``'s status, trailers only (so that a client may retry it when the
+    code allows), the replica's identity among them."""
     if isinstance(error, grpc.aio.AbortError):
         raise error
     code, reason, metadata = status_of(error)
@@ -70,7 +74,8 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
     status = status_pb2.Status(code=code.value[0], message=message, details=[info])
-    await context.abort_with_status(rpc_status.to_status(status))
+    trailers = rpc_status.to_status(status).trailing_metadata
+    await context.abort(code, message, (*trailers, *identity))
 
 
 class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
@@ -219,7 +224,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
                 )
         except Exception as error:  # as in _handled, for a stream
             code = _code_name(error)
-            await _abort(context, error, "Simulate")
+            await _abort(context, error, "Simulate", self.identity)
         finally:
             self.metrics.observe("Simulate", time.perf_counter() - started, code)
 
@@ -285,7 +290,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
                 cancel.set()  # a client that went away stops the training at the next batch boundary
         except Exception as error:  # as in _handled, for a stream
             code = _code_name(error)
-            await _abort(context, error, "Train")
+            await _abort(context, error, "Train", self.identity)
         finally:
             self.metrics.observe("Train", time.perf_counter() - started, code)
 

@@ -27,7 +27,7 @@ import rnnbuilder as rb
 from rnnbuilder import spec
 
 from .config import Limits
-from .errors import InvalidRequest, LimitExceeded, SessionExists, SessionNotFound
+from .errors import InvalidRequest, LimitExceeded, SessionExists, SessionMoving, SessionNotFound
 from .memory import MB, MemoryLedger, Quota, held_bytes, work_bytes
 from .training import (
     BatchResult,
@@ -58,6 +58,9 @@ class SessionStore(Protocol):
     def read(self, session_id: str, owner: str | None) -> tuple[str, dict] | None: ...
     def index(self) -> list[tuple[str, str]]: ...
     def holds(self, session_id: str) -> bool: ...
+    def mark_moving(self, session_id: str) -> None: ...
+    def unmark_moving(self, session_id: str) -> None: ...
+    def moving(self, session_id: str) -> bool: ...
     def remove(self, session_id: str) -> None: ...
 
 
@@ -124,6 +127,9 @@ class SessionManager:
         """Sessions evicted, by reason (``idle``, ``memory``)."""
         self.restores = 0
         """Evicted or stored sessions loaded back into memory."""
+        self.closing = False
+        """Shutting down: sessions are being handed over to their checkpoints, calls are refused."""
+        self._marked: list[str] = []
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
@@ -152,6 +158,8 @@ class SessionManager:
             raise InvalidRequest(f"a session id is 1 to 64 letters, digits, '-' or '_', got {session_id!r}")
         if session_id and self._exists(session_id):
             raise SessionExists(session_id)
+        if self.closing:
+            raise SessionMoving(session_id or "new", "can't be made here: this replica is shutting down")
         factory = spec.from_spec(description, self.registry)
         session = self._plan(factory, input_shape, batch_size, seed, owner, session_id or secrets.token_hex(8))
         self._check_room(owner)  # before allocating; again when inserting: others may be faster
@@ -251,6 +259,8 @@ class SessionManager:
         return session
 
     def _discover(self, session_id: str, owner: str | None) -> Session | None:
+        if self.store.moving(session_id):
+            raise SessionMoving(session_id, "is being handed over by a replica that is shutting down")
         found = self.store.read(session_id, owner)
         if found is None:
             return None
@@ -309,6 +319,8 @@ class SessionManager:
         with session.lock:
             if session_id not in self._sessions:  # deleted while this call waited
                 raise SessionNotFound(f"sessions/{session_id}")
+            if self.closing:
+                raise SessionMoving(session_id, "is leaving this replica, which is shutting down")
             if not session.resident:
                 with self._reserved(session, session.bytes, evict=True):
                     self._load(session)
@@ -372,12 +384,8 @@ class SessionManager:
         if self.store is None or not session.lock.acquire(blocking=False):
             return False
         try:
-            if not session.resident or session.id not in self._sessions:
+            if not self._release(session):
                 return False
-            if session.dirty:
-                self.store.write(session.id, session.owner, self._export(session))
-            session.model = session.state = session.training = None
-            session.dirty = False
             self.evictions[reason] += 1
         finally:
             session.lock.release()
@@ -391,6 +399,8 @@ class SessionManager:
 
     def _load(self, session: Session) -> None:
         """Bring an evicted session back from its checkpoint (the session's lock is held)."""
+        if self.store.moving(session.id):
+            raise SessionMoving(session.id, "is being handed over by a replica that is shutting down")
         found = self.store.read(session.id, session.owner)
         if found is None:
             with self._lock:
@@ -416,6 +426,53 @@ class SessionManager:
             session.id,
             extra={"event": "session_restored", "session": session.id, "tenant": session.owner},
         )
+
+    def begin_hand_over(self) -> None:
+        """Start shutting down: refuse calls (SessionMoving) and mark every resident session as
+        moving, so that replicas sharing the store wait for its checkpoint instead of loading an
+        older one."""
+        self.closing = True
+        self._marked = [s.id for s in self.list() if s.resident]
+        for session_id in self._marked:
+            self.store.mark_moving(session_id)
+
+    def hand_over(self, grace_s: float) -> int:
+        """Checkpoint and free every resident session: idle ones at once, busy ones when their
+        call ends (within ``grace_s``); each is unmarked once its checkpoint is written. Returns
+        how many were handed over; the rest wait for ``end_hand_over``."""
+        deadline, handed = time.monotonic() + grace_s, 0
+        for wait in (False, True):  # the idle ones first, so that they are not held up by busy ones
+            for session in self.list():
+                timeout = max(0.0, deadline - time.monotonic()) if wait else 0.0
+                if session.resident and session.lock.acquire(timeout=timeout):
+                    try:
+                        handed += self._release(session)
+                    finally:
+                        session.lock.release()
+        return handed
+
+    def end_hand_over(self) -> int:
+        """Checkpoint what ``hand_over`` couldn't (calls cut off at the end of the grace), remove
+        every mark; returns how many were written now."""
+        written = 0
+        for session in self.list():
+            with session.lock:
+                written += self._release(session)
+        for session_id in self._marked:
+            self.store.unmark_moving(session_id)
+        return written
+
+    def _release(self, session: Session) -> bool:
+        """(Lock held.) Checkpoint a resident session if changed, free it and unmark it; False
+        if it isn't resident or is gone."""
+        if not session.resident or session.id not in self._sessions:
+            return False
+        if session.dirty:
+            self.store.write(session.id, session.owner, self._export(session))
+        session.model = session.state = session.training = None
+        session.dirty = False
+        self.store.unmark_moving(session.id)
+        return True
 
     def checkpoint_all(self) -> int:
         """Write the checkpoint of every resident session changed since its last one; returns how many."""

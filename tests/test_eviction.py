@@ -1,6 +1,7 @@
 """Idle sessions leave device memory for their checkpoint and come back, exactly, on their next call;
 sessions in a checkpoint folder are found on demand, also when another replica wrote them."""
 
+import threading
 import time
 
 import grpc
@@ -151,3 +152,25 @@ def create_request(session_id: str) -> pb.CreateSessionRequest:
         network=network.to_message(spec.to_spec(recurrent_net())), input_shape=[3], batch_size=1, seed=0
     )
     return pb.CreateSessionRequest(session=requested, session_id=session_id)
+
+
+def test_a_session_being_handed_over_is_waited_for(tmp_path):
+    """A session another replica is still handing over is UNAVAILABLE, never loaded from an older
+    checkpoint; the client retries by itself and gets it once the hand-over is done."""
+    x = inputs()
+    with running_server(config(tmp_path)) as (address, server), Client(address) as c:
+        with running_server(config(tmp_path)) as (first_address, _), Client(first_address) as first:
+            s = first.create_session(recurrent_net(), input_shape=(3,), batch_size=2, seed=3)
+            local = s.to_local()
+            early = s.run(x[:8])
+        store = server.sessions.store
+        store.mark_moving(s.id)  # as a replica does while it is still finishing a call on the session
+        stub = pb_grpc.SimulatorServiceStub(c._channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetSession(pb.GetSessionRequest(name=s.name))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "handed over" in caught.value.details()
+        threading.Timer(1.0, store.unmark_moving, args=(s.id,)).start()
+        late = c.get_session(s.id).run(x[8:])  # retried by the client until the mark is gone
+    with torch.no_grad():
+        expected, _ = local(torch.from_numpy(x))
+    assert np.array_equal(np.concatenate([early, late]), expected.numpy())

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -269,6 +270,50 @@ def test_sessions_stay_on_their_replica_and_move_exactly_when_it_stops(scale_out
             for s in sessions:
                 s.close()
         assert not list(checkpoints.glob("*.snapshot")), "closed sessions leave no checkpoint"
+    except BaseException:
+        for log in logs:
+            print(f"==== {log.name}\n{log.read_text()[-6000:]}")
+        raise
+
+
+def test_a_stopping_replica_hands_its_sessions_over_while_a_call_is_in_flight(scale_out):
+    """While a replica finishes a long call before it stops, calls for its other sessions wait (the
+    client retries UNAVAILABLE) and then continue exactly on the other replica; so does the busy
+    session, from the checkpoint written once its call ended, never from an older one."""
+    proxy, replicas, checkpoints, logs = scale_out
+    try:
+        with Client(proxy) as c:
+            sessions = [c.create_session(recurrent_net(), (3,), batch_size=2, seed=i) for i in range(8)]
+            x = np.ones((3, 2, 3), np.float32)
+            for s in sessions:
+                s.run(x)
+            on_a = [s for s in sessions if s.server_id == "replica-a"]
+            assert len(on_a) >= 2, "too few sessions hashed to replica-a; use more"
+            busy, idle = on_a[0], on_a[1]
+            models = {s.id: s.to_local() for s in (busy, idle)}
+            long = (np.random.default_rng(1).random((20000, 2, 3)) * 2).astype(np.float32)
+            done = {}
+            with Client(proxy) as other:
+                in_flight = other.get_session(busy.id)
+                thread = threading.Thread(target=lambda: done.update(out=in_flight.run(long)))
+                thread.start()
+                time.sleep(0.5)
+                assert thread.is_alive(), "the long call finished before SIGTERM; make it longer"
+                replicas["replica-a"][1].send_signal(signal.SIGTERM)
+                time.sleep(0.2)
+                after = idle.run(x)  # refused while replica-a hands it over, then served by replica-b
+                assert idle.server_id == "replica-b"
+                thread.join(120)
+            assert done["out"].shape == (20000, 2, 6), "the call in flight finished on replica-a"
+            assert replicas["replica-a"][1].wait(60) == 0
+            last = busy.run(x)
+            assert busy.server_id == "replica-b"
+        with torch.no_grad():
+            expected_idle, _ = models[idle.id](torch.from_numpy(np.concatenate([x, x])))
+            expected_busy, _ = models[busy.id](torch.from_numpy(np.concatenate([x, long, x])))
+        assert np.array_equal(after, expected_idle.numpy()[3:])
+        assert np.array_equal(last, expected_busy.numpy()[-3:])
+        assert not list(checkpoints.glob("*.moving")), "every hand-over mark is removed"
     except BaseException:
         for log in logs:
             print(f"==== {log.name}\n{log.read_text()[-6000:]}")
