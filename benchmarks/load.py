@@ -94,7 +94,7 @@ class LoadResult:
         worst = lat.max() if lat.size else np.nan
         return "\n".join(
             [
-                "| mode | clients | steps | errors | p50 ms | p90 ms | p99 ms | max ms | steps/s |",
+                "| mode | clients | round trips | errors | p50 ms | p90 ms | p99 ms | max ms | steps/s |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
                 f"| {self.mode} | {len(self.runs)} | {lat.size} | {self.errors} | {p50:.2f} | {p90:.2f} | {p99:.2f} "
                 f"| {worst:.2f} | {self.steps_per_second:.0f} |",
