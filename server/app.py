@@ -16,7 +16,7 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
 from .auth import Authenticator
-from .checkpoints import CheckpointStore
+from .checkpoints import LEASE_RENEW_S, CheckpointStore
 from .config import ServerConfig, resolve_device
 from .memory import MB, Quota
 from .servicer import SimulatorServicer
@@ -48,6 +48,7 @@ class SimulatorServer:
         self._interval = checkpoint_interval_s
         self._idle = evict_idle_after_s
         self._periodic: list[asyncio.Task] = []
+        self._leases: asyncio.Task | None = None
         self._health = health_servicer
 
     async def start(self, metrics_port: int | None = None) -> None:
@@ -57,6 +58,7 @@ class SimulatorServer:
             self.metrics_port = self.metrics.serve(metrics_port)
         if self.sessions.store is not None:
             loop = asyncio.get_running_loop()
+            self._leases = loop.create_task(self._every(LEASE_RENEW_S, self.sessions.tend_leases))
             self._periodic.append(loop.create_task(self._every(self._interval, self.sessions.checkpoint_all)))
             if self._idle > 0:
                 evict = functools.partial(self.sessions.evict_idle, self._idle)
@@ -81,6 +83,7 @@ class SimulatorServer:
                 self.grpc_server.stop(grace), asyncio.to_thread(self.sessions.hand_over, grace or 0.0)
             )
             late = await asyncio.to_thread(self.sessions.end_hand_over)
+            self._leases.cancel()
             log.info(
                 "checkpointed %d sessions to %s",
                 handed + late,
@@ -111,9 +114,8 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     authenticator = Authenticator.from_file(config.auth_file) if config.auth_file else Authenticator()
     quotas = {t.name: Quota(t.max_sessions, t.max_memory_mb) for t in authenticator.tenants or ()}
     store = CheckpointStore(config.checkpoint_dir) if config.checkpoint_dir else None
-    manager = SessionManager(
-        device, config.limits, store=store, quotas=quotas, memory_budget_bytes=_budget(config, device)
-    )
+    budget = _budget(config, device)
+    manager = SessionManager(device, config.limits, None, store, quotas, budget, holder=config.server_id)
     if store is not None:
         log.info("%d sessions in %s, each loaded on its first call", manager.register_stored(), store.directory)
     elif config.evict_idle_after_s > 0:

@@ -4,6 +4,12 @@ The session manager writes them periodically, when it evicts a session and on gr
 shutdown, and reads them when a session it doesn't hold is asked for, so sessions survive
 restarts (exactly, after SIGTERM), crashes (from the last checkpoint) and, with a folder shared by
 replicas, the loss of a replica.
+
+Replicas sharing the folder coordinate through two more files per session. ``<id>.lease`` names
+the replica that holds the session in memory; the holder renews it (its modification time) every
+``LEASE_RENEW_S``, and one not renewed for ``LEASE_EXPIRES_S`` is from a replica that died.
+``<id>.wanted`` asks the holder to write the session's checkpoint and let go of it, so that the
+replica that now gets its calls continues from its latest state rather than an older one.
 """
 
 from __future__ import annotations
@@ -18,13 +24,16 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from . import snapshots
 from .sessions import SESSION_ID
 
-__all__ = ["CheckpointStore", "MOVING_EXPIRES_S"]
+__all__ = ["CheckpointStore", "LEASE_RENEW_S", "LEASE_EXPIRES_S"]
 
 log = logging.getLogger("rnnsim.checkpoints")
 _SUFFIX = ".snapshot"
-_MOVING = ".moving"
-MOVING_EXPIRES_S = 120.0
-"""A hand-over mark older than this is from a replica that died mid-way, and is ignored."""
+_LEASE = ".lease"
+_WANTED = ".wanted"
+LEASE_RENEW_S = 1.0
+"""How often a replica renews its leases and looks for sessions others want."""
+LEASE_EXPIRES_S = 10.0
+"""A lease not renewed for this long is from a replica that died: others may take the session."""
 
 
 class CheckpointStore:
@@ -79,25 +88,61 @@ class CheckpointStore:
         return bool(SESSION_ID.fullmatch(session_id)) and any(self.directory.glob(f"{session_id}.*{_SUFFIX}"))
 
     def remove(self, session_id: str) -> None:
-        """Delete the session's checkpoint."""
+        """Delete the session's checkpoint, lease and requests."""
         if SESSION_ID.fullmatch(session_id):
             for path in self.directory.glob(f"{session_id}.*{_SUFFIX}"):
                 path.unlink(missing_ok=True)
+            for suffix in (_LEASE, _WANTED):
+                (self.directory / f"{session_id}{suffix}").unlink(missing_ok=True)
 
-    def mark_moving(self, session_id: str) -> None:
-        """Mark the session as being handed over: other replicas wait for its checkpoint."""
-        (self.directory / f"{session_id}{_MOVING}").touch()
-
-    def unmark_moving(self, session_id: str) -> None:
-        (self.directory / f"{session_id}{_MOVING}").unlink(missing_ok=True)
-
-    def moving(self, session_id: str) -> bool:
-        """Whether a replica is handing the session over (a recent mark)."""
+    def lease_holder(self, session_id: str) -> str | None:
+        """The replica holding the session in memory (an unexpired lease), or None."""
+        path = self.directory / f"{session_id}{_LEASE}"
         try:
-            age = time.time() - (self.directory / f"{session_id}{_MOVING}").stat().st_mtime
+            fresh = time.time() - path.stat().st_mtime < LEASE_EXPIRES_S
+            return path.read_text() if fresh else None
         except (FileNotFoundError, ValueError):
-            return False
-        return age < MOVING_EXPIRES_S
+            return None
+
+    def take_lease(self, session_id: str, holder: str) -> None:
+        """Record that ``holder`` has the session in memory (atomically: others read it any time)."""
+        path = self.directory / f"{session_id}{_LEASE}"
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(holder)
+        os.replace(temporary, path)
+        (self.directory / f"{session_id}{_WANTED}").unlink(missing_ok=True)
+
+    def renew_leases(self, session_ids: list[str], holder: str) -> list[str]:
+        """Renew ``holder``'s leases of ``session_ids``; returns the ids whose lease another replica
+        has taken meanwhile (after ours expired), which ``holder`` must let go of unwritten."""
+        lost = []
+        for session_id in session_ids:
+            path = self.directory / f"{session_id}{_LEASE}"
+            try:
+                if path.read_text() != holder:
+                    lost.append(session_id)
+                    continue
+                path.touch()
+            except FileNotFoundError:
+                self.take_lease(session_id, holder)
+        return lost
+
+    def drop_lease(self, session_id: str, holder: str) -> None:
+        """Let go of the session (its checkpoint written): another replica may load it now."""
+        path = self.directory / f"{session_id}{_LEASE}"
+        try:
+            if path.read_text() == holder:
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+
+    def want(self, session_id: str) -> None:
+        """Ask the session's holder to write its checkpoint and let go of it."""
+        (self.directory / f"{session_id}{_WANTED}").touch()
+
+    def wanted(self) -> set[str]:
+        """The ids of sessions some replica has asked for."""
+        return {path.name[: -len(_WANTED)] for path in self.directory.glob(f"*{_WANTED}")}
 
     def _path(self, session_id: str, owner: str) -> Path:
         return self.directory / f"{session_id}.{owner.encode().hex()}{_SUFFIX}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import socket
 from dataclasses import dataclass, field, fields
 
@@ -34,8 +33,10 @@ class ServerConfig:
     """Everything ``create_server`` needs besides the address."""
 
     device: str = "auto"
-    server_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
-    """This replica's name in logs, GetServerInfo and every response's ``rnnsim-server-id`` metadata."""
+    server_id: str = field(default_factory=socket.gethostname)
+    """This replica's name in logs, GetServerInfo, every response's ``rnnsim-server-id`` metadata and
+    the leases of a checkpoint folder. Replicas sharing a folder need different ones; a replica
+    restarted under the same one takes its sessions back at once."""
     limits: Limits = field(default_factory=Limits)
     workers: int = 8
     """Scheduler slots: calls that run at once; the others wait their turn, fairly across tenants."""
@@ -66,7 +67,8 @@ class ServerConfig:
         parser.add_argument(
             "--server-id",
             default=os.environ.get("RNNSIM_SERVER_ID"),
-            help="this replica's name in logs and response metadata (default: host name and a random suffix)",
+            help="this replica's name in logs, response metadata and checkpoint leases; replicas sharing a"
+            " checkpoint folder need different ones (default: the host name)",
         )
         parser.add_argument(
             "--workers",

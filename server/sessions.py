@@ -58,9 +58,12 @@ class SessionStore(Protocol):
     def read(self, session_id: str, owner: str | None) -> tuple[str, dict] | None: ...
     def index(self) -> list[tuple[str, str]]: ...
     def holds(self, session_id: str) -> bool: ...
-    def mark_moving(self, session_id: str) -> None: ...
-    def unmark_moving(self, session_id: str) -> None: ...
-    def moving(self, session_id: str) -> bool: ...
+    def lease_holder(self, session_id: str) -> str | None: ...
+    def take_lease(self, session_id: str, holder: str) -> None: ...
+    def renew_leases(self, session_ids: list[str], holder: str) -> list[str]: ...
+    def drop_lease(self, session_id: str, holder: str) -> None: ...
+    def want(self, session_id: str) -> None: ...
+    def wanted(self) -> set[str]: ...
     def remove(self, session_id: str) -> None: ...
 
 
@@ -105,7 +108,9 @@ class SessionManager:
 
     With a ``store``, sessions can leave memory (``evict_idle``, or to make room under a budget)
     and come back on their next call; sessions the store has but memory hasn't (after a restart,
-    or written by another replica sharing the folder) are loaded on demand.
+    or written by another replica sharing the folder) are loaded on demand. ``holder`` names this
+    replica in the store's leases: a session another replica holds is asked for and waited for
+    (SessionMoving) rather than loaded from an older checkpoint; ``tend_leases`` does the rest.
     """
 
     def __init__(
@@ -116,8 +121,10 @@ class SessionManager:
         store: SessionStore | None = None,
         quotas: Mapping[str, Quota] | None = None,
         memory_budget_bytes: int | None = None,
+        holder: str = "local",
     ):
         self.device = device
+        self.holder = holder
         self.limits = limits
         self.registry = registry or spec.default_registry
         self.store = store
@@ -129,7 +136,6 @@ class SessionManager:
         """Evicted or stored sessions loaded back into memory."""
         self.closing = False
         """Shutting down: sessions are being handed over to their checkpoints, calls are refused."""
-        self._marked: list[str] = []
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
@@ -176,6 +182,8 @@ class SessionManager:
                 if session.id in self._sessions:
                     raise SessionExists(session.id)
                 self._sessions[session.id] = session
+            if self.store is not None:
+                self.store.take_lease(session.id, self.holder)
         log.info(
             "session %s created: %s, input %s, batch %d",
             session.id,
@@ -259,8 +267,9 @@ class SessionManager:
         return session
 
     def _discover(self, session_id: str, owner: str | None) -> Session | None:
-        if self.store.moving(session_id):
-            raise SessionMoving(session_id, "is being handed over by a replica that is shutting down")
+        if not SESSION_ID.fullmatch(session_id):
+            return None
+        self._check_free(session_id)
         found = self.store.read(session_id, owner)
         if found is None:
             return None
@@ -397,12 +406,20 @@ class SessionManager:
         )
         return True
 
+    def _check_free(self, session_id: str) -> None:
+        """SessionMoving if another replica holds the session; that one is asked to let go of it."""
+        holder = self.store.lease_holder(session_id)
+        if holder is not None and holder != self.holder:
+            self.store.want(session_id)
+            raise SessionMoving(session_id, f"is held by replica {holder!r}, which has been asked to hand it over")
+
     def _load(self, session: Session) -> None:
         """Bring an evicted session back from its checkpoint (the session's lock is held)."""
-        if self.store.moving(session.id):
-            raise SessionMoving(session.id, "is being handed over by a replica that is shutting down")
+        self._check_free(session.id)
+        self.store.take_lease(session.id, self.holder)
         found = self.store.read(session.id, session.owner)
         if found is None:
+            self.store.drop_lease(session.id, self.holder)
             with self._lock:
                 self._sessions.pop(session.id, None)
             raise SessionNotFound(f"sessions/{session.id}")
@@ -418,6 +435,7 @@ class SessionManager:
             self._apply(session, snapshot)
         except Exception:
             session.model = session.state = session.training = None
+            self.store.drop_lease(session.id, self.holder)
             raise
         session.dirty = False
         self.restores += 1
@@ -428,13 +446,10 @@ class SessionManager:
         )
 
     def begin_hand_over(self) -> None:
-        """Start shutting down: refuse calls (SessionMoving) and mark every resident session as
-        moving, so that replicas sharing the store wait for its checkpoint instead of loading an
-        older one."""
+        """Start shutting down: calls are refused (SessionMoving, which clients retry, reaching
+        another replica once this one stops listening). The leases stay until each session's
+        checkpoint is written, so replicas sharing the store wait for it."""
         self.closing = True
-        self._marked = [s.id for s in self.list() if s.resident]
-        for session_id in self._marked:
-            self.store.mark_moving(session_id)
 
     def hand_over(self, grace_s: float) -> int:
         """Checkpoint and free every resident session: idle ones at once, busy ones when their
@@ -452,27 +467,53 @@ class SessionManager:
         return handed
 
     def end_hand_over(self) -> int:
-        """Checkpoint what ``hand_over`` couldn't (calls cut off at the end of the grace), remove
-        every mark; returns how many were written now."""
+        """Checkpoint what ``hand_over`` couldn't (calls cut off at the end of the grace); returns
+        how many were written now."""
         written = 0
         for session in self.list():
             with session.lock:
                 written += self._release(session)
-        for session_id in self._marked:
-            self.store.unmark_moving(session_id)
         return written
 
     def _release(self, session: Session) -> bool:
-        """(Lock held.) Checkpoint a resident session if changed, free it and unmark it; False
-        if it isn't resident or is gone."""
+        """(Lock held.) Checkpoint a resident session if changed, free it and drop its lease;
+        False if it isn't resident or is gone."""
         if not session.resident or session.id not in self._sessions:
             return False
         if session.dirty:
             self.store.write(session.id, session.owner, self._export(session))
         session.model = session.state = session.training = None
         session.dirty = False
-        self.store.unmark_moving(session.id)
+        self.store.drop_lease(session.id, self.holder)
         return True
+
+    def tend_leases(self) -> int:
+        """Renew this replica's leases; let go of sessions other replicas want (checkpoint written)
+        and of those another replica took after our lease expired (unwritten: theirs is newer).
+        Returns how many sessions were let go of."""
+        resident = [s for s in self.list() if s.resident]
+        lost = set(self.store.renew_leases([s.id for s in resident], self.holder))
+        wanted = self.store.wanted()
+        released = 0
+        for session in resident:
+            if session.id in lost:
+                with session.lock:
+                    session.model = session.state = session.training = None
+                    session.dirty = False
+                log.warning("session %s was taken over by another replica; dropped this copy", session.id)
+                released += 1
+            elif session.id in wanted and session.lock.acquire(timeout=0):
+                try:
+                    if self._release(session):
+                        released += 1
+                        log.info(
+                            "session %s handed over to the replica that asked for it",
+                            session.id,
+                            extra={"event": "session_handed_over", "session": session.id},
+                        )
+                finally:
+                    session.lock.release()
+        return released
 
     def checkpoint_all(self) -> int:
         """Write the checkpoint of every resident session changed since its last one; returns how many."""

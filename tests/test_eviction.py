@@ -1,7 +1,6 @@
 """Idle sessions leave device memory for their checkpoint and come back, exactly, on their next call;
 sessions in a checkpoint folder are found on demand, also when another replica wrote them."""
 
-import threading
 import time
 
 import grpc
@@ -25,8 +24,10 @@ def recurrent_net():
     return n
 
 
-def config(folder, **settings) -> ServerConfig:
-    return ServerConfig(device="cpu", checkpoint_dir=str(folder), checkpoint_interval_s=3600, **settings)
+def config(folder, server_id: str = "replica-a", **settings) -> ServerConfig:
+    return ServerConfig(
+        device="cpu", checkpoint_dir=str(folder), checkpoint_interval_s=3600, server_id=server_id, **settings
+    )
 
 
 def wait_until(condition, seconds: float = 10.0) -> None:
@@ -104,7 +105,7 @@ def test_unchanged_session_is_not_rewritten(tmp_path):
 def test_a_replica_finds_a_session_another_replica_checkpointed(tmp_path):
     """Two servers sharing a folder: a session made on one and checkpointed on its shutdown continues on the other."""
     x = inputs()
-    with running_server(config(tmp_path)) as (other, _), Client(other) as c:
+    with running_server(config(tmp_path, "replica-b")) as (other, _), Client(other) as c:
         with running_server(config(tmp_path)) as (address, _), Client(address) as first:
             s = first.create_session(recurrent_net(), input_shape=(3,), batch_size=2, seed=3)
             local = s.to_local()
@@ -154,23 +155,37 @@ def create_request(session_id: str) -> pb.CreateSessionRequest:
     return pb.CreateSessionRequest(session=requested, session_id=session_id)
 
 
-def test_a_session_being_handed_over_is_waited_for(tmp_path):
-    """A session another replica is still handing over is UNAVAILABLE, never loaded from an older
-    checkpoint; the client retries by itself and gets it once the hand-over is done."""
+def test_a_session_another_replica_holds_moves_over_with_its_latest_state(tmp_path):
+    """A replica asked for a session another one holds answers UNAVAILABLE and asks for it; the
+    holder writes its checkpoint and lets go within a second, the client's retry gets it, and
+    back again: never from an older checkpoint, as a rolling restart needs."""
     x = inputs()
-    with running_server(config(tmp_path)) as (address, server), Client(address) as c:
-        with running_server(config(tmp_path)) as (first_address, _), Client(first_address) as first:
-            s = first.create_session(recurrent_net(), input_shape=(3,), batch_size=2, seed=3)
-            local = s.to_local()
-            early = s.run(x[:8])
-        store = server.sessions.store
-        store.mark_moving(s.id)  # as a replica does while it is still finishing a call on the session
-        stub = pb_grpc.SimulatorServiceStub(c._channel)
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.GetSession(pb.GetSessionRequest(name=s.name))
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "handed over" in caught.value.details()
-        threading.Timer(1.0, store.unmark_moving, args=(s.id,)).start()
-        late = c.get_session(s.id).run(x[8:])  # retried by the client until the mark is gone
+    with (
+        running_server(config(tmp_path, "replica-a")) as (address_a, _),
+        running_server(config(tmp_path, "replica-b")) as (address_b, _),
+        Client(address_a) as a,
+        Client(address_b) as b,
+    ):
+        s = a.create_session(recurrent_net(), input_shape=(3,), batch_size=2, seed=3)
+        local = s.to_local()
+        outputs = [s.run(x[:5])]
+        with grpc.insecure_channel(address_b) as plain, pytest.raises(grpc.RpcError) as caught:  # no retries
+            pb_grpc.SimulatorServiceStub(plain).GetSession(pb.GetSessionRequest(name=s.name))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "replica-a" in caught.value.details()
+        outputs.append(b.get_session(s.id).run(x[5:12]))  # retried until replica-a let go
+        outputs.append(a.get_session(s.id).run(x[12:]))  # and back to replica-a
+        assert (tmp_path / f"{s.id}.lease").read_text() == "replica-a"
     with torch.no_grad():
         expected, _ = local(torch.from_numpy(x))
-    assert np.array_equal(np.concatenate([early, late]), expected.numpy())
+    assert np.array_equal(np.concatenate(outputs), expected.numpy())
+
+
+def test_a_lease_another_replica_took_makes_the_holder_drop_its_copy(tmp_path):
+    """If a replica's lease was taken over (it stalled past the expiry), it drops its copy unwritten."""
+    with running_server(config(tmp_path)) as (address, server), Client(address) as c:
+        s = c.create_session(recurrent_net(), input_shape=(3,))
+        s.run(inputs()[:3, :1])
+        server.sessions.store.take_lease(s.id, "replica-b")
+        assert server.sessions.tend_leases() == 1
+        assert not server.sessions.get(s.id).resident
+        assert server.sessions.checkpoint_all() == 0
