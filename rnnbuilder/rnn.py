@@ -19,7 +19,11 @@ from ._factory import ModuleFactory
 from ._runner import Runner, numel
 from .errors import ShapeError
 
-__all__ = ["LSTM", "GRU", "TempConvPlus2d"]
+__all__ = ["LSTM", "GRU", "TempConvPlus2d", "MAX_LAYERS"]
+
+MAX_LAYERS = 256
+"""The most stacked layers an LSTM or GRU may have: deeper stacks don't train, and a huge number
+would take minutes to build before any size limit could refuse it."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class _TorchRNN(ModuleFactory):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive int, got {value!r}")
+        if self.num_layers > MAX_LAYERS:
+            raise ValueError(f"{type(self).__name__}.num_layers must be at most {MAX_LAYERS}, got {self.num_layers}")
 
     def _build(self, in_shape):
         module = self.torch_class(numel(in_shape), self.hidden_size, self.num_layers, self.bias, dropout=self.dropout)

@@ -13,13 +13,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
-from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
 from .auth import Authenticator
 from .checkpoints import LEASE_RENEW_S, CheckpointStore
 from .config import ServerConfig, resolve_device
 from .memory import MB, Quota
-from .servicer import SimulatorServicer
+from .servicer import SimulatorServicer, add_to_server
 from .sessions import SessionManager
 
 __all__ = ["SimulatorServer", "create_server", "SERVICE_NAME"]
@@ -126,7 +125,7 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     ]
     grpc_server = grpc.aio.server(options=options)
     servicer = SimulatorServicer(manager, config, str(device), authenticator)
-    pb_grpc.add_SimulatorServiceServicer_to_server(servicer, grpc_server)
+    add_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(

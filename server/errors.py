@@ -10,7 +10,15 @@ from rnnbuilder import RnnbuilderError, ShapeError
 
 from .auth import Unauthenticated
 
-__all__ = ["SessionNotFound", "SessionExists", "SessionMoving", "LimitExceeded", "InvalidRequest", "status_of"]
+__all__ = [
+    "SessionNotFound",
+    "SessionExists",
+    "SessionMoving",
+    "LimitExceeded",
+    "InvalidRequest",
+    "status_of",
+    "is_out_of_memory",
+]
 
 DOMAIN = "rnnbuilder-sim"
 
@@ -58,7 +66,7 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
     """
     if isinstance(error, Unauthenticated):
         return grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", {}
-    if _out_of_memory(error):
+    if is_out_of_memory(error):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", {}
     if isinstance(error, SessionNotFound):
         return grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", {"session": error.name}
@@ -81,7 +89,7 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
     return grpc.StatusCode.INTERNAL, "INTERNAL", {}
 
 
-def _out_of_memory(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
     """A CUDA or CPU allocation that failed: only that call fails, the server goes on."""
     if isinstance(error, torch.OutOfMemoryError):
         return True

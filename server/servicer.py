@@ -27,13 +27,57 @@ from .metrics import Metrics
 from .scheduler import FairScheduler
 from .sessions import Session, SessionManager
 
-__all__ = ["SimulatorServicer", "VERSION", "SERVER_ID_KEY"]
+__all__ = ["SimulatorServicer", "VERSION", "SERVER_ID_KEY", "add_to_server"]
 
 VERSION = rb.__version__
 log = logging.getLogger("rnnsim.rpc")
 _PREFIX = "sessions/"
 SERVER_ID_KEY = "rnnsim-server-id"
 """Initial metadata of every response: which replica answered (for proxies, tests and debugging)."""
+
+
+class _Malformed:
+    """Request bytes that don't parse as the method's message: the method answers INVALID_ARGUMENT
+    (grpc's own deserializer would fail the call with UNKNOWN, naming an internal exception)."""
+
+    def __init__(self, message: str, error: Exception):
+        self.problem = f"the request is not a valid {message} message: {error}"
+
+
+def _parser(message_class):
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception as error:  # protobuf's DecodeError, and invalid UTF-8 in string fields
+            return _Malformed(message_class.DESCRIPTOR.full_name, error)
+
+    return parse
+
+
+def _checked(request):
+    if isinstance(request, _Malformed):
+        raise InvalidRequest(request.problem)
+    return request
+
+
+def add_to_server(servicer: SimulatorServicer, server: grpc.aio.Server) -> None:
+    """Serve ``servicer``'s methods, as the generated ``add_SimulatorServiceServicer_to_server``
+    does, but with request parsing that turns malformed bytes into INVALID_ARGUMENT."""
+    service = pb.DESCRIPTOR.services_by_name["SimulatorService"]
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {
+        method.name: kinds[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name),
+            request_deserializer=_parser(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 def _handled(method):
@@ -44,7 +88,7 @@ def _handled(method):
         started, code = time.perf_counter(), "OK"
         try:
             tenant = self.authenticator.tenant_for(context.invocation_metadata())
-            response = await method(self, request, context, tenant)
+            response = await method(self, _checked(request), context, tenant)
             await context.send_initial_metadata(self.identity)
             return response
         except Exception as error:  # every error becomes a status, none takes the server down
@@ -210,6 +254,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             await context.send_initial_metadata(self.identity)
             tenant = self.authenticator.tenant_for(context.invocation_metadata())
             async for request in request_iterator:
+                request = _checked(request)
                 if name is not None and request.name != name:
                     raise InvalidRequest(
                         f"every chunk of a stream must name the same session: {name!r}, then {request.name!r}"
@@ -257,6 +302,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         try:
             await context.send_initial_metadata(self.identity)
             tenant = self.authenticator.tenant_for(context.invocation_metadata())
+            request = _checked(request)
             validation = None
             if request.HasField("validation_inputs") or request.HasField("validation_targets"):
                 validation = (

@@ -27,9 +27,10 @@ import rnnbuilder as rb
 from rnnbuilder import spec
 
 from .config import Limits
-from .errors import InvalidRequest, LimitExceeded, SessionExists, SessionMoving, SessionNotFound
+from .errors import InvalidRequest, LimitExceeded, SessionExists, SessionMoving, SessionNotFound, is_out_of_memory
 from .memory import MB, MemoryLedger, Quota, held_bytes, work_bytes
 from .training import (
+    GLOBAL_RNG,
     BatchResult,
     OptimizerConfig,
     Totals,
@@ -170,12 +171,9 @@ class SessionManager:
         session = self._plan(factory, input_shape, batch_size, seed, owner, session_id or secrets.token_hex(8))
         self._check_room(owner)  # before allocating; again when inserting: others may be faster
         with self._reserved(session, session.bytes, evict=True):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = factory.make_model(input_shape)
-            session.model = model.to(self.device).eval()
-            session.state = session.model.get_initial_state(batch_size)
-            session.training = Training(seed)
+            with _network_errors(input_shape), torch.no_grad():
+                self._build(factory, session)
+                session.model(torch.zeros(1, 1, *input_shape, device=self.device))  # fails now, not at its first Run
             session.bytes = held_bytes(session.model, session.state)
             with self._lock:
                 self._check_room(owner)
@@ -194,12 +192,21 @@ class SessionManager:
         )
         return session
 
+    def _build(self, factory, session: Session) -> None:
+        """Make the session's model (its parameters drawn from its seed), state and training state."""
+        with GLOBAL_RNG, torch.random.fork_rng(devices=[]):  # the global generator is shared by threads
+            torch.manual_seed(session.seed)
+            model = factory.make_model(session.input_shape)
+        session.model = model.to(self.device).eval()
+        session.state = session.model.get_initial_state(session.batch_size)
+        session.training = Training(session.seed)
+
     def _plan(
         self, factory, input_shape: tuple[int, ...], batch_size: int, seed: int, owner: str, session_id: str
     ) -> Session:
         """The session ``factory`` would make, with nothing allocated: sizes are counted on the
         meta device and checked against the limits."""
-        with torch.device("meta"):
+        with _network_errors(input_shape), torch.device("meta"):
             planned = factory.make_model(input_shape)
             size = sum(t.numel() for t in planned.state_dict().values())
             initial = planned.get_initial_state(batch_size)
@@ -424,13 +431,7 @@ class SessionManager:
                 self._sessions.pop(session.id, None)
             raise SessionNotFound(f"sessions/{session.id}")
         snapshot = found[1]
-        factory = spec.from_spec(snapshot["description"], self.registry)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(session.seed)
-            model = factory.make_model(session.input_shape)
-        session.model = model.to(self.device).eval()
-        session.state = session.model.get_initial_state(session.batch_size)
-        session.training = Training(session.seed)
+        self._build(spec.from_spec(snapshot["description"], self.registry), session)
         try:
             self._apply(session, snapshot)
         except Exception:
@@ -803,7 +804,13 @@ class SessionManager:
             except RuntimeError as e:
                 raise InvalidRequest(f"the random generator state is malformed: {e}") from None
         if snapshot["carried"] is not None:
-            template = session.model.get_initial_state(snapshot["carried_batch"])
+            carried_batch = snapshot["carried_batch"]
+            if not 1 <= carried_batch <= self.limits.max_batch_size:
+                raise InvalidRequest(
+                    f"carried_batch_size must be 1 to {self.limits.max_batch_size} with a carried state,"
+                    f" got {carried_batch}"
+                )
+            template = session.model.get_initial_state(carried_batch)
             training.carried = rb.replace_leaves(template, snapshot["carried"])
         session.timesteps = snapshot["timesteps"]
         self._measure(session)
@@ -853,6 +860,22 @@ class SessionManager:
         with torch.no_grad():
             for name, tensor in tensors.items():
                 current[name].copy_(tensor)
+
+
+@contextmanager
+def _network_errors(input_shape: tuple[int, ...]) -> Iterator[None]:
+    """Errors from building or running a user's network are the request's fault: InvalidRequest
+    saying what failed (our own errors, and running out of memory, pass unchanged)."""
+    try:
+        yield
+    except (rb.RnnbuilderError, InvalidRequest, LimitExceeded, SessionExists, SessionMoving):
+        raise
+    except Exception as error:
+        if is_out_of_memory(error):
+            raise
+        raise InvalidRequest(
+            f"the network can't run on inputs of shape {list(input_shape)}: {type(error).__name__}: {error}"
+        ) from error
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

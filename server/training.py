@@ -139,7 +139,8 @@ class OptimizerConfig:
 
 # Dropout draws from torch's global generator: a batch swaps the session's generator state in and
 # out under this lock, so sessions training in parallel threads stay reproducible.
-_GLOBAL_RNG = threading.Lock()
+GLOBAL_RNG = threading.Lock()
+"""Held while torch's global random generator is seeded and drawn from: threads share it."""
 
 
 @dataclass
@@ -213,7 +214,7 @@ class Training:
             yield
             return
         devices = [device] if device.type == "cuda" else []
-        with _GLOBAL_RNG, torch.random.fork_rng(devices=devices):
+        with GLOBAL_RNG, torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.rng)))
             yield
 

@@ -1137,9 +1137,9 @@ def test_huge_num_layers_is_refused_promptly():
         while health(address, "", 1.0) != "SERVING":
             assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
-        session = pb.Session(
-            network=wire.factory_to_message(rb.Sequential(rnn.LSTM(4, num_layers=10**6))), input_shape=[8], batch_size=1
-        )
+        description = spec.to_spec(rb.Sequential(rnn.LSTM(4)))  # the client refuses to make such an LSTM
+        description["root"]["factories"][0]["args"]["num_layers"] = 10**6
+        session = pb.Session(network=wire.to_message(description), input_shape=[8], batch_size=1)
         with grpc.insecure_channel(address) as channel:
             stub = pb_grpc.SimulatorServiceStub(channel)
             code = answer(stub, "CreateSession", pb.CreateSessionRequest(session=session), timeout=5.0)[0]

@@ -448,3 +448,11 @@ def test_tempconv_needs_an_image_input():
     """TempConvPlus2d on a vector raises ShapeError naming (channels, height, width)."""
     with pytest.raises(rb.ShapeError, match=r"\(channels, height, width\)"):
         rnn.TempConvPlus2d(4, 3, 2).make_model((64,))
+
+
+def test_lstm_layers_are_bounded():
+    """An LSTM or GRU deeper than MAX_LAYERS is refused at once, with the bound."""
+    from rnnbuilder import rnn
+
+    with pytest.raises(ValueError, match=f"at most {rnn.MAX_LAYERS}"):
+        rnn.GRU(4, num_layers=rnn.MAX_LAYERS + 1)
