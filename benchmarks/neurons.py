@@ -30,6 +30,7 @@ import argparse
 import datetime
 import gc
 import math
+import os
 import platform
 import statistics
 import sys
@@ -442,7 +443,9 @@ def neuron_only_cpu(repeats: int, skipped: list[str]) -> str:
         skipped.append(str(e))
     # The goal pair (rnnbuilder, snnTorch) interleaved on its own, then the loops for context.
     pair = [cases[0], *cases[3:]]
+    before = cpu_seconds()
     benchmark(pair, x0, device, repeats, warmup=3)
+    others = other_load(before, cpu_seconds())
     benchmark(cases[1:3], x0, device, max(5, repeats // 3), warmup=2)
     text = table(f"CPU goal: LIF layer alone, T={steps}, batch {batch}, N={n}", [("", cases)], gpu=False)
     snn_case = next((c for c in cases if c.name == "snnTorch Leaky" and c.fwd_bwd), None)
@@ -454,7 +457,30 @@ def neuron_only_cpu(repeats: int, skipped: list[str]) -> str:
             f"\n\nrnnbuilder is {ratio:.2f}× faster than snnTorch forward+backward, median against median "
             f"(goal ≥ 4×: {verdict}); {best:.2f}× best against best."
         )
+    if others is not None:
+        text += (
+            f" Meanwhile other processes kept {others:.2f} of the {os.cpu_count()} CPUs busy on average "
+            f"({torch.get_num_threads()} torch threads here)."
+        )
     return text
+
+
+def cpu_seconds() -> tuple[float, float, float] | None:
+    """(wall clock, seconds all CPUs were busy, seconds this process ran), from /proc/stat (Linux)."""
+    try:
+        ticks = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def other_load(before, after) -> float | None:
+    """How many CPUs other processes kept busy, on average, between two ``cpu_seconds()``: the load
+    that makes the medians on a shared machine noisy."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / (after[0] - before[0]))
 
 
 def bandwidth(device, steps=500, batch=16, n=16384, repeats=20) -> str:
