@@ -39,6 +39,7 @@ import rnnbuilder as rb  # noqa: E402
 from client import Client  # noqa: E402
 from client.__main__ import health  # noqa: E402
 from rnnbuilder import nn, snn  # noqa: E402
+from tests.helpers import recurrent_net  # noqa: E402
 
 AUTH = """
 [tenants.streamer]
@@ -76,13 +77,6 @@ def server(auth: Path, workers: int, scheduling: str, threads: int):
         child.wait(60)
 
 
-def recurrent_net():
-    n = rb.Network()
-    n.output = rb.Placeholder()
-    n.output = n.input.stack(n.output).apply(nn.Linear(256), snn.LIF())
-    return n
-
-
 def steps(address: str, count: int) -> np.ndarray:
     """Milliseconds of each of ``count`` single-timestep calls of the streamer."""
     with Client(address, token="streamer-secret-token") as c:
@@ -117,7 +111,7 @@ def trainer(address: str, backlog: int):
 
     def flood():
         with Client(address, token="trainer-secret-token") as c:
-            session = c.create_session(recurrent_net(), input_shape=(3,), batch_size=16)
+            session = c.create_session(recurrent_net(256), input_shape=(3,), batch_size=16)
             while not stop.is_set():
                 session.run(np.ones((200, 16, 3), np.float32))
 

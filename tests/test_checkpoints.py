@@ -3,18 +3,10 @@
 import numpy as np
 import torch
 
-import rnnbuilder as rb
 from client import Client
-from rnnbuilder import nn, snn
 from server import ServerConfig
+from tests.helpers import recurrent_net
 from tests.server_fixture import running_server
-
-
-def recurrent_net():
-    n = rb.Network()
-    n.output = rb.Placeholder()
-    n.output = n.input.stack(n.output).apply(nn.Linear(6), snn.LIF())
-    return n
 
 
 def config(folder) -> ServerConfig:

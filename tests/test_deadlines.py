@@ -27,6 +27,7 @@ from client.__main__ import health
 from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+from tests.helpers import quiet_snapshot
 
 IN_SHAPE, B = (16,), 8
 LONG = 4000  # timesteps of a Run that takes most of a second on a CPU: far past its 0.1 s deadline
@@ -54,19 +55,6 @@ def raw(array: np.ndarray) -> pb.Tensor:
 def stub(server_address):
     with grpc.insecure_channel(server_address) as channel:
         yield pb_grpc.SimulatorServiceStub(channel)
-
-
-def quiet_snapshot(session, settle_s: float = 0.5, limit_s: float = 60.0) -> pb.SessionSnapshot:
-    """The session's snapshot once its timestep count has stopped changing for ``settle_s``."""
-    deadline = time.monotonic() + limit_s
-    count, since = session.refresh().timesteps_simulated, time.monotonic()
-    while time.monotonic() - since < settle_s:
-        assert time.monotonic() < deadline, "the session kept changing"
-        time.sleep(0.05)
-        now = session.refresh().timesteps_simulated
-        if now != count:
-            count, since = now, time.monotonic()
-    return pb.SessionSnapshot.FromString(session.save())
 
 
 def local_state(model: rb.Model, chunks) -> tuple[dict[str, np.ndarray], object]:

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import rnnbuilder as rb
 from client import tensors
 from client.__main__ import health
 from rnnbuilder import nn, snn
-from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from tests.helpers import quiet_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_SHAPE, B = (16,), 4
@@ -58,19 +57,6 @@ def network():
 def chunk(i: int) -> np.ndarray:
     """The client's i-th chunk, (K, B, *IN_SHAPE)."""
     return np.random.default_rng(i).random((K, B, *IN_SHAPE), dtype=np.float32) * 4
-
-
-def quiet_snapshot(session, settle_s: float = 0.5, limit_s: float = 60.0) -> pb.SessionSnapshot:
-    """The session's snapshot once its timestep count has stopped changing for ``settle_s``."""
-    deadline = time.monotonic() + limit_s
-    count, since = session.refresh().timesteps_simulated, time.monotonic()
-    while time.monotonic() - since < settle_s:
-        assert time.monotonic() < deadline, "the session kept changing"
-        time.sleep(0.05)
-        now = session.refresh().timesteps_simulated
-        if now != count:
-            count, since = now, time.monotonic()
-    return pb.SessionSnapshot.FromString(session.save())
 
 
 def local_run(model: rb.Model, chunks: int):

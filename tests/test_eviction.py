@@ -1,40 +1,23 @@
 """Idle sessions leave device memory for their checkpoint and come back, exactly, on their next call;
 sessions in a checkpoint folder are found on demand, also when another replica wrote them."""
 
-import time
-
 import grpc
 import numpy as np
 import pytest
 import torch
 
-import rnnbuilder as rb
 from client import Client, NotFoundError
-from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from server import ServerConfig
+from tests.helpers import recurrent_net, wait_until
 from tests.server_fixture import running_server
-
-
-def recurrent_net():
-    n = rb.Network()
-    n.output = rb.Placeholder()
-    n.output = n.input.stack(n.output).apply(nn.Linear(6), snn.LIF())
-    return n
 
 
 def config(folder, server_id: str = "replica-a", **settings) -> ServerConfig:
     return ServerConfig(
         device="cpu", checkpoint_dir=str(folder), checkpoint_interval_s=3600, server_id=server_id, **settings
     )
-
-
-def wait_until(condition, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def inputs() -> np.ndarray:

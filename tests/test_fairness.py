@@ -2,7 +2,6 @@
 whose deadline passes while it waits for its turn never runs."""
 
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -14,6 +13,7 @@ from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from server import ServerConfig
+from tests.helpers import recurrent_net, wait_until
 from tests.server_fixture import running_server
 
 AUTH = """
@@ -23,14 +23,6 @@ token = "trainer-secret-token"
 [tenants.streamer]
 token = "streamer-secret-token"
 """
-
-
-def heavy_net():
-    """A recurrent network: it runs step by step, so a long input is slow to simulate but quick to send."""
-    n = rb.Network()
-    n.output = rb.Placeholder()
-    n.output = n.input.stack(n.output).apply(nn.Linear(256), snn.LIF())
-    return n
 
 
 LIGHT = rb.Sequential(nn.Linear(4), snn.LIF())
@@ -45,25 +37,18 @@ def one_slot(tmp_path):
         yield running
 
 
-def wait_for(condition) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_a_step_is_served_before_another_tenants_backlog(one_slot):
     """With 7 or more heavy calls of one tenant queued, another tenant's step runs next, not last."""
     address, server = one_slot
     done: list[str] = []
     with Client(address, token="trainer-secret-token") as trainer, Client(address, token="streamer-secret-token") as s:
-        heavy = trainer.create_session(heavy_net(), input_shape=(3,), batch_size=16)
+        heavy = trainer.create_session(recurrent_net(256), input_shape=(3,), batch_size=16)
         light = s.create_session(LIGHT, input_shape=(3,))
         x = np.ones((300, 16, 3), np.float32)
         backlog = [threading.Thread(target=lambda: (heavy.run(x), done.append("heavy"))) for _ in range(9)]
         for thread in backlog:
             thread.start()
-        wait_for(lambda: server.servicer.scheduler.queued().get("trainer", 0) >= 7)
+        wait_until(lambda: server.servicer.scheduler.queued().get("trainer", 0) >= 7)
         light.step(np.ones((1, 3), np.float32))
         done.append("step")
         for thread in backlog:
@@ -75,11 +60,11 @@ def test_a_call_past_its_deadline_while_queued_never_runs(one_slot):
     """A call that times out waiting for a slot gets DEADLINE_EXCEEDED and leaves its session untouched."""
     address, server = one_slot
     with Client(address, token="trainer-secret-token") as trainer, Client(address, token="streamer-secret-token") as s:
-        heavy = trainer.create_session(heavy_net(), input_shape=(3,), batch_size=16)
+        heavy = trainer.create_session(recurrent_net(256), input_shape=(3,), batch_size=16)
         light = s.create_session(LIGHT, input_shape=(3,))
         busy = threading.Thread(target=heavy.run, args=(np.ones((5000, 16, 3), np.float32),))
         busy.start()
-        wait_for(lambda: server.servicer.scheduler.running() == {"trainer": 1})
+        wait_until(lambda: server.servicer.scheduler.running() == {"trainer": 1})
         stub = pb_grpc.SimulatorServiceStub(s._channel)
         request = pb.RunRequest(name=light.name, input=_tensor(np.ones((5, 1, 3), np.float32)))
         with pytest.raises(grpc.RpcError) as caught:

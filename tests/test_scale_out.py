@@ -32,19 +32,13 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from server import ServerConfig
 from server.servicer import SERVER_ID_KEY
+from tests.helpers import recurrent_net
 from tests.server_fixture import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 SESSIONS = 16
 STEPS = 12  # per session: half before the replica stops, half after
-
-
-def recurrent_net():
-    n = rb.Network()
-    n.output = rb.Placeholder()
-    n.output = n.input.stack(n.output).apply(nn.Linear(6), snn.LIF())
-    return n
 
 
 def test_header_names_are_the_servers():

@@ -1,0 +1,39 @@
+"""Small things several test modules share: a recurrent network, waiting for a condition."""
+
+from __future__ import annotations
+
+import time
+
+import rnnbuilder as rb
+from rnnbuilder import nn, snn
+from rnnbuilder_sim.v1 import simulator_pb2 as pb
+
+
+def recurrent_net(width: int = 6) -> rb.Network:
+    """The input stacked with the network's last output, through Linear(width) and LIF: a placeholder
+    cycle, so it runs step by step (a long input is slow to simulate but quick to send)."""
+    n = rb.Network()
+    n.output = rb.Placeholder()
+    n.output = n.input.stack(n.output).apply(nn.Linear(width), snn.LIF())
+    return n
+
+
+def wait_until(condition, seconds: float = 30.0) -> None:
+    """Poll ``condition()`` until it is true; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def quiet_snapshot(session, settle_s: float = 0.5, limit_s: float = 60.0) -> pb.SessionSnapshot:
+    """The session's snapshot once its timestep count has stopped changing for ``settle_s``."""
+    deadline = time.monotonic() + limit_s
+    count, since = session.refresh().timesteps_simulated, time.monotonic()
+    while time.monotonic() - since < settle_s:
+        assert time.monotonic() < deadline, "the session kept changing"
+        time.sleep(0.05)
+        now = session.refresh().timesteps_simulated
+        if now != count:
+            count, since = now, time.monotonic()
+    return pb.SessionSnapshot.FromString(session.save())
