@@ -7,6 +7,8 @@ neuron and surrogate. The reference runs under ``fused.use_backend("reference")`
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -312,6 +314,109 @@ def test_lif_backward_called_directly_leaves_its_saved_values(reset, grad_spikes
             return grad
 
     Wrapped.apply(torch.ones(1, requires_grad=True)).sum().backward()
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+@pytest.fixture
+def spares(monkeypatch):
+    """An empty list of spare forward blocks, with the default limits."""
+    monkeypatch.setattr(fused, "_SPARES", [])
+    monkeypatch.setattr(fused, "SPARE_BLOCKS", 4)
+    monkeypatch.setattr(fused, "SPARE_BYTES", 1 << 28)
+    return fused._SPARES
+
+
+def test_forward_reuses_a_block_once_nothing_refers_to_it(spares):
+    """The CPU forward's output block is reused by the next call of the same shape once its spikes,
+    saved membrane and input gradient are gone, and every value in it is recomputed."""
+    model = snn.LIF(tau=4.0).make_model((6,))
+    first, second = drive(snn.LIF(), (12, 3, 6), seed=13), drive(snn.LIF(), (12, 3, 6), seed=14)
+    expected = [run(model, xs, "reference") for xs in (first, second)]
+    xs = first.clone().requires_grad_(True)
+    out, state = model(xs)
+    out.sum().backward()
+    address = _storage(out)
+    assert _storage(xs.grad) == address  # the input gradient lives in the block too
+    del out, state, xs  # (the state's graph refers to xs, and so to its gradient)
+    got = run(model, second, "auto")
+    assert _storage(got[0]) == address
+    assert torch.equal(got[0], expected[1][0])
+    torch.testing.assert_close(got[2], expected[1][2])
+    again = run(model, first, "auto")  # the second call's block is still referenced by `got`
+    assert _storage(again[0]) != address
+    assert torch.equal(again[0], expected[0][0]) and torch.equal(got[0], expected[1][0])
+    torch.testing.assert_close(again[2], expected[0][2])
+
+
+def test_forward_does_not_reuse_a_block_still_referenced(spares):
+    """Spikes or an input gradient kept from an earlier call keep its block: a later call of the
+    same shape writes elsewhere, and what was kept doesn't change."""
+    model = snn.LIF().make_model((5,))
+    xs = drive(snn.LIF(), (10, 2, 5), seed=15)
+    with torch.no_grad():
+        kept = model(xs)[0]
+    copy = kept.clone()
+    x = xs.clone().requires_grad_(True)
+    out, state = model(x)
+    out.sum().backward()
+    grad = x.grad
+    grad_copy = grad.clone()
+    del out, state, x
+    for _ in range(3):
+        with torch.no_grad():
+            model(xs * 0.5)
+        later = xs.clone().requires_grad_(True)
+        model(later)[0].sum().backward()
+        assert _storage(later.grad) not in (_storage(kept), _storage(grad))
+    assert torch.equal(kept, copy) and torch.equal(grad, grad_copy)
+
+
+def test_spare_blocks_respect_their_limits(spares, monkeypatch):
+    """At most SPARE_BLOCKS blocks and SPARE_BYTES bytes are kept; 0 blocks turns reuse off."""
+    model = snn.NoReset().make_model((4,))
+    with torch.no_grad():
+        for steps in range(1, 8):
+            model(torch.rand(steps, 2, 4))
+    assert len(spares) == 4
+    assert [s.nbytes() for _, s in spares] == [4 * steps * 2 * 4 for steps in range(4, 8)]
+    monkeypatch.setattr(fused, "SPARE_BYTES", 4 * 10 * 2 * 4)  # room for one block of 10 steps
+    with torch.no_grad():
+        model(torch.rand(10, 2, 4))
+        assert [s.nbytes() for _, s in spares] == [4 * 10 * 2 * 4]
+        model(torch.rand(11, 2, 4))  # larger than the limit: not kept
+        assert [s.nbytes() for _, s in spares] == [4 * 10 * 2 * 4]
+    monkeypatch.setattr(fused, "SPARE_BLOCKS", 0)
+    spares.clear()
+    with torch.no_grad():
+        model(torch.rand(10, 2, 4))
+    assert spares == []
+
+
+def test_concurrent_forwards_never_share_a_block(spares):
+    """Threads running the same layer at once each get their own block (the reuse check and the
+    claim happen under one lock)."""
+    model = snn.LIF().make_model((8,))
+    inputs = [drive(snn.LIF(), (16, 2, 8), seed=s) for s in range(4)]
+    with torch.no_grad(), fused.use_backend("reference"):
+        expected = [model(xs)[0] for xs in inputs]
+    failures = []
+
+    def work(i):
+        for _ in range(30):
+            with torch.no_grad():
+                out = model(inputs[i])[0]
+            if not torch.equal(out, expected[i]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

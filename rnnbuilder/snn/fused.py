@@ -52,6 +52,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 from contextvars import ContextVar
 
 import torch
@@ -640,8 +641,41 @@ def _cached_scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
 def _block(count: int, steps: int, like: torch.Tensor) -> torch.Tensor:
     """(count, steps, *like.shape[1:]) in one allocation. The forward's outputs and saved values
     share it: on Linux, several fresh allocations of this size are returned to the OS when freed and
-    cost page faults on every call (measured: about 1.5 ms per 6 MiB buffer); one doesn't."""
-    return torch.empty((count, steps, *like.shape[1:]), dtype=like.dtype, device=like.device)
+    cost page faults on every call (measured: about 1.5 ms per 6 MiB buffer); one doesn't. On the
+    CPU a spare block of the same shape and dtype that nothing refers to any more is reused (see
+    ``SPARE_BLOCKS``): that one doesn't fault either. Its old values are all overwritten."""
+    shape = (count, steps, *like.shape[1:])
+    nbytes = math.prod(shape) * like.element_size()
+    if like.device.type != "cpu" or _storage_refs is None or SPARE_BLOCKS <= 0 or nbytes > SPARE_BYTES:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    key = (shape, like.dtype)
+    with _SPARES_LOCK:
+        for i, (k, storage) in enumerate(_SPARES):
+            if k == key and _storage_refs(storage._cdata) == 1:  # only this list refers to it
+                _SPARES.append(_SPARES.pop(i))  # most recently used last
+                return torch.empty(0, dtype=like.dtype).set_(storage, 0, shape)
+        block = torch.empty(shape, dtype=like.dtype)
+        _SPARES.append((key, block.untyped_storage()))
+        kept = 0
+        for i in range(len(_SPARES) - 1, -1, -1):  # keep the most recent that fit the limits
+            kept += _SPARES[i][1].nbytes()
+            if kept > SPARE_BYTES or len(_SPARES) - i > SPARE_BLOCKS:
+                del _SPARES[: i + 1]
+                break
+        return block
+
+
+SPARE_BLOCKS = 4
+"""How many forward blocks (``_block``) the torch backend keeps on the CPU for reuse, at most
+``SPARE_BYTES`` together; 0 turns reuse off. A block is reused only once nothing refers to it (the
+spikes, saved values and input gradient made from it are all gone), so at most these stay
+allocated between calls: what a training loop would allocate again at its next step anyway."""
+SPARE_BYTES = 1 << 28
+"""The most bytes that ``SPARE_BLOCKS`` keep together (256 MiB); a larger block is never kept."""
+_SPARES: list[tuple[tuple, torch.UntypedStorage]] = []
+_SPARES_LOCK = threading.Lock()
+_storage_refs = getattr(torch._C, "_storage_Use_Count", None)
+"""References to a storage (as inductor's CUDA graph trees count them); None: no reuse."""
 
 
 def _chunk(reference: torch.Tensor) -> int:
