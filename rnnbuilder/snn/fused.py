@@ -43,7 +43,8 @@ The torch backend's LIF backward writes the input gradient over the saved membra
 timestep right after reading it, when autograd frees the saved values after the call (no
 ``retain_graph``): on the CPU a fresh gradient buffer costs a write of the whole sequence to memory
 that isn't in cache, the largest single cost of the backward. The gradient then shares the block
-with the spikes until both are freed.
+with the spikes until both are freed. On the CPU a freed block is kept for the next call of the same
+shape (``SPARE_BLOCKS``), which then writes into memory that is already mapped.
 """
 
 from __future__ import annotations
