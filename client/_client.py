@@ -18,6 +18,7 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 
 from . import network, tensors
+from ._feed import ChunkFeed
 from .errors import from_rpc_error
 
 __all__ = ["Client", "Session", "ServerInfo", "Recording", "SESSION_HEADER", "SERVER_ID_HEADER"]
@@ -39,6 +40,8 @@ RETRY_POLICY = {
     },
 }
 """gRPC's retry of calls answered UNAVAILABLE before the server did anything (trailers only)."""
+STREAM_RESUMES = 3
+"""How often ``Session.stream`` opens a new stream after one was cut off with UNAVAILABLE."""
 _PREFIX = "sessions/"
 _MAX_MESSAGE = 256 * 1024 * 1024
 
@@ -268,22 +271,31 @@ class Session:
         return self._stream(chunks, list(layers), bitpacked)
 
     def _stream(self, chunks: Iterable, layers, bitpacked: bool) -> Iterator[Recording]:
+        """Over one stream, or more: a stream cut off with UNAVAILABLE (its session moving to another
+        replica) is resumed where the session is, if that is where the last reply left it."""
         encoding = pb.TENSOR_ENCODING_BITPACKED if bitpacked else pb.TENSOR_ENCODING_RAW
 
-        def requests():
-            for chunk in chunks:
-                yield pb.SimulateRequest(
-                    name=self.name,
-                    input=_encode_input(chunk, bitpacked),
-                    record_layers=layers,
-                    output_encoding=encoding,
-                )
+        def request(chunk) -> tuple[pb.SimulateRequest, int]:
+            x = _encode_input(chunk, bitpacked)
+            return pb.SimulateRequest(name=self.name, input=x, record_layers=layers, output_encoding=encoding), x.shape[
+                0
+            ]
 
-        try:
-            for reply in self._call("Simulate", requests()):
-                yield _recording(reply)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        feed, expected = ChunkFeed(chunks, request), self.timesteps_simulated
+        for resumes in range(STREAM_RESUMES + 1):
+            try:
+                for reply in self._call("Simulate", feed.requests()):
+                    expected = reply.first_timestep + feed.answered()
+                    self.timesteps_simulated = expected
+                    yield _recording(reply)
+                return
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or resumes == STREAM_RESUMES:
+                    raise from_rpc_error(error) from None
+                feed.restart()
+                self.refresh()  # waits (retrying) until the session is served again
+                if self.timesteps_simulated != expected:  # a chunk went through unanswered: can't resume exactly
+                    raise from_rpc_error(error) from None
 
     @_rpc
     def reset(self, batch_indices: Iterable[int] | None = None) -> None:

@@ -312,3 +312,35 @@ def test_a_stopping_replica_hands_its_sessions_over_while_a_call_is_in_flight(sc
         for log in logs:
             print(f"==== {log.name}\n{log.read_text()[-6000:]}")
         raise
+
+
+def test_a_stream_goes_on_across_its_replicas_stop(scale_out):
+    """A Simulate stream whose replica stops mid-way is resumed by the client on the other replica,
+    without a chunk lost or applied twice: the outputs equal the local model's."""
+    proxy, replicas, checkpoints, logs = scale_out
+    try:
+        with Client(proxy) as c:
+            sessions = [c.create_session(recurrent_net(), (3,), batch_size=2, seed=i) for i in range(6)]
+            s = next(s for s in sessions if s.refresh().server_id == "replica-a")
+            local = s.to_local()
+            x = (np.random.default_rng(2).random((40, 2, 2, 3)) * 2).astype(np.float32)
+            stopped = replicas["replica-a"][1]
+
+            def chunks():
+                for i, chunk in enumerate(x):
+                    if i == 10:
+                        stopped.send_signal(signal.SIGTERM)
+                        time.sleep(0.3)
+                    yield chunk
+                    time.sleep(0.02)
+
+            outputs = list(s.stream(chunks()))
+            assert stopped.wait(60) == 0
+            assert s.server_id == "replica-b"
+        with torch.no_grad():
+            expected, _ = local(torch.from_numpy(x.reshape(80, 2, 3)))
+        assert np.array_equal(np.concatenate(outputs), expected.numpy())
+    except BaseException:
+        for log in logs:
+            print(f"==== {log.name}\n{log.read_text()[-6000:]}")
+        raise

@@ -1,0 +1,77 @@
+"""The requests of a stream that can be resumed: chunks sent but not yet answered are sent again on
+the next attempt, in order, before any new chunk is read."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+__all__ = ["ChunkFeed"]
+
+_END = object()
+_NONE_KEPT = object()
+
+
+class ChunkFeed:
+    """Turns ``chunks`` into requests (``make(chunk)`` gives ``(request, timesteps)``) for one
+    stream attempt after another.
+
+    gRPC reads each attempt's ``requests()`` on a thread of its own, which may still be waiting
+    for the caller's next chunk when the attempt fails; a chunk it gets then is kept for the next
+    attempt, so none is lost or sent twice.
+    """
+
+    def __init__(self, chunks: Iterable, make: Callable[[Any], tuple[Any, int]]):
+        self._chunks = iter(chunks)
+        self._make = make
+        self._unanswered: deque[tuple[Any, int]] = deque()
+        self._answered = 0  # how many requests have been answered, ever
+        self._attempt = 0
+        self._lock = threading.Lock()  # the deque and the counters
+        self._reading = threading.Lock()  # one reader of the chunks at a time
+
+    def requests(self) -> Iterator:
+        """This attempt's requests: the unanswered ones again, then new ones."""
+        with self._lock:
+            attempt, position = self._attempt, self._answered
+        while (request := self._next(attempt, position)) is not None:
+            position += 1
+            yield request
+
+    def _next(self, attempt: int, position: int):
+        """The request at ``position`` (counted over all attempts): kept, or made from the next
+        chunk; None at the end of the chunks or of the attempt."""
+        request = self._kept(attempt, position)
+        if request is not _NONE_KEPT:
+            return request
+        with self._reading:
+            request = self._kept(attempt, position)  # another attempt's reader may have kept one meanwhile
+            if request is not _NONE_KEPT:
+                return request
+            chunk = next(self._chunks, _END)
+            if chunk is _END:
+                return None
+            item = self._make(chunk)
+            with self._lock:
+                self._unanswered.append(item)
+                return item[0] if attempt == self._attempt else None
+
+    def _kept(self, attempt: int, position: int):
+        with self._lock:
+            if attempt != self._attempt:
+                return None
+            index = position - self._answered
+            return self._unanswered[index][0] if index < len(self._unanswered) else _NONE_KEPT
+
+    def answered(self) -> int:
+        """The oldest unanswered request got its reply; returns its timesteps."""
+        with self._lock:
+            self._answered += 1
+            return self._unanswered.popleft()[1]
+
+    def restart(self) -> None:
+        """End the current attempt: the next ``requests()`` starts with the unanswered requests."""
+        with self._lock:
+            self._attempt += 1
