@@ -319,30 +319,36 @@ class _TorchImpl:
         steps = xs.shape[0]
         block = _block(2 if store else 1, steps, xs)
         spikes, u = block[0], block[-1]  # u is the spikes' buffer when not storing
-        x_t, s_t, u_t = xs.unbind(0), spikes.unbind(0), u.unbind(0)
-        decay = _decay(beta, xs)
-        one = _scalar(1.0, xs)
+        x_t, s_t = xs.unbind(0), spikes.unbind(0)
+        u_t = u.unbind(0) if store or not reset else (torch.empty_like(s_t[0]),) * steps
+        one, ones = _scalar(1.0, xs), _decay_ones(xs)
+        beta_s = _scalar(beta, xs)
+        # u_t = beta * v_{t-1} + x_t: addcmul(x, v, ones, value=beta) where that is exact, else mul, add.
+        prev = v0
         if not reset:
-            # u_t = beta * u_{t-1} + x_t doesn't depend on the spikes: spikes in one op afterwards.
-            prev = v0
-            for t in range(steps):
-                decay(prev, x_t[t], u_t[t])
-                prev = u_t[t]
+            # u_t doesn't depend on the spikes: spikes in one op afterwards.
+            for x, ut in zip(x_t, u_t):
+                if ones is not None:
+                    prev = torch.addcmul(x, prev, ones, value=beta, out=ut)
+                else:
+                    prev = torch.mul(prev, beta_s, out=ut).add_(x)
             v = u_t[-1].clone()
             if store:
                 torch.gt(u, one, out=spikes)  # H(u - 1): u - 1 > 0 exactly when u > 1 (no underflow)
             else:
                 spikes.gt_(one)
             return spikes, v, (u,) if store else ()
-        buf = None if store else torch.empty_like(s_t[0])
         v = torch.empty_like(s_t[0])
-        prev = v0
-        for t in range(steps):
-            ut, st = u_t[t] if store else buf, s_t[t]
-            decay(prev, x_t[t], ut)
-            torch.gt(ut, one, out=st)
-            torch.sub(ut, st, out=v)
-            prev = v
+        if ones is not None:
+            for x, ut, st in zip(x_t, u_t, s_t):
+                torch.addcmul(x, prev, ones, value=beta, out=ut)
+                torch.gt(ut, one, out=st)
+                prev = torch.sub(ut, st, out=v)
+        else:
+            for x, ut, st in zip(x_t, u_t, s_t):
+                torch.mul(prev, beta_s, out=ut).add_(x)
+                torch.gt(ut, one, out=st)
+                prev = torch.sub(ut, st, out=v)
         return spikes, v, (u,) if store else ()
 
     @staticmethod
@@ -360,8 +366,10 @@ class _TorchImpl:
         prev = grad_v if grad_v is not None else torch.zeros_like(g_t[0])
         chunk = _chunk(u)
         work = _Buffers(u, chunk)
-        c_t = work.steps("c") if reset else None
-        d_t = work.steps("d") if grad_spikes is not None else None
+        has_d = grad_spikes is not None
+        z_all = work.get("z", chunk)
+        c_all, c_t = (work.get("c", chunk), work.steps("c")) if reset else (None, None)
+        d_all, d_t = (work.get("d", chunk), work.steps("d")) if has_d else (None, None)
         one, two, beta_s = _scalar(1.0, u), _scalar(2.0, u), _scalar(beta, u)
         spike_linear = type(surrogate) is S.SpikeLinear
         factor = float(surrogate.gradient_factor) if spike_linear else 1.0
@@ -369,34 +377,35 @@ class _TorchImpl:
         for stop in range(steps, 0, -chunk):
             start = max(0, stop - chunk)
             n = stop - start
-            z = work.get("z", n)
+            uc = u[start:stop]
+            z = z_all if n == chunk else z_all[:n]
             if spike_linear:
                 # g = factor * h with h = clamp(1 - |u - 1|, min=0), as clamp(min(2 - u, u), min=0): 3 ops, not 4
-                torch.sub(two, u[start:stop], out=z)
-                h = torch.minimum(z, u[start:stop], out=z).clamp_min_(0)
+                torch.sub(two, uc, out=z)
+                h = torch.minimum(z, uc, out=z).clamp_min_(0)
             else:
-                h = _surrogate_gradient(torch.sub(u[start:stop], one, out=z), surrogate, work)
-            has_d = grad_spikes is not None
+                h = _surrogate_gradient(torch.sub(uc, one, out=z), surrogate, work)
             if has_d:  # d = g * gs = factor * h * gs, one op: 0 + factor * h * gs
-                torch.addcmul(zero, h, grad_spikes[start:stop], value=factor, out=work.get("d", n))
+                d = d_all if n == chunk else d_all[:n]
+                torch.addcmul(zero, h, grad_spikes[start:stop], value=factor, out=d)
             if reset:
-                c = torch.add(beta_s, h, alpha=-beta * factor, out=work.get("c", n))  # beta * (1 - g)
+                c = c_all if n == chunk else c_all[:n]
+                torch.add(beta_s, h, alpha=-beta * factor, out=c)  # beta * (1 - g)
                 if stop == steps:
                     torch.add(one, h[-1], alpha=-factor, out=c[-1])  # 1 - g
-            for t in range(stop - 1, start - 1, -1):
-                i = t - start
-                if reset:
-                    if has_d:
-                        torch.addcmul(d_t[i], c_t[i], prev, out=g_t[t])
-                    else:
-                        torch.mul(c_t[i], prev, out=g_t[t])
+                if has_d:
+                    for i in range(n - 1, -1, -1):
+                        prev = torch.addcmul(d_t[i], c_t[i], prev, out=g_t[start + i])
                 else:
-                    scale = 1.0 if t == steps - 1 else beta
+                    for i in range(n - 1, -1, -1):
+                        prev = torch.mul(c_t[i], prev, out=g_t[start + i])
+            else:
+                for i in range(n - 1, -1, -1):
+                    scale = 1.0 if start + i == steps - 1 else beta
                     if has_d:
-                        torch.add(d_t[i], prev, alpha=scale, out=g_t[t])
+                        prev = torch.add(d_t[i], prev, alpha=scale, out=g_t[start + i])
                     else:
-                        torch.mul(prev, scale, out=g_t[t])
-                prev = g_t[t]
+                        prev = torch.mul(prev, scale, out=g_t[start + i])
         return gx, prev * beta
 
     # -- Adaptive ----------------------------------------------------------------------------
@@ -591,27 +600,17 @@ def _surrogate_gradient(z: torch.Tensor, surrogate: Surrogate, work: _Buffers) -
     return surrogate.gradient(z)
 
 
-def _decay(beta: float, like: torch.Tensor):
-    """``step(prev, x, out)``: ``out = beta * prev + x`` with exactly the reference's two roundings.
+def _decay_ones(like: torch.Tensor) -> torch.Tensor | None:
+    """``ones`` such that ``addcmul(x, v, ones, value=beta)`` is ``beta * v + x`` with exactly the
+    reference's two roundings, or None where it isn't (then: mul, add).
 
-    One op where it can be: ``addcmul(x, prev, 1, value=beta)`` computes x + (beta * prev) * 1 in
-    ``like``'s own dtype on the CPU, so the product is rounded before the sum just as ``beta * v + x``
-    does, whether or not the compiler fused the multiply-add (the factor 1 makes it exact either
-    way). For float16/bfloat16 (computed in float32, rounded once) and on other devices: mul, add."""
+    On the CPU addcmul computes x + (beta * v) * 1 in ``like``'s own dtype, so the product is
+    rounded before the sum just as ``beta * v + x`` does, whether or not the compiler fused the
+    multiply-add (the factor 1 makes it exact either way). float16/bfloat16 compute in float32 and
+    round once; other devices aren't checked."""
     if like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64):
-        ones = torch.ones((), dtype=like.dtype).expand(like.shape[1:])
-
-        def step(prev, x, out):
-            torch.addcmul(x, prev, ones, value=beta, out=out)
-
-    else:
-        beta_s = _scalar(beta, like)
-
-        def step(prev, x, out):
-            torch.mul(prev, beta_s, out=out)
-            out.add_(x)
-
-    return step
+        return torch.ones((), dtype=like.dtype).expand(like.shape[1:])
+    return None
 
 
 def _saved_tensors_are_freed() -> bool:
