@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import math
@@ -228,6 +229,7 @@ class Session:
         self.parameter_count = message.parameter_count
         self.timesteps_simulated = message.timesteps_simulated
         self.device = message.device
+        self.create_time = message.create_time.ToDatetime(dt.UTC)
         self.recordable_layers = list(message.recordable_layers)
         self.description = network.from_message(message.network)
 

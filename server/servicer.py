@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -381,8 +381,6 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         return self.manager.get(_session_id(name), tenant.name).id
 
     def _session(self, session: Session) -> pb.Session:
-        created = timestamp_pb2.Timestamp()
-        created.FromDatetime(session.create_time)
         return pb.Session(
             name=_PREFIX + session.id,
             network=network.to_message(session.description),
@@ -394,7 +392,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             timesteps_simulated=session.timesteps,
             device=self.device_name,
             recordable_layers=session.recordable_layers,
-            create_time=created,
+            create_time=snapshots.timestamp(session.create_time),
         )
 
 

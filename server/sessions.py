@@ -295,6 +295,7 @@ class SessionManager:
         tensors += [*(snapshot["optimizer"] or {}).get("tensors", {}).values(), *(snapshot["carried"] or {}).values()]
         session.bytes = sum(t.numel() * t.element_size() for t in tensors)
         session.timesteps, session.dirty = snapshot["timesteps"], False
+        session.create_time = snapshot["create_time"] or session.create_time
         return session
 
     def register_stored(self) -> int:
@@ -770,6 +771,7 @@ class SessionManager:
             "rng": training.rng.get_state(),
             "carried": None if training.carried is None else _cpu(rb.named_leaves(training.carried)),
             "carried_batch": 0 if training.carried is None else session.model.batch_size_of(training.carried),
+            "create_time": session.create_time,
         }
 
     def import_(self, snapshot: dict, owner: str = "default", session_id: str | None = None) -> Session:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+from google.protobuf import timestamp_pb2
+
 from client import network, tensors
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
 from . import training
 from .errors import InvalidRequest
 
-__all__ = ["to_message", "from_message", "named_tensors", "decode_named", "optimizer_config"]
+__all__ = ["to_message", "from_message", "named_tensors", "decode_named", "optimizer_config", "timestamp"]
 
 
 def to_message(snapshot: dict) -> pb.SessionSnapshot:
@@ -30,6 +34,7 @@ def to_message(snapshot: dict) -> pb.SessionSnapshot:
         random_state=tensors.encode(snapshot["rng"]),
         carried_state=named_tensors(snapshot["carried"] or {}),
         carried_batch_size=snapshot["carried_batch"],
+        create_time=timestamp(snapshot["create_time"]),
     )
 
 
@@ -54,7 +59,17 @@ def from_message(message: pb.SessionSnapshot) -> dict:
         "rng": tensors.decode_torch(message.random_state) if message.HasField("random_state") else None,
         "carried": decode_named(message.carried_state) if message.carried_state else None,
         "carried_batch": message.carried_batch_size,
+        "create_time": message.create_time.ToDatetime(dt.UTC) if message.HasField("create_time") else None,
     }
+
+
+def timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    """``moment`` as a protobuf Timestamp (None stays None)."""
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
 
 
 def named_tensors(values: dict, packed: bool = False) -> list[pb.NamedTensor]:

@@ -51,3 +51,12 @@ def test_unreadable_checkpoint_is_skipped(tmp_path):
     (tmp_path / "0123abcd.64656661756c74.snapshot").write_bytes(b"not a snapshot")
     with running_server(config(tmp_path)) as (address, _), Client(address) as c:
         assert [s.id for s in c.list_sessions()] == [kept]
+
+
+def test_sessions_keep_their_creation_time_and_order_across_a_restart(tmp_path):
+    """After a restart, sessions list in the order they were made, with their creation times."""
+    with running_server(config(tmp_path)) as (address, _), Client(address) as c:
+        made = [c.create_session(recurrent_net(), input_shape=(3,)) for _ in range(3)]
+    with running_server(config(tmp_path)) as (address, _), Client(address) as c:
+        listed = c.list_sessions()
+    assert [(s.id, s.create_time) for s in listed] == [(s.id, s.create_time) for s in made]

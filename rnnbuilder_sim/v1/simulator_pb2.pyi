@@ -539,7 +539,7 @@ class EvaluateResponse(_message.Message):
     def __init__(self, metrics: _Optional[_Union[Metrics, _Mapping]] = ...) -> None: ...
 
 class SessionSnapshot(_message.Message):
-    __slots__ = ("network", "input_shape", "batch_size", "seed", "timesteps_simulated", "parameters", "state", "optimizer", "random_state", "carried_state", "carried_batch_size")
+    __slots__ = ("network", "input_shape", "batch_size", "seed", "timesteps_simulated", "parameters", "state", "optimizer", "random_state", "carried_state", "carried_batch_size", "create_time")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -551,6 +551,7 @@ class SessionSnapshot(_message.Message):
     RANDOM_STATE_FIELD_NUMBER: _ClassVar[int]
     CARRIED_STATE_FIELD_NUMBER: _ClassVar[int]
     CARRIED_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     network: NetworkSpec
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     batch_size: int
@@ -562,7 +563,8 @@ class SessionSnapshot(_message.Message):
     random_state: Tensor
     carried_state: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     carried_batch_size: int
-    def __init__(self, network: _Optional[_Union[NetworkSpec, _Mapping]] = ..., input_shape: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., timesteps_simulated: _Optional[int] = ..., parameters: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., state: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., optimizer: _Optional[_Union[OptimizerSnapshot, _Mapping]] = ..., random_state: _Optional[_Union[Tensor, _Mapping]] = ..., carried_state: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., carried_batch_size: _Optional[int] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, network: _Optional[_Union[NetworkSpec, _Mapping]] = ..., input_shape: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., timesteps_simulated: _Optional[int] = ..., parameters: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., state: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., optimizer: _Optional[_Union[OptimizerSnapshot, _Mapping]] = ..., random_state: _Optional[_Union[Tensor, _Mapping]] = ..., carried_state: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., carried_batch_size: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class OptimizerSnapshot(_message.Message):
     __slots__ = ("config", "tensors")
