@@ -22,7 +22,7 @@ from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from . import snapshots, training
 from .auth import Authenticator, Tenant
 from .config import ServerConfig
-from .errors import DOMAIN, InvalidRequest, status_of
+from .errors import DOMAIN, InvalidRequest, SessionNotFound, status_of
 from .metrics import Metrics
 from .scheduler import FairScheduler
 from .sessions import Session, SessionManager
@@ -185,7 +185,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def GetSession(self, request, context, tenant):
-        return pb.GetSessionResponse(session=self._session(self.manager.get(self._owned(request.name, tenant))))
+        session_id = await self._owned(request.name, tenant)
+        return pb.GetSessionResponse(session=self._session(self.manager.get(session_id)))
 
     @_handled
     async def ListSessions(self, request, context, tenant):
@@ -205,29 +206,29 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def DeleteSession(self, request, context, tenant):
-        await self.in_worker(tenant, self.manager.delete, self._owned(request.name, tenant))
+        await self.in_worker(tenant, self.manager.delete, await self._owned(request.name, tenant))
         return pb.DeleteSessionResponse()
 
     @_handled
     async def ResetState(self, request, context, tenant):
-        await self.in_worker(tenant, self.manager.reset, self._owned(request.name, tenant), list(request.batch_indices))
+        session_id = await self._owned(request.name, tenant)
+        await self.in_worker(tenant, self.manager.reset, session_id, list(request.batch_indices))
         return pb.ResetStateResponse()
 
     @_handled
     async def GetState(self, request, context, tenant):
-        state = await self.in_worker(tenant, self.manager.get_state, self._owned(request.name, tenant))
+        state = await self.in_worker(tenant, self.manager.get_state, await self._owned(request.name, tenant))
         return pb.GetStateResponse(tensors=snapshots.named_tensors(state))
 
     @_handled
     async def SetState(self, request, context, tenant):
-        await self.in_worker(
-            tenant, self.manager.set_state, self._owned(request.name, tenant), snapshots.decode_named(request.tensors)
-        )
+        session_id = await self._owned(request.name, tenant)
+        await self.in_worker(tenant, self.manager.set_state, session_id, snapshots.decode_named(request.tensors))
         return pb.SetStateResponse()
 
     @_handled
     async def GetParameters(self, request, context, tenant):
-        parameters = await self.in_worker(tenant, self.manager.get_parameters, self._owned(request.name, tenant))
+        parameters = await self.in_worker(tenant, self.manager.get_parameters, await self._owned(request.name, tenant))
         return pb.GetParametersResponse(parameters=snapshots.named_tensors(parameters))
 
     @_handled
@@ -235,7 +236,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         await self.in_worker(
             tenant,
             self.manager.set_parameters,
-            self._owned(request.name, tenant),
+            await self._owned(request.name, tenant),
             snapshots.decode_named(request.parameters),
         )
         return pb.SetParametersResponse()
@@ -283,7 +284,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             tenant,
             functools.partial(
                 self.manager.train_step,
-                self._owned(request.name, tenant),
+                await self._owned(request.name, tenant),
                 _required_tensor(request, "input"),
                 _required_tensor(request, "targets"),
                 loss,
@@ -312,7 +313,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             loss, optimizer, clip = _training_config(request.config)
             fit = functools.partial(
                 self.manager.fit,
-                self._owned(request.name, tenant),
+                await self._owned(request.name, tenant),
                 _required_tensor(request, "inputs"),
                 _required_tensor(request, "targets"),
                 loss,
@@ -345,7 +346,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         metrics = await self.in_turns(
             tenant,
             self.manager.evaluate,
-            session_id=self._owned(request.name, tenant),
+            session_id=await self._owned(request.name, tenant),
             x=_required_tensor(request, "inputs"),
             y=_required_tensor(request, "targets"),
             loss=request.loss or "ce_count",
@@ -355,7 +356,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def ExportSession(self, request, context, tenant):
-        snapshot = await self.in_worker(tenant, self.manager.export, self._owned(request.name, tenant))
+        snapshot = await self.in_worker(tenant, self.manager.export, await self._owned(request.name, tenant))
         return pb.ExportSessionResponse(snapshot=snapshots.to_message(snapshot))
 
     @_handled
@@ -367,7 +368,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         return pb.ImportSessionResponse(session=self._session(session))
 
     async def _simulate(self, request, tenant: Tenant):
-        session_id = self._owned(request.name, tenant)
+        session_id = await self._owned(request.name, tenant)
         if not request.HasField("input"):
             raise InvalidRequest("input is missing: send a (time, batch, *input_shape) tensor")
         x = tensors.decode_torch(request.input)
@@ -376,9 +377,15 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         self.metrics.timesteps.inc(x.shape[0])
         return result
 
-    def _owned(self, name: str, tenant: Tenant) -> str:
-        """The id of the session ``name`` if ``tenant`` owns it; others get NOT_FOUND."""
-        return self.manager.get(_session_id(name), tenant.name).id
+    async def _owned(self, name: str, tenant: Tenant) -> str:
+        """The id of the session ``name`` if ``tenant`` owns it; others get NOT_FOUND. A session this
+        replica hasn't registered is looked for in the checkpoint folder on a thread: that reads
+        files, which the event loop mustn't wait for."""
+        session_id = _session_id(name)
+        try:
+            return self.manager.get(session_id, tenant.name, discover=False).id
+        except SessionNotFound:
+            return (await asyncio.to_thread(self.manager.get, session_id, tenant.name)).id
 
     def _session(self, session: Session) -> pb.Session:
         return pb.Session(

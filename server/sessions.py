@@ -261,13 +261,14 @@ class SessionManager:
         with self._lock:
             return sum(s.bytes for s in self._sessions.values() if s.resident and owner in (None, s.owner))
 
-    def get(self, session_id: str, owner: str | None = None) -> Session:
+    def get(self, session_id: str, owner: str | None = None, discover: bool = True) -> Session:
         """The session, resident or not; ``owner``, if given, must own it: others get
-        SessionNotFound, so that a session's existence doesn't leak to other tenants. A session
-        only the store has is registered here (and loaded by the first call that needs it)."""
+        SessionNotFound, so that a session's existence doesn't leak to other tenants. With
+        ``discover``, a session only the store has is registered here (and loaded by the first
+        call that needs it)."""
         with self._lock:
             session = self._sessions.get(session_id)
-        if session is None and self.store is not None:
+        if session is None and discover and self.store is not None:
             session = self._discover(session_id, owner)
         if session is None or (owner is not None and session.owner != owner):
             raise SessionNotFound(f"sessions/{session_id}")
