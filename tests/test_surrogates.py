@@ -209,3 +209,14 @@ def test_nan_slope_is_rejected(cls):
     """A NaN slope is not a positive number."""
     with pytest.raises(ValueError):
         cls(slope=float("nan"))
+
+
+def test_without_autograd_a_surrogate_is_the_plain_step():
+    """With no gradient wanted, a surrogate gives H(v) and records nothing for a backward."""
+    from rnnbuilder.snn.surrogate import SpikeLinear, heaviside
+
+    v = torch.tensor([-1.0, 0.0, 0.5], requires_grad=True)
+    with torch.no_grad():
+        s = SpikeLinear()(v)
+    assert s.grad_fn is None and torch.equal(s, heaviside(v.detach()))
+    assert SpikeLinear()(v).grad_fn is not None

@@ -48,6 +48,8 @@ class Surrogate(abc.ABC):
     """Base class. Subclasses define ``gradient(v)``, the pseudo-derivative dH/dv."""
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if not (v.requires_grad and torch.is_grad_enabled()):  # no backward: skip autograd's bookkeeping
+            return heaviside(v)
         return _SurrogateSpike.apply(v, self)
 
     @abc.abstractmethod
