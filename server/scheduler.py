@@ -78,6 +78,28 @@ class FairScheduler:
             self._work.notify()
         return future
 
+    def run_here(self, tenant: str, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        """``(True, fn())`` run on the calling thread, counted as the tenant's slot time, if a slot
+        is free, nothing waits and the tenant is within its share; else ``(False, None)`` and
+        nothing runs. For calls too small to be worth two thread hand-offs."""
+        with self._work:
+            tenant_state = self._tenants.setdefault(tenant, _Tenant())
+            running = sum(t.running for t in self._tenants.values())
+            if self._closed or running >= self.slots or any(t.queue for t in self._tenants.values()):
+                return False, None
+            if self.policy == "fair" and tenant_state.running >= self._share():
+                return False, None
+            tenant_state.running += 1
+            tenant_state.last_submit = time.monotonic()
+        started = time.perf_counter()
+        try:
+            return True, fn()
+        finally:
+            with self._work:
+                tenant_state.device_seconds += time.perf_counter() - started
+                tenant_state.running -= 1
+                self._wake_waiting()
+
     def call(self, tenant: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` run in turn, from a thread that may wait for it (a training loop's batches)."""
         return self.submit(tenant, fn).result()
@@ -128,6 +150,12 @@ class FairScheduler:
         active = sum(1 for t in self._tenants.values() if t.queue or t.running or t.last_submit > recent)
         return max(1, self.slots // max(active, 1))
 
+    def _wake_waiting(self) -> None:
+        """(Lock held.) A slot freed up: wake the slots if jobs wait (a tenant at its share may go
+        on now); waking idle slots for nothing costs every call a few thread switches."""
+        if any(t.queue for t in self._tenants.values()):
+            self._work.notify_all()
+
     @staticmethod
     def _start(tenant: _Tenant) -> tuple[_Tenant, Callable, Future]:
         _, fn, future = tenant.queue.popleft()
@@ -141,7 +169,7 @@ class FairScheduler:
             if not future.set_running_or_notify_cancel():
                 with self._work:
                     tenant.running -= 1
-                    self._work.notify_all()
+                    self._wake_waiting()
                 continue
             try:
                 result = fn()
@@ -153,4 +181,4 @@ class FairScheduler:
                 with self._work:
                     tenant.device_seconds += time.perf_counter() - started
                     tenant.running -= 1
-                    self._work.notify_all()  # a tenant at its share may go on
+                    self._wake_waiting()

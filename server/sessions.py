@@ -44,12 +44,17 @@ from .training import (
     train_chunks,
 )
 
-__all__ = ["Session", "SessionManager", "SessionStore", "SESSION_ID"]
+__all__ = ["Session", "SessionManager", "SessionStore", "SESSION_ID", "WouldBlock"]
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What a session id may be: safe in file names, URLs and metadata."""
 
 log = logging.getLogger("rnnsim.sessions")
+
+
+class WouldBlock(Exception):
+    """A call asked not to wait would have to: its session is busy or evicted, or memory must be
+    made; it should run where waiting is fine (a scheduler slot)."""
 
 
 class SessionStore(Protocol):
@@ -330,28 +335,35 @@ class SessionManager:
         log.info("session %s deleted", session_id, extra={"event": "session_deleted", "session": session_id})
 
     @contextmanager
-    def _using(self, session_id: str, work: int = 0, changes: bool = True) -> Iterator[Session]:
+    def _using(self, session_id: str, work: int = 0, changes: bool = True, wait: bool = True) -> Iterator[Session]:
         """The session, locked and loaded, with ``work`` bytes reserved for the call; ``changes``:
-        the call changes what a checkpoint holds. Refused (LimitExceeded) over a memory budget."""
+        the call changes what a checkpoint holds. Refused (LimitExceeded) over a memory budget.
+        Without ``wait``, WouldBlock instead of waiting for the lock, a load or an eviction."""
         session = self.get(session_id)
-        with session.lock:
+        if not session.lock.acquire(blocking=wait):
+            raise WouldBlock(session_id)
+        try:
             if session_id not in self._sessions:  # deleted while this call waited
                 raise SessionNotFound(f"sessions/{session_id}")
             if self.closing:
                 raise SessionMoving(session_id, "is leaving this replica, which is shutting down")
             if not session.resident:
+                if not wait:
+                    raise WouldBlock(session_id)
                 with self._reserved(session, session.bytes, evict=True):
                     self._load(session)
-            with self._reserved(session, work, evict=True):
+            with self._reserved(session, work, evict=wait):
                 session.last_used = time.monotonic()
                 yield session
                 session.dirty |= changes
+        finally:
+            session.lock.release()
 
     @contextmanager
     def _reserved(self, session: Session, need: int, evict: bool) -> Iterator[None]:
         """``need`` bytes reserved for ``session``'s owner while the block runs. Over a budget,
-        idle sessions are evicted first (the owner's, for the owner's budget); if that isn't
-        enough, LimitExceeded gives the numbers."""
+        idle sessions are evicted first (the owner's, for the owner's budget; without ``evict``,
+        WouldBlock); if that isn't enough, LimitExceeded gives the numbers."""
         owner, budget = session.owner, self._quota(session.owner).max_memory_mb
         budget = None if budget is None else budget * MB
         while True:
@@ -359,7 +371,9 @@ class SessionManager:
             if broken is None:
                 break
             scope, total, allowed = broken
-            if not (evict and self._evict_for(total - allowed, owner if scope == "tenant" else None, session)):
+            if not evict:
+                raise WouldBlock(session.id)
+            if not (self._evict_for(total - allowed, owner if scope == "tenant" else None, session)):
                 what = f"device memory of {owner}" if scope == "tenant" else "device memory of the server"
                 raise LimitExceeded(
                     f"{scope} max_memory_mb",
@@ -533,18 +547,19 @@ class SessionManager:
         return written
 
     def run(
-        self, session_id: str, x: torch.Tensor, record: list[str], bitpacked: bool = False
+        self, session_id: str, x: torch.Tensor, record: list[str], bitpacked: bool = False, wait: bool = True
     ) -> tuple[torch.Tensor, dict, int]:
         """Simulate x (time, batch, *input_shape) from the session's state, which then moves on.
 
         Returns the output (time, batch, *output_shape), the recordings by name and the session's
         timestep count before this call. ``bitpacked``: the reply will carry binary values as bits,
         which counts for the reply's size limit. A call that fails leaves the state as it was.
+        Without ``wait``: WouldBlock rather than wait for anything (see ``_using``).
         """
         session = self.get(session_id)
         x = self._checked_input(session, x, batch=session.batch_size)
         work = work_bytes(session.entry_elements, x.shape[0], x.shape[1], training=False)
-        with self._using(session_id, work) as session, torch.no_grad():
+        with self._using(session_id, work, wait=wait) as session, torch.no_grad():
             if record:
                 out, state, recordings = session.model.record(x, record, session.state)
             else:

@@ -2,6 +2,7 @@
 whose deadline passes while it waits for its turn never runs."""
 
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -79,3 +80,23 @@ def _tensor(array: np.ndarray) -> pb.Tensor:
     from client import tensors
 
     return tensors.encode(array)
+
+
+def test_a_step_on_a_busy_session_waits_without_holding_up_the_server():
+    """A small call on a session busy with a long one waits on a slot, not on the event loop: others get answers."""
+    with running_server(ServerConfig(device="cpu", workers=2)) as (address, server), Client(address) as c:
+        session = c.create_session(recurrent_net(256), input_shape=(3,), batch_size=16)
+        busy = threading.Thread(target=session.run, args=(np.ones((10000, 16, 3), np.float32),))
+        busy.start()
+        wait_until(lambda: sum(server.servicer.scheduler.running().values()) == 1)
+        step = threading.Thread(target=session.step, args=(np.ones((16, 3), np.float32),))
+        step.start()  # a slot is free, but the session is not: the step must not wait on the event loop
+        time.sleep(0.2)
+        started = time.perf_counter()
+        c.info()
+        answered = time.perf_counter() - started
+        assert busy.is_alive(), "the long call ended too soon to tell; make it longer"
+        busy.join(120)
+        step.join(120)
+        assert session.refresh().timesteps_simulated == 10001
+    assert answered < 1.0

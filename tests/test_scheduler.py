@@ -126,3 +126,23 @@ def test_alone_a_tenant_uses_every_slot():
     for future in backlog:
         future.result(10)
     scheduler.close()
+
+
+def test_a_small_call_runs_on_the_callers_thread_when_a_slot_is_free():
+    """run_here runs the job on the calling thread, as the tenant's slot time, when nothing waits."""
+    scheduler = FairScheduler(2)
+    ran, thread = scheduler.run_here("a", threading.current_thread)
+    scheduler.close()
+    assert ran and thread is threading.current_thread() and "a" in scheduler.device_seconds()
+
+
+def test_a_small_call_does_not_jump_the_queue():
+    """run_here declines (running nothing) while jobs wait for a slot."""
+    scheduler = FairScheduler(1)
+    release = blocked(scheduler)
+    waiting = scheduler.submit("b", lambda: None)
+    ran, result = scheduler.run_here("a", lambda: "ran")
+    release.set()
+    waiting.result(10)
+    scheduler.close()
+    assert (ran, result) == (False, None)
