@@ -30,17 +30,19 @@ call that names a session sends its id; CreateSession and ImportSession choose t
 (``session_id``) and send it too, so that the session is made on the replica its later calls reach."""
 SERVER_ID_HEADER = "rnnsim-server-id"
 """Response metadata: the replica that answered (``Session.server_id``, ``ServerInfo.server_id``)."""
-RETRY_POLICY = {
-    "name": [{"service": pb.DESCRIPTOR.services_by_name["SimulatorService"].full_name}],
-    "retryPolicy": {
-        "maxAttempts": 5,
-        "initialBackoff": "0.25s",
-        "maxBackoff": "2s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
+_SERVICE = pb.DESCRIPTOR.services_by_name["SimulatorService"].full_name
+_RETRY = {"maxAttempts": 5, "initialBackoff": "0.25s", "maxBackoff": "2s", "backoffMultiplier": 2}
+RETRY_POLICY = [
+    {"name": [{"service": _SERVICE}], "retryPolicy": {**_RETRY, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}},
+    {
+        "name": [{"service": _SERVICE, "method": "TrainStep"}],
+        "retryPolicy": {**_RETRY, "retryableStatusCodes": ["UNAVAILABLE"]},
     },
-}
-"""gRPC's retry of calls answered UNAVAILABLE before the server did anything (trailers only)."""
+]
+"""gRPC's own retries, for calls the server answered without doing anything: UNAVAILABLE (a session
+moving between replicas) and CANCELLED (a server that is stopping refuses new calls so, and drops
+the result of a simulation it cut off). A TrainStep cut off may have stepped its optimizer, so it
+is retried on UNAVAILABLE only."""
 STREAM_RESUMES = 3
 """How often ``Session.stream`` opens a new stream after one was cut off with UNAVAILABLE."""
 _PREFIX = "sessions/"
@@ -88,8 +90,9 @@ class Client:
     TLS with the system's roots, or the path (or PEM bytes) of a root certificate;
     ``client_cert`` and ``client_key`` (PEM paths) for mutual TLS.
 
-    A call answered UNAVAILABLE (a replica shutting down hands its sessions over; a server
-    restarting) is retried by gRPC itself, up to 5 tries within about 4 s (``RETRY_POLICY``).
+    A call the server answered without doing anything (UNAVAILABLE: a replica shutting down hands
+    its sessions over; CANCELLED: a stopping server refuses new calls) is retried by gRPC itself, up
+    to 5 tries within about 4 s (``RETRY_POLICY``).
     """
 
     def __init__(
@@ -103,7 +106,7 @@ class Client:
         options = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ("grpc.service_config", json.dumps({"methodConfig": [RETRY_POLICY]})),
+            ("grpc.service_config", json.dumps({"methodConfig": RETRY_POLICY})),
         ]
         if tls:
             roots = None if tls is True else (tls if isinstance(tls, bytes) else Path(tls).read_bytes())

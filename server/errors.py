@@ -14,6 +14,7 @@ __all__ = [
     "SessionNotFound",
     "SessionExists",
     "SessionMoving",
+    "CallCancelled",
     "LimitExceeded",
     "InvalidRequest",
     "status_of",
@@ -37,6 +38,10 @@ class SessionExists(Exception):
     def __init__(self, session_id: str):
         super().__init__(f"a session with id {session_id!r} exists already; choose another id or leave it empty")
         self.session_id = session_id
+
+
+class CallCancelled(Exception):
+    """The caller went away (cancelled, or the server cut the call off) before its result was kept."""
 
 
 class SessionMoving(Exception):
@@ -70,6 +75,8 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", {}
     if isinstance(error, SessionNotFound):
         return grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", {"session": error.name}
+    if isinstance(error, CallCancelled):
+        return grpc.StatusCode.CANCELLED, "CANCELLED", {}
     if isinstance(error, SessionMoving):
         return grpc.StatusCode.UNAVAILABLE, "SESSION_MOVING", {"session": error.session_id}
     if isinstance(error, SessionExists):

@@ -377,7 +377,11 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             raise InvalidRequest("input is missing: send a (time, batch, *input_shape) tensor")
         x = tensors.decode_torch(request.input)
         packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
-        run = functools.partial(self.manager.run, session_id, x, list(request.record_layers), packed)
+        wanted = threading.Event()
+        wanted.set()
+        run = functools.partial(
+            self.manager.run, session_id, x, list(request.record_layers), packed, wanted=wanted.is_set
+        )
         ran, result = False, None
         if x.dim() >= 2 and x.shape[0] * x.shape[1] * self.manager.get(session_id).entry_elements <= RUN_HERE_ELEMENTS:
             try:
@@ -385,7 +389,11 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             except WouldBlock:
                 ran = False
         if not ran:
-            result = await self.in_worker(tenant, run)
+            try:
+                result = await self.in_worker(tenant, run)
+            except asyncio.CancelledError:  # the call went away: a result not yet kept is dropped
+                wanted.clear()
+                raise
         self.metrics.timesteps.inc(x.shape[0])
         return result
 

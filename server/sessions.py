@@ -27,7 +27,15 @@ import rnnbuilder as rb
 from rnnbuilder import spec
 
 from .config import Limits
-from .errors import InvalidRequest, LimitExceeded, SessionExists, SessionMoving, SessionNotFound, is_out_of_memory
+from .errors import (
+    CallCancelled,
+    InvalidRequest,
+    LimitExceeded,
+    SessionExists,
+    SessionMoving,
+    SessionNotFound,
+    is_out_of_memory,
+)
 from .memory import MB, MemoryLedger, Quota, held_bytes, work_bytes
 from .training import (
     GLOBAL_RNG,
@@ -547,14 +555,21 @@ class SessionManager:
         return written
 
     def run(
-        self, session_id: str, x: torch.Tensor, record: list[str], bitpacked: bool = False, wait: bool = True
+        self,
+        session_id: str,
+        x: torch.Tensor,
+        record: list[str],
+        bitpacked: bool = False,
+        wait: bool = True,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> tuple[torch.Tensor, dict, int]:
         """Simulate x (time, batch, *input_shape) from the session's state, which then moves on.
 
         Returns the output (time, batch, *output_shape), the recordings by name and the session's
         timestep count before this call. ``bitpacked``: the reply will carry binary values as bits,
         which counts for the reply's size limit. A call that fails leaves the state as it was.
-        Without ``wait``: WouldBlock rather than wait for anything (see ``_using``).
+        Without ``wait``: WouldBlock rather than wait for anything (see ``_using``). If ``wanted()``
+        is false once the result is ready (its caller went away), CallCancelled and the state stays.
         """
         session = self.get(session_id)
         x = self._checked_input(session, x, batch=session.batch_size)
@@ -569,6 +584,8 @@ class SessionManager:
                 raise LimitExceeded(
                     "max_message_bytes", reply, self.limits.max_message_bytes, "reply bytes (send fewer timesteps)"
                 )
+            if not wanted():
+                raise CallCancelled(f"the call on sessions/{session_id} was cancelled; its state is unchanged")
             first = session.timesteps
             session.state, session.timesteps = state, first + x.shape[0]
         return out, recordings, first

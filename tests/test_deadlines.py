@@ -63,9 +63,9 @@ def local_state(model: rb.Model, chunks) -> tuple[dict[str, np.ndarray], object]
     with torch.no_grad():
         for chunk in chunks:
             _, state = model(torch.from_numpy(np.ascontiguousarray(chunk)), state)
-    if state is None:
-        state = model.get_initial_state(B)
-    return {k: v.numpy() for k, v in rb.named_leaves(state).items()}, state
+        if state is None:
+            state = model.get_initial_state(B)
+    return {k: v.detach().numpy() for k, v in rb.named_leaves(state).items()}, state
 
 
 def assert_state_is(snapshot: pb.SessionSnapshot, want: dict[str, np.ndarray]) -> None:
@@ -115,6 +115,12 @@ def test_session_after_a_deadline_ran_all_or_nothing(timed_out):
     assert snapshot.timesteps_simulated in (0, LONG)
     want, _ = local_state(session.to_local(), [x] if snapshot.timesteps_simulated else [])
     assert_state_is(snapshot, want)
+
+
+def test_a_run_cut_off_by_its_deadline_is_not_kept(timed_out):
+    """A Run whose deadline passes while it computes leaves the session as it was: its result is dropped."""
+    session, _, _, _ = timed_out
+    assert quiet_snapshot(session).timesteps_simulated == 0
 
 
 def test_session_after_a_deadline_keeps_simulating(timed_out):
