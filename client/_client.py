@@ -44,7 +44,9 @@ moving between replicas) and CANCELLED (a server that is stopping refuses new ca
 the result of a simulation it cut off). A TrainStep cut off may have stepped its optimizer, so it
 is retried on UNAVAILABLE only."""
 STREAM_RESUMES = 3
-"""How often ``Session.stream`` opens a new stream after one was cut off with UNAVAILABLE."""
+"""How often ``Session.stream`` opens a new stream after one was cut off by a server that let go of
+its session (UNAVAILABLE) or stopped (CANCELLED)."""
+_RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _PREFIX = "sessions/"
 _MAX_MESSAGE = 256 * 1024 * 1024
 
@@ -276,8 +278,8 @@ class Session:
         return self._stream(chunks, list(layers), bitpacked)
 
     def _stream(self, chunks: Iterable, layers, bitpacked: bool) -> Iterator[Recording]:
-        """Over one stream, or more: a stream cut off with UNAVAILABLE (its session moving to another
-        replica) is resumed where the session is, if that is where the last reply left it."""
+        """Over one stream, or more: a stream cut off with UNAVAILABLE or CANCELLED (its session moving
+        to another replica) is resumed where the session is, if that is where the last reply left it."""
         encoding = pb.TENSOR_ENCODING_BITPACKED if bitpacked else pb.TENSOR_ENCODING_RAW
 
         def request(chunk) -> tuple[pb.SimulateRequest, int]:
@@ -295,7 +297,7 @@ class Session:
                     yield _recording(reply)
                 return
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or resumes == STREAM_RESUMES:
+                if error.code() not in _RESUMABLE or resumes == STREAM_RESUMES:
                     raise from_rpc_error(error) from None
                 feed.restart()
                 self.refresh()  # waits (retrying) until the session is served again
