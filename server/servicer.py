@@ -382,20 +382,27 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         run = functools.partial(
             self.manager.run, session_id, x, list(request.record_layers), packed, wanted=wanted.is_set
         )
-        ran, result = False, None
-        if x.dim() >= 2 and x.shape[0] * x.shape[1] * self.manager.get(session_id).entry_elements <= RUN_HERE_ELEMENTS:
-            try:
-                ran, result = self.scheduler.run_here(tenant.name, functools.partial(run, wait=False))
-            except WouldBlock:
-                ran = False
-        if not ran:
-            try:
-                result = await self.in_worker(tenant, run)
-            except asyncio.CancelledError:  # the call went away: a result not yet kept is dropped
-                wanted.clear()
-                raise
+        work = x.shape[0] * x.shape[1] * self.manager.get(session_id).entry_elements if x.dim() >= 2 else 0
+        result = await self._run_soon(tenant, run, wanted, small=work <= RUN_HERE_ELEMENTS)
         self.metrics.timesteps.inc(x.shape[0])
         return result
+
+    async def _run_soon(self, tenant: Tenant, run, wanted: threading.Event, small: bool):
+        """``run()``: right here on the event loop if ``small`` and a slot is free (``run(wait=False)``,
+        which never waits), else in the tenant's turn on a slot; ``wanted`` is cleared if the call
+        goes away meanwhile, so that its result isn't kept."""
+        if small:
+            try:
+                ran, result = self.scheduler.run_here(tenant.name, functools.partial(run, wait=False))
+                if ran:
+                    return result
+            except WouldBlock:
+                pass
+        try:
+            return await self.in_worker(tenant, run)
+        except asyncio.CancelledError:
+            wanted.clear()
+            raise
 
     async def _owned(self, name: str, tenant: Tenant) -> str:
         """The id of the session ``name`` if ``tenant`` owns it; others get NOT_FOUND. A session this
