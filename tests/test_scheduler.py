@@ -1,5 +1,6 @@
 """The scheduler: fair across tenants by slot time, cancellable while queued, errors passed on."""
 
+import contextlib
 import threading
 import time
 
@@ -98,34 +99,37 @@ def test_unknown_policy_lists_the_valid_ones():
         FairScheduler(1, "random")
 
 
+@contextlib.contextmanager
+def backlog(scheduler: FairScheduler, tenant: str, jobs: int):
+    """``jobs`` long jobs of ``tenant`` submitted; they end when the block does, then the scheduler closes."""
+    release = threading.Event()
+    futures = [scheduler.submit(tenant, lambda: release.wait(10)) for _ in range(jobs)]
+    time.sleep(0.1)
+    try:
+        yield
+    finally:
+        release.set()
+        for future in futures:
+            future.result(10)
+        scheduler.close()
+
+
 def test_a_tenant_holds_only_its_share_of_slots_while_another_is_active():
     """With 2 slots and 2 active tenants, a backlog of long jobs keeps one slot, so the other's calls find one free."""
     scheduler = FairScheduler(2)
     scheduler.call("streamer", lambda: None)  # the streamer is active now
-    release = threading.Event()
-    backlog = [scheduler.submit("trainer", lambda: release.wait(10)) for _ in range(3)]
-    time.sleep(0.1)
-    assert scheduler.running() == {"trainer": 1}
-    started = time.perf_counter()
-    scheduler.call("streamer", lambda: None)
-    assert time.perf_counter() - started < 0.5
-    release.set()
-    for future in backlog:
-        future.result(10)
-    scheduler.close()
+    with backlog(scheduler, "trainer", 3):
+        assert scheduler.running() == {"trainer": 1}
+        started = time.perf_counter()
+        scheduler.call("streamer", lambda: None)
+        assert time.perf_counter() - started < 0.5
 
 
 def test_alone_a_tenant_uses_every_slot():
     """A tenant with no one else active runs as many jobs at once as there are slots."""
     scheduler = FairScheduler(3)
-    release = threading.Event()
-    backlog = [scheduler.submit("trainer", lambda: release.wait(10)) for _ in range(3)]
-    time.sleep(0.1)
-    assert scheduler.running() == {"trainer": 3}
-    release.set()
-    for future in backlog:
-        future.result(10)
-    scheduler.close()
+    with backlog(scheduler, "trainer", 3):
+        assert scheduler.running() == {"trainer": 3}
 
 
 def test_a_small_call_runs_on_the_callers_thread_when_a_slot_is_free():
