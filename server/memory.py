@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
 import rnnbuilder as rb
 
-__all__ = ["Quota", "MemoryLedger", "held_bytes", "work_bytes", "MB"]
+__all__ = ["Quota", "MemoryLedger", "held_bytes", "tensor_bytes", "work_bytes", "MB"]
 
 MB = 1024 * 1024
 
@@ -43,6 +44,11 @@ def held_bytes(model: torch.nn.Module, *states) -> int:
             tensors += [v for values in state.state.values() for v in values.values() if torch.is_tensor(v)]
         elif state is not None:
             tensors += list(rb.named_leaves(state).values())
+    return tensor_bytes(tensors)
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """The bytes ``tensors`` take."""
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -67,19 +73,21 @@ class MemoryLedger:
             return self._reserved[owner] if owner is not None else sum(self._reserved.values())
 
     def try_reserve(
-        self, owner: str, need: int, owner_budget: int | None, held_owner: int, held_all: int
+        self, owner: str, need: int, owner_budget: int | None, held: Callable[[], tuple[int, int]]
     ) -> tuple[str, int, int] | None:
-        """Reserve ``need`` bytes for ``owner`` if both budgets have room (the sessions hold
-        ``held_owner`` and ``held_all`` bytes) and return None; else reserve nothing and return
-        ``(scope, total, budget)`` of the first budget it would break, ``scope`` being
-        ``"tenant"`` or ``"server"``."""
+        """Reserve ``need`` bytes for ``owner`` if both budgets have room and return None; else
+        reserve nothing and return ``(scope, total, budget)`` of the first budget it would break,
+        ``scope`` being ``"tenant"`` or ``"server"``. ``held()`` gives the bytes the sessions hold,
+        the owner's and everyone's; it is only asked when there is a budget to check."""
         with self._lock:
-            owner_total = held_owner + self._reserved[owner] + need
-            all_total = held_all + sum(self._reserved.values()) + need
-            if owner_budget is not None and owner_total > owner_budget:
-                return "tenant", owner_total, owner_budget
-            if self.server_budget is not None and all_total > self.server_budget:
-                return "server", all_total, self.server_budget
+            if owner_budget is not None or self.server_budget is not None:
+                held_owner, held_all = held()
+                owner_total = held_owner + self._reserved[owner] + need
+                all_total = held_all + sum(self._reserved.values()) + need
+                if owner_budget is not None and owner_total > owner_budget:
+                    return "tenant", owner_total, owner_budget
+                if self.server_budget is not None and all_total > self.server_budget:
+                    return "server", all_total, self.server_budget
             self._reserved[owner] += need
             return None
 

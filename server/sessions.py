@@ -36,7 +36,7 @@ from .errors import (
     SessionNotFound,
     is_out_of_memory,
 )
-from .memory import MB, MemoryLedger, Quota, held_bytes, work_bytes
+from .memory import MB, MemoryLedger, Quota, held_bytes, tensor_bytes, work_bytes
 from .training import (
     GLOBAL_RNG,
     BatchResult,
@@ -271,8 +271,17 @@ class SessionManager:
 
     def resident_bytes(self, owner: str | None = None) -> int:
         """Bytes the resident sessions (of ``owner``, if given) hold on the device."""
+        return self._held(owner)[0 if owner is not None else 1]
+
+    def _held(self, owner: str | None) -> tuple[int, int]:
+        """Bytes the resident sessions hold: ``owner``'s, and everyone's, in one pass."""
+        owned = total = 0
         with self._lock:
-            return sum(s.bytes for s in self._sessions.values() if s.resident and owner in (None, s.owner))
+            for s in self._sessions.values():
+                if s.resident:
+                    total += s.bytes
+                    owned += s.bytes if s.owner == owner else 0
+        return owned, total
 
     def get(self, session_id: str, owner: str | None = None, discover: bool = True) -> Session:
         """The session, resident or not; ``owner``, if given, must own it: others get
@@ -307,7 +316,7 @@ class SessionManager:
         )
         tensors = [*snapshot["parameters"].values(), *snapshot["state"].values()]
         tensors += [*(snapshot["optimizer"] or {}).get("tensors", {}).values(), *(snapshot["carried"] or {}).values()]
-        session.bytes = sum(t.numel() * t.element_size() for t in tensors)
+        session.bytes = tensor_bytes(tensors)
         session.timesteps, session.dirty = snapshot["timesteps"], False
         session.create_time = snapshot["create_time"] or session.create_time
         return session
@@ -375,7 +384,7 @@ class SessionManager:
         owner, budget = session.owner, self._quota(session.owner).max_memory_mb
         budget = None if budget is None else budget * MB
         while True:
-            broken = self.ledger.try_reserve(owner, need, budget, self.resident_bytes(owner), self.resident_bytes())
+            broken = self.ledger.try_reserve(owner, need, budget, functools.partial(self._held, owner))
             if broken is None:
                 break
             scope, total, allowed = broken
