@@ -44,14 +44,8 @@ class CheckpointStore:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def write(self, session_id: str, owner: str, snapshot: dict) -> None:
-        """Replace the session's checkpoint: a temporary file, flushed, then renamed over the old one."""
-        path = self._path(session_id, owner)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as file:
-            file.write(snapshots.to_message(snapshot).SerializeToString())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        """Replace the session's checkpoint, atomically."""
+        _replace(self._path(session_id, owner), snapshots.to_message(snapshot).SerializeToString())
 
     def read(self, session_id: str, owner: str | None) -> tuple[str, dict] | None:
         """``(owner, snapshot)`` of the session's checkpoint (only ``owner``'s, if given), or None
@@ -97,7 +91,7 @@ class CheckpointStore:
 
     def lease_holder(self, session_id: str) -> str | None:
         """The replica holding the session in memory (an unexpired lease), or None."""
-        path = self.directory / f"{session_id}{_LEASE}"
+        path = self._lease(session_id)
         try:
             fresh = time.time() - path.stat().st_mtime < LEASE_EXPIRES_S
             return path.read_text() if fresh else None
@@ -106,10 +100,7 @@ class CheckpointStore:
 
     def take_lease(self, session_id: str, holder: str) -> None:
         """Record that ``holder`` has the session in memory (atomically: others read it any time)."""
-        path = self.directory / f"{session_id}{_LEASE}"
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(holder)
-        os.replace(temporary, path)
+        _replace(self._lease(session_id), holder.encode())
         (self.directory / f"{session_id}{_WANTED}").unlink(missing_ok=True)
 
     def renew_leases(self, session_ids: list[str], holder: str) -> list[str]:
@@ -117,7 +108,7 @@ class CheckpointStore:
         has taken meanwhile (after ours expired), which ``holder`` must let go of unwritten."""
         lost = []
         for session_id in session_ids:
-            path = self.directory / f"{session_id}{_LEASE}"
+            path = self._lease(session_id)
             try:
                 if path.read_text() != holder:
                     lost.append(session_id)
@@ -129,7 +120,7 @@ class CheckpointStore:
 
     def drop_lease(self, session_id: str, holder: str) -> None:
         """Let go of the session (its checkpoint written): another replica may load it now."""
-        path = self.directory / f"{session_id}{_LEASE}"
+        path = self._lease(session_id)
         try:
             if path.read_text() == holder:
                 path.unlink(missing_ok=True)
@@ -144,8 +135,22 @@ class CheckpointStore:
         """The ids of sessions some replica has asked for."""
         return {path.name[: -len(_WANTED)] for path in self.directory.glob(f"*{_WANTED}")}
 
+    def _lease(self, session_id: str) -> Path:
+        return self.directory / f"{session_id}{_LEASE}"
+
     def _path(self, session_id: str, owner: str) -> Path:
         return self.directory / f"{session_id}.{owner.encode().hex()}{_SUFFIX}"
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically: a temporary file, flushed to disk, then renamed over the old one,
+    so that a reader (another replica, or the next start) never sees half of it."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
 
 
 def _owner(path: Path) -> str:
