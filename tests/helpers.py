@@ -1,4 +1,4 @@
-"""Small things several test modules share: a recurrent network, waiting for a condition."""
+"""Small things several test modules share: recurrent networks, waiting for a condition."""
 
 from __future__ import annotations
 
@@ -15,6 +15,19 @@ def recurrent_net(width: int = 6) -> rb.Network:
     n = rb.Network()
     n.output = rb.Placeholder()
     n.output = n.input.stack(n.output).apply(nn.Linear(width), snn.LIF())
+    return n
+
+
+def interlocking_cycles(width: int = 8, out: int = 4) -> rb.Network:
+    """Two placeholder cycles that share a layer: feedback comes from a layer after the shared one."""
+    n = rb.Network()
+    n.echo = rb.Placeholder()
+    n.feedback = rb.Placeholder()
+    n.hidden = n.input.stack(n.feedback).apply(nn.Linear(width), snn.LIF())
+    n.mixed = n.hidden.sum(n.echo).apply(nn.Linear(width), snn.LIF())
+    n.echo = n.mixed
+    n.feedback = n.mixed.apply(nn.Linear(out), snn.LIF())
+    n.output = n.feedback
     return n
 
 

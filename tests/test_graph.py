@@ -6,6 +6,7 @@ import torch
 import rnnbuilder as rb
 from rnnbuilder import custom, nn, snn
 from rnnbuilder.initial import Constant
+from tests.helpers import interlocking_cycles
 
 
 class Hadamard(torch.nn.Module):
@@ -280,18 +281,6 @@ def test_layer_needs_factories():
         n.input.apply()
     with pytest.raises(rb.GraphError, match="factories such as"):
         n.input.apply(torch.nn.Linear(2, 2))
-
-
-def interlocking_cycles():
-    n = rb.Network()
-    n.echo = rb.Placeholder()
-    n.feedback = rb.Placeholder()
-    n.hidden = n.input.stack(n.feedback).apply(nn.Linear(8), snn.LIF())
-    n.mixed = n.hidden.sum(n.echo).apply(nn.Linear(8), snn.LIF())
-    n.echo = n.mixed
-    n.feedback = n.mixed.apply(nn.Linear(4), snn.LIF())
-    n.output = n.feedback
-    return n
 
 
 def test_two_cycles_sharing_a_layer_run_as_one_cycle():

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import rnnbuilder as rb
 from client import Client, NotFoundError
 from rnnbuilder import nn, snn
+from tests.helpers import interlocking_cycles
 
 SERVICE = "rnnbuilder_sim.v1.SimulatorService"
 T, B, IN_SHAPE = 24, 4, (16,)
@@ -171,22 +172,9 @@ def test_record_equals_local_record(open_session, net):
     assert_spiking(rec[layers[1] if net != "recurrent" else "hidden"])
 
 
-def interlocking_cycles():
-    """Two placeholder cycles that share a layer: feedback comes from a layer after the shared one."""
-    n = rb.Network()
-    n.echo = rb.Placeholder()
-    n.feedback = rb.Placeholder()
-    n.hidden = n.input.stack(n.feedback).apply(nn.Linear(32), snn.LIF())
-    n.mixed = n.hidden.sum(n.echo).apply(nn.Linear(32), snn.LIF())
-    n.echo = n.mixed
-    n.feedback = n.mixed.apply(nn.Linear(10), snn.LIF())
-    n.output = n.feedback
-    return n
-
-
 def test_interlocking_cycles_run_remotely_as_locally(client):
     """A network with interlocking placeholder cycles runs locally and remotely, with equal outputs."""
-    net = interlocking_cycles()
+    net = interlocking_cycles(32, 10)
     x = spiky_input()
     local_outputs(net.make_model(IN_SHAPE), [x])  # runs locally
     s = client.create_session(net, input_shape=IN_SHAPE, batch_size=B, seed=0)
