@@ -456,12 +456,7 @@ class _TorchImpl:
         #   dv = beta gv + r dz;  da = beta_thr ga - s gv - v r^2 dz
         # i.e. dv = A gv + B ga + E and da = C gv + D ga + F with per-element coefficients.
         # gx[t] = dL/dx_t = dL/dv after step t, so the loop writes dv straight into gx[t - 1].
-        gx = torch.empty_like(vs)
-        g_t = gx.unbind(0)
-        if grad_v is not None:
-            g_t[-1].copy_(grad_v)
-        else:
-            g_t[-1].zero_()
+        gx, g_t = _gradient_steps(vs, grad_v)
         gv = g_t[-1]
         ga = grad_a if grad_a is not None else torch.zeros_like(gv)
         chunk = _chunk(vs)
@@ -524,12 +519,7 @@ class _TorchImpl:
         steps = before.shape[0]
         # gx_t = dL/dv_{t+1} * w_t; dL/dv_t = beta dL/dv_{t+1} + gs_t g(sign (v_t - 1)) sign.
         # gx holds dL/dv_{t+1} during the loop and is multiplied by w at the end.
-        gx = torch.empty_like(before)
-        g_t = gx.unbind(0)
-        if grad_v is not None:
-            g_t[-1].copy_(grad_v)
-        else:
-            g_t[-1].zero_()
+        gx, g_t = _gradient_steps(before, grad_v)
         prev = g_t[-1]
         chunk = _chunk(before)
         work = _Buffers(before, chunk)
@@ -549,6 +539,18 @@ class _TorchImpl:
             gv0 = prev
         gx.mul_(w)
         return gx, gv0
+
+
+def _gradient_steps(like: torch.Tensor, grad_v: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
+    """A fresh (T, ...) gradient buffer shaped as ``like``, its per-step views, and its last step
+    set to ``grad_v`` (zero without one): where a backward's recurrence starts."""
+    gx = torch.empty_like(like)
+    g_t = gx.unbind(0)
+    if grad_v is not None:
+        g_t[-1].copy_(grad_v)
+    else:
+        g_t[-1].zero_()
+    return gx, g_t
 
 
 class _Buffers:
