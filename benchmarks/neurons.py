@@ -14,7 +14,8 @@ tensors saved through ``saved_tensors_hooks``), which is what grows with T x bat
 memory isn't measured: tracemalloc doesn't see torch's allocations and RSS only ever grows.)
 
 Then a recurrent network (a placeholder cycle in rnnbuilder; snnTorch ``RLeaky``, Norse
-``LIFRecurrent`` and SpikingJelly ``LinearRecurrentContainer``), on a GPU the fused kernel's
+``LIFRecurrent`` and SpikingJelly ``LinearRecurrentContainer``), with the same ops as a
+hand-written loop for the floor, which gives the cycle's overhead per timestep; on a GPU the fused kernel's
 memory bandwidth against a device-to-device copy, and the CPU goal case: the neuron layer alone at
 (T=100, B=16, N=1024), forward+backward, rnnbuilder against snnTorch's ``Leaky``.
 
@@ -94,7 +95,9 @@ def rnnbuilder_feedforward(n: int, device, backend: str = "auto") -> Case:
 def rnnbuilder_recurrent(n: int, device, backend: str = "auto") -> Case:
     net = rb.Network()
     net.output = rb.Placeholder()
-    net.output = net.input.stack(net.output).apply(rnn.Linear(n), snn.LIF(tau=TAU))
+    # The input's Linear sits outside the cycle, so it runs once over all T; only the recurrent one steps.
+    net.current = net.input.apply(rnn.Linear(n))
+    net.output = net.current.sum(net.output.apply(rnn.Linear(n, bias=False))).apply(snn.LIF(tau=TAU))
     model = net.make_model((n,)).to(device)
 
     def run(x):
@@ -102,6 +105,38 @@ def rnnbuilder_recurrent(n: int, device, backend: str = "auto") -> Case:
             return model(x)[0]
 
     return Case("rnnbuilder (placeholder cycle)", run, _params(model), peer=False)
+
+
+class PlainSpike(torch.autograd.Function):
+    """The spike a user would write by hand: Heaviside forward, SpikeLinear's triangle backward."""
+
+    @staticmethod
+    def forward(ctx, v):
+        ctx.save_for_backward(v)
+        return (v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        return grad * 0.3 * torch.clamp(1 - v.abs(), min=0)
+
+
+def plain_recurrent(n: int, device) -> Case:
+    """rnnbuilder's placeholder cycle written out by hand: the floor its per-step overhead is measured against."""
+    linear, recurrent = torch.nn.Linear(n, n).to(device), torch.nn.Linear(n, n, bias=False).to(device)
+
+    def run(x):
+        v = torch.zeros(x.shape[1], n, device=x.device)
+        s = torch.zeros_like(v)
+        spikes = []
+        for current in linear(x).unbind(0):
+            v = BETA * v + (current + recurrent(s))
+            s = PlainSpike.apply(v - 1)
+            v = v - s
+            spikes.append(s)
+        return torch.stack(spikes)
+
+    return Case("hand-written loop, same ops (floor)", run, _params(linear, recurrent), peer=False)
 
 
 def snntorch_feedforward(n: int, device) -> Case:
@@ -373,13 +408,29 @@ def recurrent(device, sizes, steps, batch, repeats, skipped) -> str:
         x = torch.rand(steps, batch, n, device=device)
         makers = [
             lambda n=n: rnnbuilder_recurrent(n, device),
+            lambda n=n: plain_recurrent(n, device),
             lambda n=n: snntorch_recurrent(n, device),
             lambda n=n: norse_recurrent(n, device),
             lambda n=n: spikingjelly_recurrent(n, device),
         ]
         rows.append((f"N={n}", benchmark(build(makers, skipped), x, device, repeats)))
         _free(device)
-    return table(f"Recurrent LIF (all-to-all recurrent weights), T={steps}, batch {batch}", rows, device.type == "cuda")
+    title = f"Recurrent LIF (all-to-all recurrent weights), T={steps}, batch {batch}"
+    return table(title, rows, device.type == "cuda") + "\n\n" + cycle_overhead(rows, steps)
+
+
+def cycle_overhead(rows: list[tuple[str, list[Case]]], steps: int) -> str:
+    """The placeholder cycle's cost per timestep above the hand-written loop of the same ops."""
+    lines = []
+    for size, (ours, floor, *_) in rows:
+        if not (ours.fwd and floor.fwd):
+            continue
+        parts = [
+            f"{what} {1e3 * (ms(a) - ms(b)) / steps:+.1f} µs/step ({ms(a) / ms(b):.2f}× the floor)"
+            for what, a, b in (("forward", ours.fwd, floor.fwd), ("fwd+bwd", ours.fwd_bwd, floor.fwd_bwd))
+        ]
+        lines.append(f"{size}: placeholder cycle over the hand-written loop: " + ", ".join(parts) + ".")
+    return "\n".join(lines)
 
 
 def neuron_only_cpu(repeats: int, skipped: list[str]) -> str:
@@ -400,23 +451,12 @@ def neuron_only_cpu(repeats: int, skipped: list[str]) -> str:
 
         return run
 
-    class Spike(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, v):
-            ctx.save_for_backward(v)
-            return (v > 0).to(v.dtype)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (v,) = ctx.saved_tensors
-            return grad * 0.3 * torch.clamp(1 - v.abs(), min=0)
-
     def plain_loop(x):
         v = torch.zeros_like(x[0])
         out = []
         for x_t in x.unbind(0):
             v = BETA * v + x_t
-            s = Spike.apply(v - 1)
+            s = PlainSpike.apply(v - 1)
             v = v - s
             out.append(s)
         return torch.stack(out)

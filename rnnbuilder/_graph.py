@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._factory import ModuleFactory
-from ._record import call_child
+from ._record import call_child, child_stepper
 from ._runner import Runner, SequentialRunner, Shape
 from ._tree import tree_stack
 from .errors import GraphError, ShapeError
@@ -491,6 +491,7 @@ class NetworkRunner(Runner):
         self.output = compiled.output
         self.input = compiled.input
         self.cycles = compiled.cycles
+        self.read_later = _read_later(compiled.nodes, compiled.plan, compiled.output)
 
     def inner_runners(self):
         return list(self.layers.items())
@@ -556,37 +557,49 @@ class NetworkRunner(Runner):
         members = set(block)
         outside = {i: values[i].unbind(0) for b in block for i in self.nodes[b].inputs if i not in members}
         length = values[self.input].shape[0]
-        outputs: dict[int, list] = {i: [] for i in block}
+        infos = [self.nodes[i] for i in block]
+        steps = {info.index: child_stepper(info.name, self.layers[info.name]) for info in infos if info.kind == "layer"}
+        fed = [info for info in infos if info.kind == "placeholder"]
+        outputs: dict[int, list] = {i: [] for i in block if i in self.read_later}
         history: dict[int, list] = {i: [] for i in block}  # states after each step, for full_state
         for t in range(length):
             now: dict[int, object] = {}
-            for i in block:
-                info = self.nodes[i]
+            for info in infos:
+                i = info.index
                 inputs = [now[j] if j in members else outside[j][t] for j in info.inputs]
                 if info.kind == "layer":
-                    now[i], layers[info.name] = call_child(
-                        info.name, self.layers[info.name], "step", inputs[0], layers[info.name]
-                    )
+                    now[i], layers[info.name] = steps[i](inputs[0], layers[info.name])
                     if full:
                         history[i].append(layers[info.name])
                 elif info.kind == "placeholder":
                     now[i] = placeholders[info.name]
                 else:
                     now[i] = _combine(info.kind, inputs, data_dim=1)
-                outputs[i].append(now[i])
-            for i in block:
-                info = self.nodes[i]
-                if info.kind == "placeholder":
-                    placeholders[info.name] = now[info.layer]
-                    if full:
-                        history[i].append(now[info.layer])
-        for i in block:
-            values[i] = _stack_time(outputs[i])
+            for i, steps_out in outputs.items():
+                steps_out.append(now[i])
+            for info in fed:
+                placeholders[info.name] = now[info.layer]
+                if full:
+                    history[info.index].append(now[info.layer])
+        for i, steps_out in outputs.items():
+            values[i] = _stack_time(steps_out)
+        for i in block if full else ():
             info = self.nodes[i]
-            if full and info.kind == "layer":
+            if info.kind == "layer":
                 layers[info.name] = tree_stack(history[i])
-            elif full and info.kind == "placeholder":
+            elif info.kind == "placeholder":
                 placeholders[info.name] = torch.stack(history[i])
+
+
+def _read_later(nodes: list[NodeInfo], plan: list[list[int]], output: int) -> set[int]:
+    """The nodes whose whole sequence is read after their own block has run: by a node of a later
+    block (a placeholder reads its layer), or as the network's output. Cycles stack only these."""
+    block_of = {i: b for b, block in enumerate(plan) for i in block}
+    read = {output}
+    for info in nodes:
+        sources = info.inputs + ([info.layer] if info.layer is not None else [])
+        read.update(j for j in sources if block_of[j] != block_of[info.index])
+    return read
 
 
 def _combine(kind: str, inputs: list, data_dim: int):

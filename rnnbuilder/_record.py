@@ -7,6 +7,7 @@ fields that were asked for; otherwise ``call_child`` is a plain call. Nothing is
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -61,3 +62,11 @@ def call_child(name: str, runner, method: str, x, state):
     finally:
         rec.path.pop()
     return y, state
+
+
+def child_stepper(name: str, runner):
+    """A function ``(x, state) -> (y, state)`` for ``runner``'s timesteps: its lean ``stepper()``,
+    or, while a recording is active, ``call_child`` so that the steps are recorded."""
+    if _ACTIVE.get() is None:
+        return runner.stepper()
+    return functools.partial(call_child, name, runner, "step")

@@ -1,5 +1,7 @@
 """Networks: graph building, placeholders and cycles, and the misuse messages."""
 
+import math
+
 import pytest
 import torch
 
@@ -52,6 +54,43 @@ def test_placeholder_cycle_equals_hand_written_recurrence():
         expected.append(s)
     assert torch.equal(out, torch.stack(expected))
     assert out.sum() > 0
+
+
+def test_image_shaped_cycle_equals_hand_written_recurrence():
+    """A cycle over (channels, height, width) data keeps its shape at every step: s_t = LIF(conv(x_t + s_{t-1}))."""
+    torch.manual_seed(5)
+    n = rb.Network()
+    n.output = rb.Placeholder()
+    n.output = n.input.sum(n.output).apply(nn.Conv2d(1, 3, padding=1), snn.LIF(tau=4))
+    model = n.make_model((1, 5, 6))
+    conv = model.net.layers["output"].runners[0].module
+    x = torch.rand(12, 3, 1, 5, 6)
+    out, _ = model(x)
+    beta, v, s, expected = math.exp(-1 / 4), torch.zeros(3, 1, 5, 6), torch.zeros(3, 1, 5, 6), []
+    for x_t in x:
+        v = beta * v + conv(x_t + s)
+        s = (v - 1 > 0).float()
+        v = v - s
+        expected.append(s)
+    assert torch.equal(out, torch.stack(expected))
+    assert out.sum() > 0
+
+
+def test_cycle_member_read_after_the_cycle_has_every_timestep():
+    """A node after the cycle that reads an inner node of the cycle (not its layer) gets that node's whole sequence."""
+    torch.manual_seed(6)
+    n = rb.Network()
+    n.spikes = rb.Placeholder()
+    n.joined = n.input.stack(n.spikes)
+    n.spikes = n.joined.apply(nn.Linear(5), snn.LIF())
+    n.output = n.joined.apply(nn.Identity())
+    model = n.make_model((2,))
+    x = torch.rand(9, 4, 2) * 3
+    out, state = model(x)
+    _, spikes = model.configure(full_state=True)(x)
+    assert torch.equal(out[:, :, :2], x)
+    assert torch.equal(out[1:, :, 2:], spikes["placeholders"]["spikes"][:-1])
+    assert out[:, :, 2:].sum() > 0
 
 
 def test_recurrent_network_continues_exactly_from_state():

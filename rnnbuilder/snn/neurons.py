@@ -85,8 +85,18 @@ class NeuronRunner(Runner):
         return spikes.expand(batch_size, self.n).reshape(batch_size, *self.out_shape)
 
     def step(self, x, state):
-        s, state = self.factory.step_fn(x.flatten(1), state, self.factory.neuron_parameters(self))
-        return s.reshape(x.shape), state
+        return self.stepper()(x, state)
+
+    def stepper(self):
+        step_fn, params = self.factory.step_fn, self.factory.neuron_parameters(self)
+        if len(self.in_shape) == 1:  # (batch, n) already: no reshaping per step
+            return lambda x, state: step_fn(x, state, params)
+
+        def step(x, state):
+            s, state = step_fn(x.flatten(1), state, params)
+            return s.reshape(x.shape), state
+
+        return step
 
     def sequence(self, x, state):
         """The whole sequence at once, through the factory's fused ``sequence_fn`` where it has one.
