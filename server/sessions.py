@@ -588,7 +588,11 @@ class SessionManager:
                 out, state, recordings = session.model.record(x, record, session.state)
             else:
                 (out, state), recordings = session.model(x, session.state), {}
-            reply = sum(_wire_bytes(t, bitpacked) for t in (out, *recordings.values()))
+            replied = (out, *recordings.values())
+            reply = sum(t.numel() * 4 for t in replied)
+            if bitpacked and reply > self.limits.max_message_bytes:
+                # The 0/1 check is a pass over the reply, and encoding makes it again: only when it decides.
+                reply = sum(_packed_bytes(t) for t in replied)
             if reply > self.limits.max_message_bytes:
                 raise LimitExceeded(
                     "max_message_bytes", reply, self.limits.max_message_bytes, "reply bytes (send fewer timesteps)"
@@ -926,9 +930,9 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.detach().cpu().clone() for name, t in tensors.items()}
 
 
-def _wire_bytes(tensor: torch.Tensor, bitpacked: bool) -> int:
-    """What ``tensor`` takes in a reply: a bit per element if it goes bit-packed, else its raw size."""
-    if bitpacked and bool(((tensor == 0) | (tensor == 1)).all()):
+def _packed_bytes(tensor: torch.Tensor) -> int:
+    """What ``tensor`` takes in a bit-packed reply: a bit per element if it is all 0/1, else its raw size."""
+    if bool(((tensor == 0) | (tensor == 1)).all()):
         return (tensor.numel() + 7) // 8
     return tensor.numel() * 4
 

@@ -678,3 +678,13 @@ def test_response_over_the_message_limit_leaves_the_session_unchanged(limited):
     state, want = target.get_state(), reference.get_state()
     assert all(np.array_equal(state[k], want[k]) for k in want)
     assert np.array_equal(target.run(x[:1]), reference.run(x[:1]))
+
+
+def test_bitpacked_reply_counts_its_packed_size_against_the_message_limit(limited):
+    """A spike reply over max_message_bytes as float32 but under it as bits goes through with bitpacked=True."""
+    net = rb.Sequential(nn.Upsample(64.0), snn.LIF())  # 32,768 bytes of spikes as float32, 1,024 as bits
+    target, reference = (limited.create_session(net, (1, 16), batch_size=4) for _ in range(2))
+    x = np.random.default_rng(0).random((2, 4, 1, 16), dtype=np.float32) * 4
+    out = target.run(x, bitpacked=True)
+    assert out.sum() > 0
+    assert np.array_equal(out, np.concatenate([reference.run(x[:1]), reference.run(x[1:])]))
