@@ -39,6 +39,17 @@ def recurrent_lif_network(hidden=16):
     return n
 
 
+def lif_by_hand(x, current, shape, tau):
+    """The spikes of s_t = LIF(current(x_t, s_{t-1})): v = beta v + current, s = H(v - 1), v = v - s."""
+    beta, v, s, spikes = math.exp(-1 / tau), torch.zeros(shape), torch.zeros(shape), []
+    for x_t in x:
+        v = beta * v + current(x_t, s)
+        s = (v - 1 > 0).float()
+        v = v - s
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
 def test_placeholder_cycle_equals_hand_written_recurrence():
     """A placeholder cycle computes s_t = LIF(W [x_t, s_{t-1}] + b), step by step."""
     torch.manual_seed(0)
@@ -46,13 +57,8 @@ def test_placeholder_cycle_equals_hand_written_recurrence():
     linear = model.net.layers["output"].runners[0].module
     x = torch.rand(30, 3, 4) * 2
     out, _ = model(x)
-    beta, v, s, expected = torch.exp(torch.tensor(-1 / 5)).item(), torch.zeros(3, 16), torch.zeros(3, 16), []
-    for x_t in x:
-        v = beta * v + linear(torch.cat([x_t, s], dim=1))
-        s = (v - 1 > 0).float()
-        v = v - s
-        expected.append(s)
-    assert torch.equal(out, torch.stack(expected))
+    expected = lif_by_hand(x, lambda x_t, s: linear(torch.cat([x_t, s], dim=1)), (3, 16), tau=5)
+    assert torch.equal(out, expected)
     assert out.sum() > 0
 
 
@@ -66,13 +72,7 @@ def test_image_shaped_cycle_equals_hand_written_recurrence():
     conv = model.net.layers["output"].runners[0].module
     x = torch.rand(12, 3, 1, 5, 6)
     out, _ = model(x)
-    beta, v, s, expected = math.exp(-1 / 4), torch.zeros(3, 1, 5, 6), torch.zeros(3, 1, 5, 6), []
-    for x_t in x:
-        v = beta * v + conv(x_t + s)
-        s = (v - 1 > 0).float()
-        v = v - s
-        expected.append(s)
-    assert torch.equal(out, torch.stack(expected))
+    assert torch.equal(out, lif_by_hand(x, lambda x_t, s: conv(x_t + s), (3, 1, 5, 6), tau=4))
     assert out.sum() > 0
 
 
