@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
@@ -50,19 +51,29 @@ class CheckpointStore:
     def read(self, session_id: str, owner: str | None) -> tuple[str, dict] | None:
         """``(owner, snapshot)`` of the session's checkpoint (only ``owner``'s, if given), or None
         if there is none or it can't be read (logged: a corrupt checkpoint is never fatal)."""
-        if not SESSION_ID.fullmatch(session_id):
-            return None
-        if owner is not None:
-            paths = [self._path(session_id, owner)]
-        else:
-            paths = sorted(self.directory.glob(f"{session_id}.*{_SUFFIX}"))
-        for path in paths:
+        for path in self._paths(session_id, owner):
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
             try:
                 return _owner(path), snapshots.from_message(pb.SessionSnapshot.FromString(data))
+            except Exception as error:  # a corrupt checkpoint must never stop the server
+                log.warning("skipping unreadable checkpoint %s: %s", path, error)
+        return None
+
+    def describe(self, session_id: str, owner: str | None) -> tuple[str, dict, int] | None:
+        """``(owner, snapshot, tensor bytes)`` like ``read``, but without reading the tensors: the
+        snapshot's parameters, state, optimizer, carried state and generator are empty, and the
+        bytes their tensors take (about: their serialized size) come instead. Listing stored
+        sessions at start-up or finding one another replica wrote stays cheap however large it is."""
+        for path in self._paths(session_id, owner):
+            try:
+                with path.open("rb") as file:
+                    message, tensor_bytes = skim(file)
+                return _owner(path), snapshots.from_message(message), tensor_bytes
+            except FileNotFoundError:
+                continue
             except Exception as error:  # a corrupt checkpoint must never stop the server
                 log.warning("skipping unreadable checkpoint %s: %s", path, error)
         return None
@@ -138,8 +149,70 @@ class CheckpointStore:
     def _lease(self, session_id: str) -> Path:
         return self.directory / f"{session_id}{_LEASE}"
 
+    def _paths(self, session_id: str, owner: str | None) -> list[Path]:
+        """The session's checkpoint files: ``owner``'s, or anyone's."""
+        if not SESSION_ID.fullmatch(session_id):
+            return []
+        if owner is not None:
+            return [self._path(session_id, owner)]
+        return sorted(self.directory.glob(f"{session_id}.*{_SUFFIX}"))
+
     def _path(self, session_id: str, owner: str) -> Path:
         return self.directory / f"{session_id}.{owner.encode().hex()}{_SUFFIX}"
+
+
+_TENSOR_FIELDS = frozenset(
+    pb.SessionSnapshot.DESCRIPTOR.fields_by_name[name].number
+    for name in ("parameters", "state", "optimizer", "carried_state")
+)
+_SKIMMED_FIELDS = _TENSOR_FIELDS | {pb.SessionSnapshot.RANDOM_STATE_FIELD_NUMBER}
+_LENGTH_DELIMITED, _FIXED = 2, {1: 8, 5: 4}
+
+
+def skim(file: BinaryIO) -> tuple[pb.SessionSnapshot, int]:
+    """A serialized ``SessionSnapshot`` from ``file`` without its tensor fields, which are skipped
+    on disk (seek, not read), and the bytes those fields take. It walks the message's top-level
+    fields in protobuf's wire format: (tag, value) pairs, where a tensor field's value is its
+    length, then that many bytes."""
+    size = os.fstat(file.fileno()).st_size
+    kept = bytearray()
+    skipped = 0
+    while (start := file.tell()) < size:
+        tag = _varint(file)
+        field, wire = tag >> 3, tag & 7
+        if wire == _LENGTH_DELIMITED:
+            length = _varint(file)
+            file.seek(length, os.SEEK_CUR)
+            if field in _SKIMMED_FIELDS:
+                skipped += length if field in _TENSOR_FIELDS else 0
+                continue
+        elif wire == 0:
+            _varint(file)
+        elif wire in _FIXED:
+            file.seek(_FIXED[wire], os.SEEK_CUR)
+        else:
+            raise ValueError(f"unexpected wire type {wire} at byte {start}")
+        end = file.tell()
+        if end > size:
+            raise ValueError(f"truncated at byte {start}")
+        file.seek(start)
+        kept += file.read(end - start)
+    if file.tell() != size:
+        raise ValueError("truncated: a field runs past the end of the file")
+    return pb.SessionSnapshot.FromString(bytes(kept)), skipped
+
+
+def _varint(file: BinaryIO) -> int:
+    value = shift = 0
+    while shift < 64:
+        byte = file.read(1)
+        if not byte:
+            raise ValueError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+    raise ValueError("varint longer than 10 bytes")
 
 
 def _replace(path: Path, data: bytes) -> None:

@@ -36,7 +36,7 @@ from .errors import (
     SessionNotFound,
     is_out_of_memory,
 )
-from .memory import MB, MemoryLedger, Quota, held_bytes, tensor_bytes, work_bytes
+from .memory import MB, MemoryLedger, Quota, held_bytes, work_bytes
 from .training import (
     GLOBAL_RNG,
     BatchResult,
@@ -300,23 +300,21 @@ class SessionManager:
         if not SESSION_ID.fullmatch(session_id):
             return None
         self._check_free(session_id)
-        found = self.store.read(session_id, owner)
+        found = self.store.describe(session_id, owner)
         if found is None:
             return None
-        owner, snapshot = found
-        session = self._stub(session_id, owner, snapshot)
+        session = self._stub(session_id, *found)
         with self._lock:
             return self._sessions.setdefault(session_id, session)
 
-    def _stub(self, session_id: str, owner: str, snapshot: dict) -> Session:
-        """An evicted session for a stored snapshot: described, sized, not loaded."""
+    def _stub(self, session_id: str, owner: str, snapshot: dict, nbytes: int) -> Session:
+        """An evicted session for a stored snapshot (without its tensors, which take ``nbytes``):
+        described, sized, not loaded."""
         factory = spec.from_spec(snapshot["description"], self.registry)
         session = self._plan(
             factory, tuple(snapshot["input_shape"]), snapshot["batch_size"], snapshot["seed"], owner, session_id
         )
-        tensors = [*snapshot["parameters"].values(), *snapshot["state"].values()]
-        tensors += [*(snapshot["optimizer"] or {}).get("tensors", {}).values(), *(snapshot["carried"] or {}).values()]
-        session.bytes = tensor_bytes(tensors)
+        session.bytes = nbytes
         session.timesteps, session.dirty = snapshot["timesteps"], False
         session.create_time = snapshot["create_time"] or session.create_time
         return session

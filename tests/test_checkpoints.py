@@ -1,10 +1,16 @@
 """Checkpoints: sessions survive a graceful restart exactly; unreadable checkpoints are skipped."""
 
+import io
+
 import numpy as np
 import torch
 
+import rnnbuilder as rb
 from client import Client
+from rnnbuilder import nn, snn
+from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from server import ServerConfig
+from server.checkpoints import skim
 from tests.helpers import recurrent_net
 from tests.server_fixture import running_server
 
@@ -60,3 +66,49 @@ def test_sessions_keep_their_creation_time_and_order_across_a_restart(tmp_path):
     with running_server(config(tmp_path)) as (address, _), Client(address) as c:
         listed = c.list_sessions()
     assert [(s.id, s.create_time) for s in listed] == [(s.id, s.create_time) for s in made]
+
+
+class CountingReader(io.FileIO):
+    """A file opened for reading that counts the bytes read from it."""
+
+    def __init__(self, path):
+        super().__init__(path, "rb")
+        self.bytes_read = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+def test_stored_session_is_described_without_reading_its_tensors(tmp_path):
+    """Start-up reads a checkpoint's description and sizes its tensors without reading them."""
+    with running_server(config(tmp_path)) as (address, _), Client(address) as c:
+        s = c.create_session(rb.Sequential(nn.Linear(1000), snn.LIF()), input_shape=(1000,), batch_size=4)
+        s.run(np.ones((3, 4, 1000), dtype=np.float32))
+    [path] = tmp_path.glob("*.snapshot")
+    with CountingReader(path) as file:
+        described, tensor_bytes = skim(file)
+    full = pb.SessionSnapshot.FromString(path.read_bytes())
+    assert file.bytes_read < 10_000 < path.stat().st_size // 100
+    assert (described.network, described.input_shape, described.timesteps_simulated, described.create_time) == (
+        full.network,
+        full.input_shape,
+        3,
+        full.create_time,
+    )
+    assert not described.parameters and not described.state
+    data = sum(len(t.tensor.data) for t in [*full.parameters, *full.state])
+    assert data <= tensor_bytes < data * 1.01
+
+
+def test_truncated_checkpoint_is_skipped(tmp_path):
+    """A checkpoint cut off in the middle of its tensors is skipped at start-up; the others load."""
+    with running_server(config(tmp_path)) as (address, _), Client(address) as c:
+        kept = c.create_session(recurrent_net(), input_shape=(3,)).id
+    [path] = tmp_path.glob("*.snapshot")
+    data = path.read_bytes()
+    (tmp_path / f"0123abcd.{path.name.split('.')[1]}.snapshot").write_bytes(data[: len(data) // 2])
+    with running_server(config(tmp_path)) as (address, _), Client(address) as c:
+        assert [s.id for s in c.list_sessions()] == [kept]
+        assert c.get_session(kept).run(np.ones((2, 1, 3), dtype=np.float32)).shape == (2, 1, 6)
