@@ -62,30 +62,36 @@ class CheckpointStore:
                 log.warning("skipping unreadable checkpoint %s: %s", path, error)
         return None
 
-    def describe(self, session_id: str, owner: str | None) -> tuple[str, dict, int] | None:
-        """``(owner, snapshot, tensor bytes)`` like ``read``, but without reading the tensors: the
-        snapshot's parameters, state, optimizer, carried state and generator are empty, and the
-        bytes their tensors take (about: their serialized size) come instead. Listing stored
-        sessions at start-up or finding one another replica wrote stays cheap however large it is."""
+    def describe(self, session_id: str, owner: str | None) -> tuple[str, dict, int, int] | None:
+        """``(owner, snapshot, tensor bytes, modification time in ns)`` like ``read``, but without
+        reading the tensors: the snapshot's parameters, state, optimizer, carried state and
+        generator are empty, and the bytes their tensors take (about: their serialized size) come
+        instead. Listing stored sessions stays cheap however large they are."""
         for path in self._paths(session_id, owner):
             try:
                 with path.open("rb") as file:
+                    modified = os.fstat(file.fileno()).st_mtime_ns
                     message, tensor_bytes = skim(file)
-                return _owner(path), snapshots.from_message(message), tensor_bytes
+                return _owner(path), snapshots.from_message(message), tensor_bytes, modified
             except FileNotFoundError:
                 continue
             except Exception as error:  # a corrupt checkpoint must never stop the server
                 log.warning("skipping unreadable checkpoint %s: %s", path, error)
         return None
 
-    def index(self) -> list[tuple[str, str]]:
-        """``(session id, owner)`` of every checkpoint file, by name."""
+    def index(self) -> list[tuple[str, str, int]]:
+        """``(session id, owner, modification time in ns)`` of every checkpoint file, by name."""
         found = []
-        for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
-            try:
-                found.append((path.name.split(".")[0], _owner(path)))
-            except ValueError as error:
-                log.warning("skipping checkpoint %s: %s", path, error)
+        with os.scandir(self.directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if not entry.name.endswith(_SUFFIX):
+                    continue
+                try:
+                    found.append((entry.name.split(".")[0], _owner(Path(entry.path)), entry.stat().st_mtime_ns))
+                except FileNotFoundError:  # removed since the listing: the session was closed
+                    continue
+                except ValueError as error:
+                    log.warning("skipping checkpoint %s: %s", entry.path, error)
         return found
 
     def holds(self, session_id: str) -> bool:

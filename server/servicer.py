@@ -196,6 +196,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     async def ListSessions(self, request, context, tenant):
         if request.page_size < 0:
             raise InvalidRequest(f"page_size must not be negative, got {request.page_size}")
+        if self.manager.store is not None:  # sessions other replicas made or closed, from the shared folder
+            await asyncio.to_thread(self.manager.register_stored, tenant.name)
         sessions = self.manager.list(tenant.name)
         start = 0
         if request.page_token:

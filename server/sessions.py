@@ -70,7 +70,8 @@ class SessionStore(Protocol):
 
     def write(self, session_id: str, owner: str, snapshot: dict) -> None: ...
     def read(self, session_id: str, owner: str | None) -> tuple[str, dict] | None: ...
-    def index(self) -> list[tuple[str, str]]: ...
+    def describe(self, session_id: str, owner: str | None) -> tuple[str, dict, int, int] | None: ...
+    def index(self) -> list[tuple[str, str, int]]: ...
     def holds(self, session_id: str) -> bool: ...
     def lease_holder(self, session_id: str) -> str | None: ...
     def take_lease(self, session_id: str, holder: str) -> None: ...
@@ -110,6 +111,8 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     dirty: bool = True
     """Changed since its last checkpoint."""
+    described: int = 0
+    """The modification time (ns) of the checkpoint it was last described from, if unloaded."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -163,8 +166,14 @@ class SessionManager:
         session_id: str | None = None,
     ) -> Session:
         """Build the described network for ``input_shape`` and open a session for ``batch_size``
-        sequences, owned by ``owner``. ``session_id`` is for imports that keep an id; new
-        sessions get a random one."""
+        sequences, owned by ``owner``, under ``session_id`` or a random id. With a checkpoint
+        folder the session is written there at once: it survives a crash from the start, and
+        replicas sharing the folder list it."""
+        session = self._create(description, input_shape, batch_size, seed, owner, session_id)
+        self._save(session)
+        return session
+
+    def _create(self, description, input_shape, batch_size, seed, owner, session_id) -> Session:
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d <= 0 for d in input_shape):
             raise InvalidRequest(
@@ -300,6 +309,10 @@ class SessionManager:
         if not SESSION_ID.fullmatch(session_id):
             return None
         self._check_free(session_id)
+        return self._register(session_id, owner)
+
+    def _register(self, session_id: str, owner: str | None) -> Session | None:
+        """The session, registered from its checkpoint (not loaded) unless known; None if not stored."""
         found = self.store.describe(session_id, owner)
         if found is None:
             return None
@@ -307,29 +320,61 @@ class SessionManager:
         with self._lock:
             return self._sessions.setdefault(session_id, session)
 
-    def _stub(self, session_id: str, owner: str, snapshot: dict, nbytes: int) -> Session:
+    def _stub(self, session_id: str, owner: str, snapshot: dict, nbytes: int, modified: int) -> Session:
         """An evicted session for a stored snapshot (without its tensors, which take ``nbytes``):
         described, sized, not loaded."""
         factory = spec.from_spec(snapshot["description"], self.registry)
         session = self._plan(
             factory, tuple(snapshot["input_shape"]), snapshot["batch_size"], snapshot["seed"], owner, session_id
         )
-        session.bytes = nbytes
-        session.timesteps, session.dirty = snapshot["timesteps"], False
+        session.dirty = False
         session.create_time = snapshot["create_time"] or session.create_time
+        _describe(session, snapshot, nbytes, modified)
         return session
 
-    def register_stored(self) -> int:
-        """Register every session the store holds, not loaded: after a restart they list and
-        answer as before, and each is loaded on its first call. Unreadable ones are logged and
-        skipped. Returns how many."""
+    def register_stored(self, owner: str | None = None) -> int:
+        """Bring this replica's sessions (``owner``'s, if given) in line with the checkpoint folder:
+        register the stored ones it doesn't know, not loaded, and forget unloaded ones whose
+        checkpoint is gone (closed on another replica). After a restart, sessions list and answer
+        as before, each loaded on its first call; with replicas sharing the folder, every replica
+        lists them all. Unreadable checkpoints are logged and skipped. Returns how many sessions
+        the folder holds that are registered here.
+
+        Unlike a call's lookup, this never asks another replica to hand a session over."""
+        with self._lock:  # before reading the folder: a session evicted meanwhile is on disk by then
+            unloaded = [s for s in self._sessions.values() if not s.resident and owner in (None, s.owner)]
+        stored = [(i, o, modified) for i, o, modified in self.store.index() if owner in (None, o)]
+        ids = {session_id for session_id, _, _ in stored}
+        with self._lock:
+            for session in unloaded:
+                if session.id not in ids and not session.resident and not session.lock.locked():
+                    self._sessions.pop(session.id, None)
+            known = dict(self._sessions)
         registered = 0
-        for session_id, owner in self.store.index():
+        for session_id, session_owner, modified in stored:
             try:
-                registered += self.get(session_id, owner) is not None
+                session = known.get(session_id)
+                if session is None:
+                    registered += self._register(session_id, session_owner) is not None
+                    continue
+                registered += session.owner == session_owner
+                if not session.resident and session.described != modified:
+                    self._redescribe(session)
             except Exception as error:  # a checkpoint this server can't rebuild is skipped, never fatal
                 log.warning("skipping stored session %s: %s", session_id, error)
         return registered
+
+    def _redescribe(self, session: Session) -> None:
+        """Update an unloaded session from its newer checkpoint (written by another replica), unless
+        a call has it."""
+        if not session.lock.acquire(blocking=False):
+            return
+        try:
+            found = None if session.resident else self.store.describe(session.id, session.owner)
+            if found is not None:
+                _describe(session, *found[1:])
+        finally:
+            session.lock.release()
 
     def list(self, owner: str | None = None) -> list[Session]:
         """The sessions (of ``owner``, if given), resident or not, oldest first."""
@@ -513,11 +558,22 @@ class SessionManager:
         if not session.resident or session.id not in self._sessions:
             return False
         if session.dirty:
-            self.store.write(session.id, session.owner, self._export(session))
+            self._write(session)
         session.model = session.state = session.training = None
-        session.dirty = False
         self.store.drop_lease(session.id, self.holder)
         return True
+
+    def _write(self, session: Session) -> None:
+        """(Lock held.) Write the resident session's checkpoint; it is clean until it changes."""
+        self.store.write(session.id, session.owner, self._export(session))
+        session.dirty = False
+
+    def _save(self, session: Session) -> None:
+        """Write a new session's checkpoint, if there is a folder and it is still open and here."""
+        if self.store is not None:
+            with session.lock:
+                if session.resident and session.id in self._sessions:
+                    self._write(session)
 
     def tend_leases(self) -> int:
         """Renew this replica's leases; let go of sessions other replicas want (checkpoint written)
@@ -554,8 +610,7 @@ class SessionManager:
             try:
                 with session.lock:
                     if session.resident and session.dirty and session.id in self._sessions:
-                        self.store.write(session.id, session.owner, self._export(session))
-                        session.dirty = False
+                        self._write(session)
                         written += 1
             except Exception:  # a full disk: the others still get written
                 log.exception("checkpoint of session %s failed", session.id)
@@ -820,7 +875,7 @@ class SessionManager:
 
     def import_(self, snapshot: dict, owner: str = "default", session_id: str | None = None) -> Session:
         """A new session of ``owner`` (under ``session_id``, if given), exactly as ``export`` described one."""
-        session = self.create(
+        session = self._create(
             snapshot["description"],
             snapshot["input_shape"],
             snapshot["batch_size"],
@@ -834,6 +889,7 @@ class SessionManager:
         except Exception:
             self.delete(session.id)
             raise
+        self._save(session)
         log.info("session %s imported from a snapshot", session.id, extra={"event": "session_imported"})
         return session
 
@@ -922,6 +978,11 @@ def _network_errors(input_shape: tuple[int, ...]) -> Iterator[None]:
         raise InvalidRequest(
             f"the network can't run on inputs of shape {list(input_shape)}: {type(error).__name__}: {error}"
         ) from error
+
+
+def _describe(session: Session, snapshot: dict, nbytes: int, modified: int) -> None:
+    """What an unloaded session shows of its checkpoint: timesteps and size."""
+    session.timesteps, session.bytes, session.described = snapshot["timesteps"], nbytes, modified
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -31,8 +31,8 @@ def test_idle_session_is_evicted_and_continues_exactly(tmp_path):
         s = c.create_session(recurrent_net(), input_shape=(3,), batch_size=2, seed=1)
         local = s.to_local()
         first = s.run(x[:8])
-        wait_until(lambda: not server.sessions.get(s.id).resident)
-        assert server.sessions.evictions["idle"] == 1
+        wait_until(lambda: server.sessions.evictions["idle"] == 1)  # counted once the session is out
+        assert not server.sessions.get(s.id).resident
         rest = s.run(x[8:])
         assert server.sessions.restores == 1
     with torch.no_grad():
@@ -75,10 +75,10 @@ def test_evictions_and_restores_are_in_the_metrics(tmp_path):
 
 
 def test_unchanged_session_is_not_rewritten(tmp_path):
-    """Checkpoints skip sessions unchanged since their last one."""
+    """Checkpoints skip sessions unchanged since their last one (a new one is written as it is made)."""
     with running_server(config(tmp_path)) as (address, server), Client(address) as c:
         s = c.create_session(recurrent_net(), input_shape=(3,))
-        assert server.sessions.checkpoint_all() == 1
+        assert server.sessions.checkpoint_all() == 0
         s.get_state()
         assert server.sessions.checkpoint_all() == 0
         s.run(inputs()[:2, :1])
@@ -97,6 +97,45 @@ def test_a_replica_finds_a_session_another_replica_checkpointed(tmp_path):
     with torch.no_grad():
         expected, _ = local(torch.from_numpy(x))
     assert np.array_equal(np.concatenate([early, late]), expected.numpy())
+
+
+def test_replicas_sharing_a_folder_list_each_others_sessions(tmp_path):
+    """Each replica lists the sessions made, advanced (as of their checkpoint) and closed on the other."""
+    with (
+        running_server(config(tmp_path, "replica-b")) as (other, _),
+        running_server(config(tmp_path)) as (address, server),
+        Client(address) as here,
+        Client(other) as there,
+    ):
+        kept, closed = (here.create_session(recurrent_net(), input_shape=(3,)) for _ in range(2))
+        assert [s.id for s in there.list_sessions()] == [kept.id, closed.id]
+        kept.run(inputs()[:4, :1])
+        closed.close()
+        server.sessions.checkpoint_all()
+        [listed] = there.list_sessions()
+        assert (listed.id, listed.timesteps_simulated) == (kept.id, 4)
+
+
+def test_listing_leaves_sessions_on_the_replica_that_holds_them(tmp_path):
+    """A replica listing the folder never asks another to hand its sessions over."""
+    with (
+        running_server(config(tmp_path, "replica-b")) as (other, _),
+        running_server(config(tmp_path)) as (address, server),
+        Client(address) as here,
+        Client(other) as there,
+    ):
+        s = here.create_session(recurrent_net(), input_shape=(3,))
+        there.list_sessions()
+        server.sessions.tend_leases()
+        assert server.sessions.get(s.id).resident
+        assert not list(tmp_path.glob("*.wanted"))
+
+
+def test_a_new_session_is_checkpointed_as_it_is_made(tmp_path):
+    """With a checkpoint folder, a session is on disk as soon as CreateSession answers: a crash loses nothing."""
+    with running_server(config(tmp_path)) as (address, _), Client(address) as c:
+        s = c.create_session(recurrent_net(), input_shape=(3,))
+        assert [p.name.split(".")[0] for p in tmp_path.glob("*.snapshot")] == [s.id]
 
 
 def test_a_new_session_may_have_a_chosen_id(client):
