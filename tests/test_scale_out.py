@@ -222,8 +222,8 @@ def scale_out(tmp_path):
 
 
 def test_sessions_stay_on_their_replica_and_move_exactly_when_it_stops(scale_out):
-    """Through nginx: every call of a session lands on one replica, and the sessions spread over both.
-    After one replica stops gracefully (SIGTERM: it checkpoints), its sessions continue on the other
+    """Through nginx: every call of a session lands on one replica, the sessions spread over both,
+    and a listing gives them all. After one replica stops gracefully (SIGTERM: it checkpoints), its sessions continue on the other
     from the shared checkpoints, exactly as a local model computes them, and the first call after
     the stop needs no retry by the client (nginx retries the refused connection on the next replica)."""
     proxy, replicas, checkpoints, logs = scale_out
@@ -246,6 +246,8 @@ def test_sessions_stay_on_their_replica_and_move_exactly_when_it_stops(scale_out
             assert set(home.values()) == set(replicas), f"the sessions did not spread: {home}"
             with Client(proxy) as other:  # another connection attaching by id reaches the same replica
                 assert all(other.get_session(s.id).server_id == home[s.id] for s in sessions)
+                # Listing reaches one replica, which lists both replicas' sessions from the folder.
+                assert [s.id for s in other.list_sessions()] == [s.id for s in sessions]
 
             _, stopped, _ = replicas["replica-a"]
             stopped.send_signal(signal.SIGTERM)
