@@ -223,9 +223,10 @@ def scale_out(tmp_path):
 
 def test_sessions_stay_on_their_replica_and_move_exactly_when_it_stops(scale_out):
     """Through nginx: every call of a session lands on one replica, the sessions spread over both,
-    and a listing gives them all. After one replica stops gracefully (SIGTERM: it checkpoints), its sessions continue on the other
-    from the shared checkpoints, exactly as a local model computes them, and the first call after
-    the stop needs no retry by the client (nginx retries the refused connection on the next replica)."""
+    and a listing gives them all. After one replica stops gracefully (SIGTERM: it checkpoints), its
+    sessions continue on the other from the shared checkpoints, exactly as a local model computes
+    them, and the first call after the stop needs no retry by the client (nginx retries the refused
+    connection on the next replica)."""
     proxy, replicas, checkpoints, logs = scale_out
     x = (np.random.default_rng(0).random((SESSIONS, STEPS, 2, 3)) * 2).astype(np.float32)
     half = STEPS // 2
