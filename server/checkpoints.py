@@ -43,6 +43,8 @@ class CheckpointStore:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._unreadable: dict[Path, int | None] = {}
+        """Checkpoints that couldn't be described, by their modification time then."""
 
     def write(self, session_id: str, owner: str, snapshot: dict) -> None:
         """Replace the session's checkpoint, atomically."""
@@ -68,15 +70,19 @@ class CheckpointStore:
         generator are empty, and the bytes their tensors take (about: their serialized size) come
         instead. Listing stored sessions stays cheap however large they are."""
         for path in self._paths(session_id, owner):
+            modified = None
             try:
                 with path.open("rb") as file:
                     modified = os.fstat(file.fileno()).st_mtime_ns
+                    if self._unreadable.get(path) == modified:  # logged already; every listing asks again
+                        continue
                     message, tensor_bytes = skim(file)
                 return _owner(path), snapshots.from_message(message), tensor_bytes, modified
             except FileNotFoundError:
                 continue
             except Exception as error:  # a corrupt checkpoint must never stop the server
                 log.warning("skipping unreadable checkpoint %s: %s", path, error)
+                self._unreadable[path] = modified
         return None
 
     def index(self) -> list[tuple[str, str, int]]:

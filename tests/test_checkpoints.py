@@ -59,6 +59,14 @@ def test_unreadable_checkpoint_is_skipped(tmp_path):
         assert [s.id for s in c.list_sessions()] == [kept]
 
 
+def test_unreadable_checkpoint_is_logged_once(tmp_path, caplog):
+    """Listings look at the folder every time, but an unreadable checkpoint is reported only once."""
+    (tmp_path / "0123abcd.64656661756c74.snapshot").write_bytes(b"not a snapshot")
+    with running_server(config(tmp_path)) as (address, _), Client(address) as c:
+        assert c.list_sessions() == [] and c.list_sessions() == []
+    assert sum("unreadable checkpoint" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_sessions_keep_their_creation_time_and_order_across_a_restart(tmp_path):
     """After a restart, sessions list in the order they were made, with their creation times."""
     with running_server(config(tmp_path)) as (address, _), Client(address) as c:
