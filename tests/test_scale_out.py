@@ -221,6 +221,19 @@ def scale_out(tmp_path):
             _stop(process)
 
 
+def sessions_on(client: Client, replica: str, count: int) -> list:
+    """``count`` new sessions that the proxy routes to ``replica``. Ids are random, so any few sessions
+    may all land on the other replica: make them until enough haven't (the others stay open)."""
+    found = []
+    for seed in range(64):
+        session = client.create_session(recurrent_net(), (3,), batch_size=2, seed=seed)
+        if session.refresh().server_id == replica:
+            found.append(session)
+            if len(found) == count:
+                return found
+    raise AssertionError(f"64 sessions and fewer than {count} on {replica}: is the proxy hashing?")
+
+
 def test_sessions_stay_on_their_replica_and_move_exactly_when_it_stops(scale_out):
     """Through nginx: every call of a session lands on one replica, the sessions spread over both,
     and a listing gives them all. After one replica stops gracefully (SIGTERM: it checkpoints), its
@@ -280,13 +293,10 @@ def test_a_stopping_replica_hands_its_sessions_over_while_a_call_is_in_flight(sc
     proxy, replicas, checkpoints, logs = scale_out
     try:
         with Client(proxy) as c:
-            sessions = [c.create_session(recurrent_net(), (3,), batch_size=2, seed=i) for i in range(8)]
+            busy, idle = sessions_on(c, "replica-a", 2)
             x = np.ones((3, 2, 3), np.float32)
-            for s in sessions:
+            for s in (busy, idle):
                 s.run(x)
-            on_a = [s for s in sessions if s.server_id == "replica-a"]
-            assert len(on_a) >= 2, "too few sessions hashed to replica-a; use more"
-            busy, idle = on_a[0], on_a[1]
             models = {s.id: s.to_local() for s in (busy, idle)}
             long = (np.random.default_rng(1).random((20000, 2, 3)) * 2).astype(np.float32)
             done = {}
@@ -323,8 +333,7 @@ def test_a_stream_goes_on_across_its_replicas_stop(scale_out):
     proxy, replicas, checkpoints, logs = scale_out
     try:
         with Client(proxy) as c:
-            sessions = [c.create_session(recurrent_net(), (3,), batch_size=2, seed=i) for i in range(6)]
-            s = next(s for s in sessions if s.refresh().server_id == "replica-a")
+            [s] = sessions_on(c, "replica-a", 1)
             local = s.to_local()
             x = (np.random.default_rng(2).random((40, 2, 2, 3)) * 2).astype(np.float32)
             stopped = replicas["replica-a"][1]
