@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -230,7 +231,8 @@ def _varint(file: BinaryIO) -> int:
 def _replace(path: Path, data: bytes) -> None:
     """Write ``path`` atomically: a temporary file, flushed to disk, then renamed over the old one,
     so that a reader (another replica, or the next start) never sees half of it."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # Unique per thread too: a lease can be renewed and taken at the same moment in one process.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     with open(temporary, "wb") as file:
         file.write(data)
         file.flush()

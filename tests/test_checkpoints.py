@@ -1,6 +1,7 @@
 """Checkpoints: sessions survive a graceful restart exactly; unreadable checkpoints are skipped."""
 
 import io
+import threading
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ from client import Client
 from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from server import ServerConfig
-from server.checkpoints import skim
+from server.checkpoints import CheckpointStore, skim
 from tests.helpers import recurrent_net
 from tests.server_fixture import running_server
 
@@ -120,3 +121,25 @@ def test_truncated_checkpoint_is_skipped(tmp_path):
     with running_server(config(tmp_path)) as (address, _), Client(address) as c:
         assert [s.id for s in c.list_sessions()] == [kept]
         assert c.get_session(kept).run(np.ones((2, 1, 3), dtype=np.float32)).shape == (2, 1, 6)
+
+
+def test_a_lease_written_by_several_threads_at_once_never_fails(tmp_path):
+    """Writing one session's lease from several threads at the same moment (a renewal and a take) is safe."""
+    store = CheckpointStore(tmp_path)
+    failures = []
+
+    def take(times):
+        try:
+            for _ in range(times):
+                store.take_lease("abc123", "replica-a")
+        except OSError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=take, args=(300,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert store.lease_holder("abc123") == "replica-a"
+    assert not list(tmp_path.glob("*.tmp"))
