@@ -21,6 +21,6 @@ timeout 300 "$PY" -m pytest -q -p no:cacheprovider --noconftest tests/test_fused
   2>&1 | tee "$OUT/gpu_tests.txt" || true
 # 2. Kernel bandwidth and the Open Neuromorphic sizes (Linear + LIF, B=16, T=500, N=4096/8192/16384).
 timeout 420 "$PY" benchmarks/neurons.py --full --repeats 5 --sections bw,ff --out "$OUT/neurons_gpu.md" 2>&1 | tail -40
-# 3. The recurrent network (placeholder cycle against the same ops by hand and the peers), smaller:
-#    it steps T times in Python for every framework.
+# 3. The recurrent network (placeholder cycle against the same ops by hand, the same ops with each
+#    step one CUDA graph, and the peers), smaller: it steps T times in Python for every framework.
 timeout 300 "$PY" benchmarks/neurons.py --full --repeats 3 --sections rec --out "$OUT/neurons_gpu_rec.md" 2>&1 | tail -20

@@ -15,7 +15,9 @@ memory isn't measured: tracemalloc doesn't see torch's allocations and RSS only 
 
 Then a recurrent network (a placeholder cycle in rnnbuilder; snnTorch ``RLeaky``, Norse
 ``LIFRecurrent`` and SpikingJelly ``LinearRecurrentContainer``), with the same ops as a
-hand-written loop for the floor, which gives the cycle's overhead per timestep; on a GPU the fused kernel's
+hand-written loop for the floor, which gives the cycle's overhead per timestep (on a GPU also
+that loop with each timestep replayed from a CUDA graph, forward only: the most that graphing a
+cycle's step could save); on a GPU the fused kernel's
 memory bandwidth against a device-to-device copy, and the CPU goal case: the neuron layer alone at
 (T=100, B=16, N=1024), forward+backward, rnnbuilder against snnTorch's ``Leaky``.
 
@@ -65,6 +67,8 @@ class Case:
     run: Callable[[torch.Tensor], torch.Tensor]
     params: list[torch.Tensor]
     peer: bool = True
+    forward_only: bool = False
+    """No backward to time (its forward has no autograd graph)."""
     fwd: list[float] = field(default_factory=list)
     fwd_bwd: list[float] = field(default_factory=list)
     saved_bytes: int | None = None
@@ -137,6 +141,55 @@ def plain_recurrent(n: int, device) -> Case:
         return torch.stack(spikes)
 
     return Case("hand-written loop, same ops (floor)", run, _params(linear, recurrent), peer=False)
+
+
+def graphed_recurrent(n: int, device) -> Case:
+    """The floor's forward with each timestep replayed from a CUDA graph: one launch a step instead
+    of one per op and no Python per op, the most a graphed cycle step could save. CUDA only, and
+    forward only: the captured step has no autograd."""
+    linear, recurrent = torch.nn.Linear(n, n).to(device), torch.nn.Linear(n, n, bias=False).to(device)
+    captured: dict[int, tuple] = {}
+
+    def capture(batch: int) -> tuple:
+        current, v, s = (torch.zeros(batch, n, device=device) for _ in range(3))
+
+        def step():  # reads and writes the static tensors, which the graph keeps the addresses of
+            u = BETA * v + (current + recurrent(s))
+            spikes = (u - 1 > 0).to(u.dtype)
+            v.copy_(u - spikes)
+            s.copy_(spikes)
+
+        # Warm up off the default stream, on the stream that then captures: handles and workspaces
+        # that ops create on first use on a stream must exist before the capture.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            step()
+        return graph, current, v, s
+
+    def run(x):
+        if torch.is_grad_enabled():
+            raise RuntimeError("forward only")
+        if x.shape[1] not in captured:
+            captured[x.shape[1]] = capture(x.shape[1])
+        graph, current, v, s = captured[x.shape[1]]
+        v.zero_()
+        s.zero_()
+        currents = linear(x)
+        spikes = torch.empty_like(currents)
+        for t, current_t in enumerate(currents.unbind(0)):
+            current.copy_(current_t)
+            graph.replay()
+            spikes[t].copy_(s)
+        return spikes
+
+    name = "hand-written loop, each step one CUDA graph (forward only)"
+    return Case(name, run, _params(linear, recurrent), peer=False, forward_only=True)
 
 
 def snntorch_feedforward(n: int, device) -> Case:
@@ -315,8 +368,10 @@ def benchmark(cases: list[Case], x, device, repeats: int, warmup: int = 2) -> li
         try:
             for _ in range(warmup):
                 time_forward(case, x, device)
-                time_forward_backward(case, x, device)
-            measure_memory(case, x, device)
+                if not case.forward_only:
+                    time_forward_backward(case, x, device)
+            if not case.forward_only:
+                measure_memory(case, x, device)
             alive.append(case)
         except Exception as e:  # a peer that breaks here must not stop the benchmark
             case.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
@@ -325,7 +380,8 @@ def benchmark(cases: list[Case], x, device, repeats: int, warmup: int = 2) -> li
             case.fwd.append(time_forward(case, x, device))
     for _ in range(repeats):
         for case in alive:
-            case.fwd_bwd.append(time_forward_backward(case, x, device))
+            if not case.forward_only:
+                case.fwd_bwd.append(time_forward_backward(case, x, device))
     return cases
 
 
@@ -368,12 +424,16 @@ def table(title: str, rows: list[tuple[str, list[Case]]], gpu: bool) -> str:
             if not c.fwd:
                 lines.append(f"| {size} | {c.name} | {c.note or 'skipped'} |" + " |" * (len(head) - 3))
                 continue
-            f, fb = ms(c.fwd), ms(c.fwd_bwd)
-            cells = [size, c.name, f"{f:,.2f}", f"{fb:,.2f}", f"{1e3 * min(c.fwd_bwd):,.2f}", mib(c.saved_bytes)]
+            f = ms(c.fwd)
+            if c.fwd_bwd:
+                fb = ms(c.fwd_bwd)
+                cells = [size, c.name, f"{f:,.2f}", f"{fb:,.2f}", f"{1e3 * min(c.fwd_bwd):,.2f}", mib(c.saved_bytes)]
+            else:
+                fb, cells = None, [size, c.name, f"{f:,.2f}", "–", "–", "–"]
             if gpu:
                 cells.append(mib(c.peak_bytes))
             cells.append("–" if best_f is None else f"{best_f / f:.2f}×")
-            cells.append("–" if best_fb is None else f"{best_fb / fb:.2f}×")
+            cells.append("–" if best_fb is None or fb is None else f"{best_fb / fb:.2f}×")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -413,6 +473,8 @@ def recurrent(device, sizes, steps, batch, repeats, skipped) -> str:
             lambda n=n: norse_recurrent(n, device),
             lambda n=n: spikingjelly_recurrent(n, device),
         ]
+        if device.type == "cuda":
+            makers.append(lambda n=n: graphed_recurrent(n, device))
         rows.append((f"N={n}", benchmark(build(makers, skipped), x, device, repeats)))
         _free(device)
     title = f"Recurrent LIF (all-to-all recurrent weights), T={steps}, batch {batch}"
@@ -422,7 +484,7 @@ def recurrent(device, sizes, steps, batch, repeats, skipped) -> str:
 def cycle_overhead(rows: list[tuple[str, list[Case]]], steps: int) -> str:
     """The placeholder cycle's cost per timestep above the hand-written loop of the same ops."""
     lines = []
-    for size, (ours, floor, *_) in rows:
+    for size, (ours, floor, *rest) in rows:
         if not (ours.fwd and floor.fwd):
             continue
         parts = [
@@ -430,6 +492,13 @@ def cycle_overhead(rows: list[tuple[str, list[Case]]], steps: int) -> str:
             for what, a, b in (("forward", ours.fwd, floor.fwd), ("fwd+bwd", ours.fwd_bwd, floor.fwd_bwd))
         ]
         lines.append(f"{size}: placeholder cycle over the hand-written loop: " + ", ".join(parts) + ".")
+        graphed = next((c for c in rest if c.forward_only and c.fwd), None)
+        if graphed is not None:
+            saved = 1e3 * (ms(floor.fwd) - ms(graphed.fwd)) / steps
+            lines.append(
+                f"{size}: a CUDA graph per step would save up to {saved:.1f} µs/step forward "
+                f"(the floor is {ms(floor.fwd) / ms(graphed.fwd):.2f}× the graphed loop)."
+            )
     return "\n".join(lines)
 
 
