@@ -14,12 +14,12 @@ tensors saved through ``saved_tensors_hooks``), which is what grows with T x bat
 memory isn't measured: tracemalloc doesn't see torch's allocations and RSS only ever grows.)
 
 Then a recurrent network (a placeholder cycle in rnnbuilder; snnTorch ``RLeaky``, Norse
-``LIFRecurrent`` and SpikingJelly ``LinearRecurrentContainer``), with the same ops as a
-hand-written loop for the floor, which gives the cycle's overhead per timestep (on a GPU also
-that loop with each timestep replayed from a CUDA graph, forward only: the most that graphing a
-cycle's step could save); on a GPU the fused kernel's
-memory bandwidth against a device-to-device copy, and the CPU goal case: the neuron layer alone at
-(T=100, B=16, N=1024), forward+backward, rnnbuilder against snnTorch's ``Leaky``.
+``LIFRecurrent`` and SpikingJelly ``LinearRecurrentContainer``), with the same ops as a hand-written
+loop for the floor, which gives the cycle's overhead per timestep (on a GPU also that loop with each
+timestep replayed from a CUDA graph, forward only: the most that graphing a cycle's step could
+save); on a GPU the fused kernel's memory bandwidth against a device-to-device copy, and the CPU
+goal case: the neuron layer alone at (T=100, B=16, N=1024), forward+backward, rnnbuilder against
+snnTorch's ``Leaky``.
 
 A peer that isn't installed is skipped with a note (``pip install 'rnnbuilder-sim[bench]'``).
 Usage: ``python benchmarks/neurons.py [--quick | --full] [--repeats R] [--sections ff,rec,bw,cpu]
