@@ -99,36 +99,38 @@ def test_a_replica_finds_a_session_another_replica_checkpointed(tmp_path):
     assert np.array_equal(np.concatenate([early, late]), expected.numpy())
 
 
-def test_replicas_sharing_a_folder_list_each_others_sessions(tmp_path):
+@pytest.fixture
+def two_replicas(tmp_path):
+    """Replicas a and b sharing ``tmp_path``: (a's server, a client of a, a client of b)."""
+    with (
+        running_server(config(tmp_path, "replica-b")) as (other, _),
+        running_server(config(tmp_path)) as (address, server),
+        Client(address) as here,
+        Client(other) as there,
+    ):
+        yield server, here, there
+
+
+def test_replicas_sharing_a_folder_list_each_others_sessions(two_replicas):
     """Each replica lists the sessions made, advanced (as of their checkpoint) and closed on the other."""
-    with (
-        running_server(config(tmp_path, "replica-b")) as (other, _),
-        running_server(config(tmp_path)) as (address, server),
-        Client(address) as here,
-        Client(other) as there,
-    ):
-        kept, closed = (here.create_session(recurrent_net(), input_shape=(3,)) for _ in range(2))
-        assert [s.id for s in there.list_sessions()] == [kept.id, closed.id]
-        kept.run(inputs()[:4, :1])
-        closed.close()
-        server.sessions.checkpoint_all()
-        [listed] = there.list_sessions()
-        assert (listed.id, listed.timesteps_simulated) == (kept.id, 4)
+    server, here, there = two_replicas
+    kept, closed = (here.create_session(recurrent_net(), input_shape=(3,)) for _ in range(2))
+    assert [s.id for s in there.list_sessions()] == [kept.id, closed.id]
+    kept.run(inputs()[:4, :1])
+    closed.close()
+    server.sessions.checkpoint_all()
+    [listed] = there.list_sessions()
+    assert (listed.id, listed.timesteps_simulated) == (kept.id, 4)
 
 
-def test_listing_leaves_sessions_on_the_replica_that_holds_them(tmp_path):
+def test_listing_leaves_sessions_on_the_replica_that_holds_them(two_replicas, tmp_path):
     """A replica listing the folder never asks another to hand its sessions over."""
-    with (
-        running_server(config(tmp_path, "replica-b")) as (other, _),
-        running_server(config(tmp_path)) as (address, server),
-        Client(address) as here,
-        Client(other) as there,
-    ):
-        s = here.create_session(recurrent_net(), input_shape=(3,))
-        there.list_sessions()
-        server.sessions.tend_leases()
-        assert server.sessions.get(s.id).resident
-        assert not list(tmp_path.glob("*.wanted"))
+    server, here, there = two_replicas
+    s = here.create_session(recurrent_net(), input_shape=(3,))
+    there.list_sessions()
+    server.sessions.tend_leases()
+    assert server.sessions.get(s.id).resident
+    assert not list(tmp_path.glob("*.wanted"))
 
 
 def test_a_new_session_is_checkpointed_as_it_is_made(tmp_path):
