@@ -127,10 +127,12 @@ class CheckpointStore:
         _replace(self._lease(session_id), holder.encode())
         (self.directory / f"{session_id}{_WANTED}").unlink(missing_ok=True)
 
-    def renew_leases(self, session_ids: list[str], holder: str) -> list[str]:
-        """Renew ``holder``'s leases of ``session_ids``; returns the ids whose lease another replica
-        has taken meanwhile (after ours expired), which ``holder`` must let go of unwritten."""
-        lost = []
+    def renew_leases(self, session_ids: list[str], holder: str) -> tuple[list[str], list[str]]:
+        """Renew ``holder``'s leases of ``session_ids``. Returns the ids whose lease another replica
+        has taken meanwhile (after ours expired), which ``holder`` must let go of unwritten, and
+        those with no lease, which ``holder`` takes again for the sessions it still has (one
+        closed meanwhile has none, and must not get it back)."""
+        lost, missing = [], []
         for session_id in session_ids:
             path = self._lease(session_id)
             try:
@@ -139,8 +141,8 @@ class CheckpointStore:
                     continue
                 path.touch()
             except FileNotFoundError:
-                self.take_lease(session_id, holder)
-        return lost
+                missing.append(session_id)
+        return lost, missing
 
     def drop_lease(self, session_id: str, holder: str) -> None:
         """Let go of the session (its checkpoint written): another replica may load it now."""

@@ -75,7 +75,7 @@ class SessionStore(Protocol):
     def holds(self, session_id: str) -> bool: ...
     def lease_holder(self, session_id: str) -> str | None: ...
     def take_lease(self, session_id: str, holder: str) -> None: ...
-    def renew_leases(self, session_ids: list[str], holder: str) -> list[str]: ...
+    def renew_leases(self, session_ids: list[str], holder: str) -> tuple[list[str], list[str]]: ...
     def drop_lease(self, session_id: str, holder: str) -> None: ...
     def want(self, session_id: str) -> None: ...
     def wanted(self) -> set[str]: ...
@@ -580,10 +580,16 @@ class SessionManager:
         and of those another replica took after our lease expired (unwritten: theirs is newer).
         Returns how many sessions were let go of."""
         resident = [s for s in self.list() if s.resident]
-        lost = set(self.store.renew_leases([s.id for s in resident], self.holder))
+        lost, missing = map(set, self.store.renew_leases([s.id for s in resident], self.holder))
         wanted = self.store.wanted()
         released = 0
         for session in resident:
+            if session.id in missing and session.lock.acquire(timeout=0):  # busy: next round
+                try:
+                    if session.resident and session.id in self._sessions:  # not closed meanwhile
+                        self.store.take_lease(session.id, self.holder)
+                finally:
+                    session.lock.release()
             if session.id in lost:
                 with session.lock:
                     session.model = session.state = session.training = None

@@ -143,3 +143,14 @@ def test_a_lease_written_by_several_threads_at_once_never_fails(tmp_path):
     assert failures == []
     assert store.lease_holder("abc123") == "replica-a"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_renewing_a_lease_that_is_gone_reports_it_and_leaves_it_gone(tmp_path):
+    """A lease removed (its session closed) while being renewed isn't written back by the renewal."""
+    store = CheckpointStore(tmp_path)
+    store.take_lease("kept", "replica-a")
+    store.take_lease("closed", "replica-a")
+    store.remove("closed")
+    assert store.renew_leases(["kept", "closed"], "replica-a") == ([], ["closed"])
+    assert store.lease_holder("closed") is None
+    assert store.lease_holder("kept") == "replica-a"

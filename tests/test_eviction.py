@@ -133,6 +133,15 @@ def test_listing_leaves_sessions_on_the_replica_that_holds_them(two_replicas, tm
     assert not list(tmp_path.glob("*.wanted"))
 
 
+def test_a_held_session_whose_lease_file_went_missing_takes_it_again(tmp_path):
+    """The lease renewal restores the lease of a session this replica still holds."""
+    with running_server(config(tmp_path)) as (address, server), Client(address) as c:
+        s = c.create_session(recurrent_net(), input_shape=(3,))
+        (tmp_path / f"{s.id}.lease").unlink()
+        server.sessions.tend_leases()
+        assert (tmp_path / f"{s.id}.lease").read_text() == "replica-a"
+
+
 def test_a_new_session_is_checkpointed_as_it_is_made(tmp_path):
     """With a checkpoint folder, a session is on disk as soon as CreateSession answers: a crash loses nothing."""
     with running_server(config(tmp_path)) as (address, _), Client(address) as c:
