@@ -591,9 +591,13 @@ class SessionManager:
                 finally:
                     session.lock.release()
             if session.id in lost:
-                with session.lock:
+                if not session.lock.acquire(timeout=0):  # busy: dropped next round; renewals never wait
+                    continue
+                try:
                     session.model = session.state = session.training = None
                     session.dirty = False
+                finally:
+                    session.lock.release()
                 log.warning("session %s was taken over by another replica; dropped this copy", session.id)
                 released += 1
             elif session.id in wanted and session.lock.acquire(timeout=0):

@@ -1,6 +1,8 @@
 """Idle sessions leave device memory for their checkpoint and come back, exactly, on their next call;
 sessions in a checkpoint folder are found on demand, also when another replica wrote them."""
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -222,3 +224,18 @@ def test_a_lease_another_replica_took_makes_the_holder_drop_its_copy(tmp_path):
         assert server.sessions.tend_leases() == 1
         assert not server.sessions.get(s.id).resident
         assert server.sessions.checkpoint_all() == 0
+
+
+def test_renewing_leases_never_waits_for_a_busy_session_another_replica_took(tmp_path):
+    """A taken-over session that a call still holds is dropped at a later renewal; this one doesn't wait."""
+    with running_server(config(tmp_path)) as (address, server), Client(address) as c:
+        s = c.create_session(recurrent_net(), input_shape=(3,))
+        held = server.sessions.get(s.id)
+        with held.lock:  # as a long call would
+            server.sessions.store.take_lease(s.id, "replica-b")
+            started = time.monotonic()
+            assert server.sessions.tend_leases() == 0
+            assert time.monotonic() - started < 1.0
+            assert held.resident
+        server.sessions.tend_leases()  # or the server's own lease task got there first
+        assert not held.resident
