@@ -555,13 +555,18 @@ class SessionManager:
     def _release(self, session: Session) -> bool:
         """(Lock held.) Checkpoint a resident session if changed, free it and drop its lease;
         False if it isn't resident or is gone."""
-        if not session.resident or session.id not in self._sessions:
+        if not self._held_here(session):
             return False
         if session.dirty:
             self._write(session)
         session.model = session.state = session.training = None
         self.store.drop_lease(session.id, self.holder)
         return True
+
+    def _held_here(self, session: Session) -> bool:
+        """(Lock held.) In memory here and not closed: a call that waited for the lock may find it
+        evicted, handed over or deleted meanwhile."""
+        return session.resident and session.id in self._sessions
 
     def _write(self, session: Session) -> None:
         """(Lock held.) Write the resident session's checkpoint; it is clean until it changes."""
@@ -572,7 +577,7 @@ class SessionManager:
         """Write a new session's checkpoint, if there is a folder and it is still open and here."""
         if self.store is not None:
             with session.lock:
-                if session.resident and session.id in self._sessions:
+                if self._held_here(session):
                     self._write(session)
 
     def tend_leases(self) -> int:
@@ -586,7 +591,7 @@ class SessionManager:
         for session in resident:
             if session.id in missing and session.lock.acquire(timeout=0):  # busy: next round
                 try:
-                    if session.resident and session.id in self._sessions:  # not closed meanwhile
+                    if self._held_here(session):
                         self.store.take_lease(session.id, self.holder)
                 finally:
                     session.lock.release()
@@ -619,7 +624,7 @@ class SessionManager:
         for session in self.list():
             try:
                 with session.lock:
-                    if session.resident and session.dirty and session.id in self._sessions:
+                    if session.dirty and self._held_here(session):
                         self._write(session)
                         written += 1
             except Exception:  # a full disk: the others still get written
