@@ -103,13 +103,13 @@ class CheckpointStore:
 
     def holds(self, session_id: str) -> bool:
         """Whether the session has a checkpoint, whoever owns it."""
-        return bool(SESSION_ID.fullmatch(session_id)) and any(self.directory.glob(f"{session_id}.*{_SUFFIX}"))
+        return bool(self._paths(session_id, None))
 
     def remove(self, session_id: str) -> None:
         """Delete the session's checkpoint, lease and requests."""
+        for path in self._paths(session_id, None):
+            path.unlink(missing_ok=True)
         if SESSION_ID.fullmatch(session_id):
-            for path in self.directory.glob(f"{session_id}.*{_SUFFIX}"):
-                path.unlink(missing_ok=True)
             for suffix in (_LEASE, _WANTED):
                 (self.directory / f"{session_id}{suffix}").unlink(missing_ok=True)
 
