@@ -101,10 +101,10 @@ class NeuronRunner(Runner):
     def sequence(self, x, state):
         """The whole sequence at once, through the factory's fused ``sequence_fn`` where it has one.
         A single timestep takes the step function: the same numbers, without the fused path's setup."""
-        params = self.factory.neuron_parameters(self)
         if x.shape[0] == 1:
-            s, state = self.factory.step_fn(x[0].flatten(1), state, params)
-            return s.reshape(x.shape), state
+            s, state = self.step(x[0], state)
+            return s.unsqueeze(0), state
+        params = self.factory.neuron_parameters(self)
         if self.factory.sequence_fn is None:
             s, state = F.unroll(self.factory.step_fn, x.flatten(2), state, params)
         else:
