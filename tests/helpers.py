@@ -18,6 +18,16 @@ def recurrent_net(width: int = 6) -> rb.Network:
     return n
 
 
+def recurrent_readout_net(hidden: int, readout: rb.ModuleFactory) -> rb.Network:
+    """A placeholder cycle of Linear(hidden) and LIF on the input, then Linear(10) into ``readout``
+    (a neuron factory): a recurrent spiking network whose state has membranes and a placeholder."""
+    n = rb.Network()
+    n.hidden = rb.Placeholder()
+    n.hidden = n.input.stack(n.hidden).apply(nn.Linear(hidden), snn.LIF())
+    n.output = n.hidden.apply(nn.Linear(10), readout)
+    return n
+
+
 def interlocking_cycles(width: int = 8, out: int = 4) -> rb.Network:
     """Two placeholder cycles that share a layer: feedback comes from a layer after the shared one."""
     n = rb.Network()

@@ -25,8 +25,8 @@ import torch
 import rnnbuilder as rb
 from client import tensors
 from client.__main__ import health
-from rnnbuilder import nn, snn
-from tests.helpers import quiet_snapshot
+from rnnbuilder import snn
+from tests.helpers import quiet_snapshot, recurrent_readout_net
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_SHAPE, B = (16,), 4
@@ -46,12 +46,7 @@ with Client(sys.argv[1]) as c:
 
 
 def network():
-    """A recurrent spiking network: its state has membranes and a placeholder."""
-    n = rb.Network()
-    n.hidden = rb.Placeholder()
-    n.hidden = n.input.stack(n.hidden).apply(nn.Linear(64), snn.LIF())
-    n.output = n.hidden.apply(nn.Linear(10), snn.LIF())
-    return n
+    return recurrent_readout_net(64, snn.LIF())
 
 
 def chunk(i: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from rnnbuilder import nn, snn, spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from server import Limits, ServerConfig
+from tests.helpers import recurrent_readout_net
 from tests.server_fixture import running_server
 
 T, B, IN_SHAPE = 12, 4, (16,)
@@ -30,12 +31,7 @@ UNKNOWN = "sessions/0123456789abcdef"
 
 
 def network():
-    """A recurrent spiking network: its state has membranes and a placeholder."""
-    n = rb.Network()
-    n.hidden = rb.Placeholder()
-    n.hidden = n.input.stack(n.hidden).apply(nn.Linear(24), snn.LIF())
-    n.output = n.hidden.apply(nn.Linear(10), snn.Adaptive())
-    return n
+    return recurrent_readout_net(24, snn.Adaptive())
 
 
 def spiky_input(seed: int = 0, timesteps: int = T, batch: int = B) -> np.ndarray:
