@@ -126,7 +126,15 @@ class Model(torch.nn.Module):
 
         return tree_map(reset, state, initial)
 
-    def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+    def forward(self, x: torch.Tensor, state: State = None, *, h: State = None) -> tuple[torch.Tensor, State]:
+        """``(out, new_state)`` for input ``x`` from ``state`` (``None``: the initial state).
+
+        ``h`` is rnnbuilder 0.1.1's name for ``state``; give one of the two.
+        """
+        if h is not None:
+            if state is not None:
+                raise TypeError("give the state once: as state (or positionally), or as h, not both")
+            state = h
         full = self.full_state and self.input_mode == "sequence"
         out, state = self._run(x, state, full)
         return self._from_sequence(out), state

@@ -10,6 +10,8 @@ runs over the whole sequence at once.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import operator
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,22 +26,31 @@ from .errors import GraphError, ShapeError
 
 InitialValue = Callable[[tuple[int, ...]], torch.Tensor]
 
+_DEFINITIONS = itertools.count()
+"""Stamps nodes in the order they are defined: networks build their layers in that order."""
+
 
 class Node:
     """A value in a ``Network``: its input, a layer's output, a placeholder or a combination."""
 
     kind: str = "node"
 
+    def __new__(cls, *args, **kwargs):
+        node = super().__new__(cls)
+        node._defined = next(_DEFINITIONS)
+        return node
+
     def inputs(self) -> list[Node]:
         """The nodes this one reads at the same timestep."""
         return []
 
-    def apply(self, *factories: ModuleFactory) -> Layer:
-        """A new layer that applies ``factories`` in order to this node's output."""
-        return Layer(self, list(factories))
+    def apply(self, *factories: ModuleFactory, placeholder: Placeholder | None = None) -> Layer:
+        """A new layer that applies ``factories`` (or one iterable of them) in order to this node's
+        output; ``placeholder``, if given, will hold the new layer's previous output."""
+        return Layer(self, _factory_list(factories, "apply"), placeholder=placeholder)
 
     def stack(self, *nodes: Node) -> Stack:
-        """This node's output concatenated with ``nodes``' along the first data dim."""
+        """This node's output concatenated with ``nodes``' (see ``Stack`` for how shapes combine)."""
         return Stack(self, *nodes)
 
     def sum(self, *nodes: Node) -> Sum:
@@ -51,15 +62,20 @@ class Node:
         return List(self, *nodes)
 
 
-class Input(Node):
+class LayerBase(Node):
+    """A node that holds one value: the network's input, a layer's output or a placeholder."""
+
+
+class Input(LayerBase):
     """The input of a ``Network`` (``n.input``)."""
 
     kind = "input"
 
 
-class Layer(Node):
+class Layer(LayerBase):
     """The output of ``factories`` applied in order to ``input``.
 
+    ``factory_or_factories`` is a factory or an iterable of factories (a list, a generator).
     ``placeholder``, if given, is assigned this layer: it will hold this layer's previous output.
     """
 
@@ -67,14 +83,9 @@ class Layer(Node):
 
     def __init__(self, input: Node, factory_or_factories, placeholder: Placeholder | None = None):
         _check_node(input, "Layer input")
-        factories = (
-            list(factory_or_factories) if isinstance(factory_or_factories, (list, tuple)) else [factory_or_factories]
-        )
+        factories = _factory_list((factory_or_factories,), "Layer")
         if not factories:
             raise GraphError("a Layer needs at least one factory, e.g. n.input.apply(nn.Linear(10))")
-        for f in factories:
-            if not isinstance(f, ModuleFactory):
-                raise GraphError(f"Layer takes factories such as nn.Linear(10), got {f!r}")
         self.input = input
         self.factories = factories
         if placeholder is not None:
@@ -93,7 +104,7 @@ class Layer(Node):
         return f"Layer({', '.join(map(repr, self.factories))})"
 
 
-class Placeholder(Node):
+class Placeholder(LayerBase):
     """The previous timestep's output of the layer assigned to it.
 
     ``initial_value(shape)`` gives its value before the first timestep for ``shape`` = (batch,
@@ -126,7 +137,9 @@ class Placeholder(Node):
         return f"Placeholder({self.hint or ''})"
 
 
-class _Combine(Node):
+class InputBase(Node):
+    """A combination of nodes that a layer reads as its input: ``Stack``, ``Sum`` or ``List``."""
+
     def __init__(self, *nodes: Node):
         if not nodes:
             raise GraphError(f"{type(self).__name__} needs at least one input")
@@ -138,26 +151,32 @@ class _Combine(Node):
         return list(self.nodes)
 
 
-class Stack(_Combine):
-    """Inputs concatenated along the first data dim; the other dims must be equal."""
+class Stack(InputBase):
+    """Inputs concatenated along the first data dim where their other dims are equal, else flattened.
+
+    Shapes with fewer dims count as having leading 1s: (8, 6) stacked with (64, 8, 6) gives
+    (65, 8, 6). Where the dims after the first differ, every input is flattened and the results
+    are concatenated: (64, 8, 6) stacked with (512,) gives (3584,). Both give the same values in
+    the same order as flattening first, as rnnbuilder 0.1.1 does.
+    """
 
     kind = "stack"
 
 
-class Sum(_Combine):
+class Sum(InputBase):
     """The elementwise sum of inputs of equal shape."""
 
     kind = "sum"
 
 
-class List(_Combine):
+class List(InputBase):
     """The inputs as a list, for modules that take several inputs (see ``custom``)."""
 
     kind = "list"
 
 
 class Sequential(ModuleFactory):
-    """Factories applied one after another.
+    """Factories applied one after another, given as arguments or as one iterable.
 
     >>> from rnnbuilder import nn, snn
     >>> model = Sequential(nn.Linear(8), snn.LIF(), nn.Linear(2)).make_model((4,))
@@ -166,12 +185,10 @@ class Sequential(ModuleFactory):
     """
 
     def __init__(self, *factories: ModuleFactory):
-        for f in factories:
-            if not isinstance(f, ModuleFactory):
-                raise GraphError(f"Sequential takes factories such as nn.Linear(10), got {f!r}")
+        factories = _factory_list(factories, "Sequential")
         if not factories:
             raise GraphError("Sequential needs at least one factory")
-        self.factories = list(factories)
+        self.factories = factories
 
     def _build(self, in_shape):
         runners = []
@@ -248,8 +265,25 @@ class Network(ModuleFactory):
     def _build(self, in_shape):
         return NetworkRunner(in_shape, compile_network(self, in_shape))
 
+    def _fixed_out_shape(self):
+        if "output" not in self._names:
+            return None
+        order = definition_order(self)
+        shape = _infer_shapes(order, _names(self, order), self.input, None)[self._names["output"]]
+        return None if isinstance(shape, list) else shape
+
     def __repr__(self):
         return f"Network({', '.join(self._names)})"
+
+
+def _factory_list(items: tuple, owner: str) -> list[ModuleFactory]:
+    """``items`` as a list of factories: factories, or one iterable of them (a list, a generator)."""
+    if len(items) == 1 and isinstance(items[0], Iterable) and not isinstance(items[0], (ModuleFactory, str, bytes)):
+        items = tuple(items[0])
+    for f in items:
+        if not isinstance(f, ModuleFactory):
+            raise GraphError(f"{owner} takes factories such as nn.Linear(10), got {f!r}")
+    return list(items)
 
 
 def _check_node(node, what: str, cls: type = Node) -> None:
@@ -268,6 +302,8 @@ class NodeInfo:
     shape: Shape
     layer: int | None = None
     initial_value: InitialValue | None = None
+    parts: list[Shape] | None = None
+    """For a stack whose inputs aren't concatenated as they are: the shape each is viewed as first."""
 
 
 @dataclass
@@ -299,11 +335,18 @@ def compile_network(net: Network, in_shape: Shape) -> CompiledNetwork:
         if isinstance(node, Input) and node is not net.input:
             raise GraphError("a layer reads the input of another Network; use this network's n.input")
     shapes = _infer_shapes(order, names, net.input, in_shape)
+    unknown = [names[node] for node in order if shapes[node] is None and isinstance(node, Placeholder)]
+    if unknown:
+        raise GraphError(
+            f"cannot infer the shape of placeholder(s) {', '.join(map(repr, unknown))}: their layer's size depends "
+            f"on their own; start the cycle with a layer of fixed output size, such as nn.Linear(n)"
+        )
     output = net._names["output"]
     if isinstance(shapes[output], list):
         raise GraphError("the output layer must give a tensor, not a list; apply a module to the list first")
+    # In definition order, so that seeded construction draws the same parameters as rnnbuilder 0.1.1.
     runners = {}
-    for node in order:
+    for node in sorted(order, key=_definition):
         if isinstance(node, Layer):
             runners[names[node]] = node.factory._build(shapes[node.input])
     infos = [
@@ -315,6 +358,7 @@ def compile_network(net: Network, in_shape: Shape) -> CompiledNetwork:
             shape=shapes[node],
             layer=index[node.layer] if isinstance(node, Placeholder) else None,
             initial_value=node.initial_value if isinstance(node, Placeholder) else None,
+            parts=_stack_layout([shapes[d] for d in node.inputs()])[1] if isinstance(node, Stack) else None,
         )
         for i, node in enumerate(order)
     ]
@@ -356,6 +400,16 @@ def _topological(net: Network) -> list[Node]:
     return order
 
 
+def definition_order(net: Network) -> list[Node]:
+    """The network's nodes in the order they were made. Each comes after the nodes it reads at the
+    same timestep (they had to exist first), so it is also a topological order."""
+    return sorted(_topological(net), key=_definition)
+
+
+def _definition(node: Node) -> int:
+    return node._defined
+
+
 def _names(net: Network, order: list[Node]) -> dict[Node, str]:
     names: dict[Node, str] = {net.input: "input"}
     # A name that first held a placeholder this node fills is the placeholder's; prefer another.
@@ -380,8 +434,11 @@ def _names(net: Network, order: list[Node]) -> dict[Node, str]:
     return names
 
 
-def _infer_shapes(order: list[Node], names: dict[Node, str], input: Input, in_shape: Shape) -> dict[Node, Shape]:
-    """Shapes by fixed-point iteration: placeholders start unknown (None) until their layer's is known."""
+def _infer_shapes(
+    order: list[Node], names: dict[Node, str], input: Input, in_shape: Shape | None
+) -> dict[Node, Shape | None]:
+    """Shapes by fixed-point iteration: placeholders start unknown (None) until their layer's is known.
+    With ``in_shape`` None, what is known comes from layers of fixed output size only."""
     shapes: dict[Node, Shape | None] = {node: None for node in order}
     shapes[input] = in_shape
     for _ in range(len(order) + 2):
@@ -392,12 +449,6 @@ def _infer_shapes(order: list[Node], names: dict[Node, str], input: Input, in_sh
                 shapes[node], changed = shape, True
         if not changed:
             break
-    unknown = [names[node] for node in order if shapes[node] is None and isinstance(node, Placeholder)]
-    if unknown:
-        raise GraphError(
-            f"cannot infer the shape of placeholder(s) {', '.join(map(repr, unknown))}: their layer's size depends "
-            f"on their own; start the cycle with a layer of fixed output size, such as nn.Linear(n)"
-        )
     return shapes
 
 
@@ -428,12 +479,22 @@ def _node_shape(node: Node, shapes: dict, names: dict) -> Shape | list | None:
     if len(known) < len(parts):
         return None
     for name, shape in known:
-        if len(shape) != len(known[0][1]) or shape[1:] != known[0][1][1:] or isinstance(shape, list):
-            raise ShapeError(
-                f"stack {names[node]!r}: shapes must match beyond the first dim: {known[0][0]!r} gives "
-                f"{known[0][1]}, {name!r} gives {shape}"
-            )
-    return (sum(shape[0] for _, shape in known), *known[0][1][1:])
+        if isinstance(shape, list):
+            raise ShapeError(f"stack {names[node]!r}: {name!r} gives a list; a stack takes tensors")
+    return _stack_layout(parts)[0]
+
+
+def _stack_layout(shapes: list[Shape]) -> tuple[Shape, list[Shape] | None]:
+    """A stack's output shape, and the shape each input is viewed as before concatenating along the
+    first data dim (None: as it is). Fewer dims count as leading 1s; where the dims after the first
+    still differ, every input is flattened (as rnnbuilder 0.1.1 stacks)."""
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    if all(p[1:] == padded[0][1:] for p in padded):
+        out = (sum(p[0] for p in padded), *padded[0][1:])
+        return out, None if all(len(s) == rank for s in shapes) else padded
+    flat = [(math.prod(s),) for s in shapes]
+    return (sum(f[0] for f in flat),), flat
 
 
 def _plan(nodes: list[NodeInfo]) -> list[list[int]]:
@@ -550,7 +611,7 @@ class NetworkRunner(Runner):
                 values[info.index] = torch.cat([previous.unsqueeze(0), layer_out[:-1]])
                 placeholders[info.name] = layer_out if full else layer_out[-1]
             elif info.kind != "input":
-                values[info.index] = _combine(info.kind, [values[i] for i in info.inputs], data_dim=2)
+                values[info.index] = _combine(info, [values[i] for i in info.inputs], data_dim=2)
         return values[self.output], {"layers": layers, "placeholders": placeholders}
 
     def _run_cycle(self, block: list[int], values: list, layers: dict, placeholders: dict, full: bool) -> None:
@@ -574,7 +635,7 @@ class NetworkRunner(Runner):
                 elif info.kind == "placeholder":
                     now[i] = placeholders[info.name]
                 else:
-                    now[i] = _combine(info.kind, inputs, data_dim=1)
+                    now[i] = _combine(info, inputs, data_dim=1)
             for i, steps_out in outputs.items():
                 steps_out.append(now[i])
             for info in fed:
@@ -602,10 +663,13 @@ def _read_later(nodes: list[NodeInfo], plan: list[list[int]], output: int) -> se
     return read
 
 
-def _combine(kind: str, inputs: list, data_dim: int):
-    if kind == "stack":
+def _combine(info: NodeInfo, inputs: list, data_dim: int):
+    """The value of a stack, sum or list node from its inputs' values, data dims from ``data_dim``."""
+    if info.kind == "stack":
+        if info.parts is not None:
+            inputs = [t.reshape(*t.shape[:data_dim], *part) for t, part in zip(inputs, info.parts)]
         return torch.cat(inputs, dim=data_dim)
-    if kind == "sum":
+    if info.kind == "sum":
         return functools.reduce(operator.add, inputs)
     return list(inputs)
 

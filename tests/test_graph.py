@@ -257,13 +257,17 @@ def test_sum_of_different_shapes_is_rejected():
         n.make_model((2,))
 
 
-def test_stack_of_mismatched_images_is_rejected():
-    """Stacking (1, 4, 4) with (1, 2, 2) fails with both shapes in the message."""
+def test_stack_of_mismatched_images_is_flattened():
+    """Stacking (1, 4, 4) with (1, 2, 2) flattens both: (20,), the first's 16 values then the second's 4."""
     n = rb.Network()
     n.small = n.input.apply(nn.MaxPool2d(2))
     n.output = n.input.stack(n.small)
-    with pytest.raises(rb.ShapeError, match=r"beyond the first dim.*\(1, 2, 2\)"):
-        n.make_model((1, 4, 4))
+    model = n.make_model((1, 4, 4))
+    x = torch.rand(3, 2, 1, 4, 4)
+    out, _ = model(x)
+    small = torch.nn.functional.max_pool2d(x.flatten(0, 1), 2).reshape(3, 2, 4)
+    assert model.out_shape == (20,)
+    assert torch.equal(out, torch.cat([x.flatten(2), small], dim=2))
 
 
 def test_layer_shape_error_names_the_layer():
