@@ -17,7 +17,7 @@ and take and return their state explicitly: ``out, state = model(x, state)``.
 >>> more, state = model(torch.rand(50, 32, 64), state)
 """
 
-from . import custom, initial, nn, rnn, snn, spec
+from . import base, custom, initial, nn, porting, rnn, snn, spec
 from ._factory import INPUT_MODES, Model, ModuleFactory
 from ._graph import Input, Layer, List, Network, Node, Placeholder, Sequential, Stack, Sum
 from ._tree import last_state, named_leaves, replace_leaves
@@ -48,8 +48,10 @@ __all__ = [
     "nn",
     "rnn",
     "snn",
+    "base",
     "custom",
     "initial",
     "spec",
+    "porting",
     "__version__",
 ]

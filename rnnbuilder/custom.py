@@ -1,7 +1,8 @@
 """Custom modules: bring your own ``torch.nn.Module`` and get a factory for it.
 
 Recurrent modules subclass ``CustomModule``; ``register_recurrent`` turns the class into a
-factory class. Stateless modules only need ``register_non_recurrent``.
+factory class. Stateless modules only need ``register_non_recurrent``. A factory takes the
+arguments of the module's constructor, positional and keyword, and passes them on as given.
 
 >>> import torch
 >>> class Hadamard(torch.nn.Module):          # a two-element list input -> its elementwise product
@@ -19,15 +20,20 @@ from __future__ import annotations
 
 import abc
 import inspect
+import itertools
 
 import torch
 
 from ._factory import ModuleFactory
-from ._runner import Runner, StatelessRunner, flat_shape, map_input
-from ._tree import last_state, tree_map
+from ._runner import Runner, StatelessRunner, _time_batch, flat_shape, map_input
+from ._tree import tree_leaves, tree_map
+from .errors import ShapeError
 from .nn import infer_out_shape
 
 __all__ = ["CustomModule", "CustomFactory", "register_recurrent", "register_non_recurrent"]
+
+_DEVICE_MARKER = "_rnnbuilder_device"
+_UNNAMED = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL)
 
 
 class CustomModule(torch.nn.Module, abc.ABC):
@@ -35,12 +41,33 @@ class CustomModule(torch.nn.Module, abc.ABC):
 
     Shapes: with ``single_step=True`` the input is (batch, *in_shape), otherwise (time, batch,
     *in_shape); list inputs are lists of such tensors. The output has ``get_out_shape(in_shape)``
-    as its data shape.
+    as its data shape. ``new_state`` is shaped like ``get_initial_state``'s, unless the library has
+    set ``self._full_state`` (see ``register_recurrent``). ``self.device`` is where the model lives.
     """
+
+    _full_state: bool = False
+    """Set by the library before each call of a sequence module registered with
+    ``unroll_full_state=False``: True when it must return the state after every timestep, stacked
+    along a leading time dim; False when it returns the final state."""
+
+    def __init__(self):
+        super().__init__()
+        # Moves with the model (.to(), .cuda()), so ``device`` is right even without parameters.
+        self.register_buffer(_DEVICE_MARKER, torch.empty(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model this module is part of; create states there in ``get_initial_state``."""
+        marker = self._buffers.get(_DEVICE_MARKER)
+        if marker is not None:
+            return marker.device
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     @abc.abstractmethod
     def get_out_shape(self, in_shape):
-        """The output data shape for ``in_shape`` (no time or batch dims)."""
+        """The output data shape for ``in_shape`` (no time or batch dims), or None to infer it by a trial run."""
 
     @abc.abstractmethod
     def forward(self, input, state):
@@ -50,29 +77,53 @@ class CustomModule(torch.nn.Module, abc.ABC):
         """Called once with the input data shape, before anything else; create parameters here."""
 
     def get_initial_state(self, batch_size: int):
-        """The state before the first timestep: a tensor, or a tuple/list/dict of tensors."""
+        """The state before the first timestep: a tensor, or a tuple/list/dict of tensors, batch first."""
         return ()
 
     def get_initial_output(self, full_shape: tuple[int, ...]) -> torch.Tensor:
         """What a placeholder fed by this module holds before the first timestep; ``full_shape`` = (batch, *out)."""
-        return torch.zeros(full_shape)
+        return torch.zeros(full_shape, device=self.device)
 
 
 class CustomFactory(ModuleFactory):
-    """Base of the factory classes ``register_*`` return. Arguments go to the module's constructor."""
+    """Base of the factory classes ``register_*`` return. Arguments go to the module's constructor as given.
+
+    ``args`` and ``kwargs`` are the arguments as given; ``arguments`` are those that have a name
+    (named parameters, however they were passed, and extra keywords a ``**kwargs`` takes), which is
+    how descriptions (``rnnbuilder.spec``) carry them.
+    """
 
     module_class: type[torch.nn.Module]
     flatten_input: bool
 
     def __init__(self, *args, **kwargs):
         try:
-            bound = inspect.signature(self.module_class).bind(*args, **kwargs)
+            bound = self._constructor_signature().bind(*args, **kwargs)
         except TypeError as e:
             raise TypeError(f"{type(self).__name__}: {e}") from None
-        self.arguments = dict(bound.arguments)
+        self.args, self.kwargs = args, kwargs
+        self._canonical = (bound.args, bound.kwargs)
+        parameters = self._constructor_signature().parameters
+        self.arguments: dict = {}
+        self._unnamed: dict = {}  # parameter name -> what was passed to it that no name can carry
+        for name, value in bound.arguments.items():
+            kind = parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                self.arguments.update(value)
+            elif kind in _UNNAMED:
+                self._unnamed[name] = value
+            else:
+                self.arguments[name] = value
+
+    @classmethod
+    def _constructor_signature(cls) -> inspect.Signature:
+        """The signature of ``module_class(...)``; ``torch.nn.Module``'s own constructor takes nothing."""
+        if cls.module_class.__init__ is torch.nn.Module.__init__:
+            return inspect.Signature()
+        return inspect.signature(cls.module_class)
 
     def _make_module(self, in_shape):
-        module = self.module_class(**self.arguments)
+        module = self.module_class(*self.args, **self.kwargs)
         if hasattr(module, "enter_in_shape"):
             module.enter_in_shape(in_shape)
         return module
@@ -81,11 +132,15 @@ class CustomFactory(ModuleFactory):
         return flat_shape(in_shape) if self.flatten_input else in_shape
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
-        return f"{type(self).__name__}({args})"
+        if self._unnamed:
+            args, kwargs = self._canonical
+            shown = [repr(v) for v in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+        else:
+            shown = [f"{k}={v!r}" for k, v in self.arguments.items()]
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def __eq__(self, other):
-        return type(self) is type(other) and self.arguments == other.arguments
+        return type(self) is type(other) and self._canonical == other._canonical
 
     __hash__ = None
 
@@ -96,10 +151,32 @@ def register_recurrent(
     """A factory class for the recurrent ``module_class`` (a ``CustomModule``).
 
     ``flatten_input``: the module sees (batch, n) instead of (batch, *in_shape).
-    ``single_step``: the module takes one timestep at a time; otherwise whole (time, batch, ...) sequences.
+    ``single_step``: the module takes one timestep at a time; otherwise whole (time, batch, ...)
+    sequences, and it returns its final state (as torch's LSTM does).
     ``unroll_full_state`` (sequence modules only): when the state of every timestep is needed (with
-    ``full_state=True``, or inside a placeholder cycle), feed the module length-1 sequences; if
-    False, the module's returned state always holds every timestep along a leading time dim.
+    ``full_state=True``, or when recording), feed the module one timestep at a time. If False, the
+    module is given the whole sequence and must check ``self._full_state``: when the library set it
+    to True, it returns the state after every timestep, stacked along a leading time dim. A returned
+    state of the wrong shape raises ``ShapeError``. Inside a placeholder cycle a sequence module
+    gets one-timestep sequences with ``_full_state`` False.
+
+    >>> import torch
+    >>> class Cumsum(CustomModule):
+    ...     def enter_in_shape(self, in_shape):
+    ...         self.n = in_shape[0]
+    ...     def get_out_shape(self, in_shape):
+    ...         return in_shape
+    ...     def get_initial_state(self, batch_size):
+    ...         return torch.zeros(batch_size, self.n, device=self.device)
+    ...     def forward(self, x, state):                  # x: (time, batch, n)
+    ...         y = state + x.cumsum(0)
+    ...         return y, (y if self._full_state else y[-1])
+    >>> CumsumFactory = register_recurrent(Cumsum, flatten_input=False, single_step=False, unroll_full_state=False)
+    >>> model = CumsumFactory().make_model((2,))
+    >>> model(torch.ones(3, 1, 2))[1].tolist()          # the final state
+    [[3.0, 3.0]]
+    >>> tuple(model.configure(full_state=True)(torch.ones(3, 1, 2))[1].shape)    # every step's state
+    (3, 1, 2)
     """
     if not (isinstance(module_class, type) and issubclass(module_class, CustomModule)):
         raise TypeError(f"register_recurrent takes a CustomModule subclass, got {module_class!r}")
@@ -121,8 +198,8 @@ def register_non_recurrent(
     Its ``forward(x)`` gets (batch, *in_shape), with time merged into batch, or a list of such
     tensors for a list input. ``flatten_input``: it sees (batch, n) instead. ``shape_change``: the
     output shape differs from the input's; it comes from the module's ``get_out_shape(in_shape)`` if
-    it has one, else from a trial run on an empty meta-device batch. Without a shape change, a
-    list input's module gives the shape of the list's first element.
+    it has one that doesn't return None, else from a trial run on an empty meta-device batch.
+    Without a shape change, a list input's module gives the shape of the list's first element.
     """
     if not (isinstance(module_class, type) and issubclass(module_class, torch.nn.Module)):
         raise TypeError(f"register_non_recurrent takes a torch.nn.Module subclass, got {module_class!r}")
@@ -132,10 +209,9 @@ def register_non_recurrent(
         module = self._make_module(seen)
         if not self.shape_change:
             out_shape = seen[0] if isinstance(seen, list) else seen
-        elif hasattr(module, "get_out_shape"):
-            out_shape = tuple(module.get_out_shape(seen))
         else:
-            out_shape = infer_out_shape(self, self._make_module, seen)
+            out_shape = module.get_out_shape(seen) if hasattr(module, "get_out_shape") else None
+            out_shape = infer_out_shape(self, self._make_module, seen) if out_shape is None else tuple(out_shape)
         return StatelessRunner(in_shape, out_shape, module, self.flatten_input)
 
     attrs = {
@@ -148,12 +224,19 @@ def register_non_recurrent(
 
 
 class RecurrentModuleRunner(Runner):
-    """Runs a ``CustomModule`` by steps or whole sequences, as its registration says."""
+    """Runs a ``CustomModule`` by steps or whole sequences, as its registration says.
+
+    It sets the module's ``_full_state`` before every call, and checks the state it returns.
+    """
 
     def __init__(self, in_shape, factory: CustomFactory):
         seen = factory._seen_shape(in_shape)
         module = factory._make_module(seen)
-        super().__init__(in_shape, tuple(module.get_out_shape(seen)))
+        module._full_state = False
+        out_shape = module.get_out_shape(seen)
+        if out_shape is None:
+            out_shape = _trial_out_shape(factory, seen)
+        super().__init__(in_shape, tuple(out_shape))
         self.module = module
         self.flatten_input = factory.flatten_input
         self.single_step = factory.single_step
@@ -168,20 +251,86 @@ class RecurrentModuleRunner(Runner):
     def _flat(self, x, lead: int):
         return map_input(lambda t: t.flatten(lead), x) if self.flatten_input else x
 
+    def _call(self, x, state, full_state: bool):
+        """The module on ``x``, with ``_full_state`` set as asked; its state checked against ``state``'s shapes."""
+        module = self.module
+        module._full_state = full_state
+        try:
+            y, new_state = module(x, state)
+        finally:
+            module._full_state = False
+        _check_state(module, new_state, state, _time_batch(x)[0] if full_state else None, self.single_step)
+        return y, new_state
+
     def step(self, x, state):
         x = self._flat(x, 1)
         if self.single_step:
-            return self.module(x, state)
-        y, state = self.module(map_input(lambda t: t.unsqueeze(0), x), state)
-        return y[0], (state if self.unroll_full_state else last_state(state))
+            return self._call(x, state, False)
+        y, state = self._call(map_input(lambda t: t.unsqueeze(0), x), state, False)  # a one-step sequence
+        return y[0], state
 
     def sequence(self, x, state):
         if self.single_step:
             return super().sequence(x, state)
-        y, state = self.module(self._flat(x, 2), state)
-        return y, (state if self.unroll_full_state else last_state(state))
+        return self._call(self._flat(x, 2), state, False)
 
     def sequence_full(self, x, state):
         if self.single_step or self.unroll_full_state:
             return super().sequence_full(x, state)
-        return self.module(self._flat(x, 2), state)
+        return self._call(self._flat(x, 2), state, True)
+
+
+def _check_state(module: torch.nn.Module, returned, given, time: int | None, single_step: bool) -> None:
+    """Raise ``ShapeError`` unless ``returned`` has ``given``'s leaf shapes, with a leading ``time`` dim if given."""
+    lead = () if time is None else (time,)
+    want = [(*lead, *t.shape) for t in tree_leaves(given)]
+    try:
+        got = [tuple(t.shape) for t in tree_leaves(returned)]
+    except TypeError as e:
+        got = f"a state that isn't a tree of tensors ({e})"
+    if got == want:
+        return
+    name = type(module).__name__
+    if single_step:
+        rule = "a single_step module must return the new state (batch, ...), shaped like get_initial_state's"
+    elif time is None:
+        rule = (
+            "with _full_state=False it must return the final state (batch, ...), shaped like "
+            "get_initial_state's, not one per timestep"
+        )
+    else:
+        rule = (
+            "with _full_state=True it must return the state after every timestep, stacked along a "
+            f"leading time dim: (time={time}, batch, ...)"
+        )
+    raise ShapeError(f"{name} returned a state with leaf shapes {got}; {rule}: expected {want}")
+
+
+def _trial_out_shape(factory: CustomFactory, seen) -> tuple[int, ...]:
+    """The output shape of a fresh module run once on one timestep of batch 1, from its own
+    initial state: on the meta device if it can, else for real, the random number generator untouched."""
+
+    def run():
+        module = factory._make_module(seen)
+        module._full_state = False
+        lead = (1,) if factory.single_step else (1, 1)
+        x = [torch.zeros(*lead, *s) for s in seen] if isinstance(seen, list) else torch.zeros(*lead, *seen)
+        y, _ = module(x, module.get_initial_state(1))
+        return tuple(y.shape[len(lead) :])
+
+    try:
+        with torch.device("meta"):
+            return run()
+    except ShapeError:
+        raise
+    except Exception:
+        pass  # some modules can't run on the meta device
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return run()
+    except ShapeError:
+        raise
+    except Exception as e:
+        raise ShapeError(
+            f"{factory!r}: get_out_shape returned None and a trial run on input of shape {seen} failed: {e}"
+        ) from e

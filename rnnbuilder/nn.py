@@ -1,18 +1,37 @@
 """Stateless layers mirroring ``torch.nn``, without input sizes (they are inferred).
 
 Shapes are data shapes without time and batch. ``Linear`` flattens its input first, so it follows
-convolutions directly. Dims of ``Softmax``/``LogSoftmax``/``Unflatten`` count data dims from 0.
+convolutions directly. Dims of ``Softmax``/``LogSoftmax``/``Flatten``/``Unflatten`` count data dims
+from 0 (torch's ``Flatten()`` default ``start_dim=1``, after the batch dim, is ``start_dim=0`` here).
+
+Every factory takes the arguments of the ``torch.nn`` module it wraps, with the same names, defaults
+and positional order, less the sizes inferred from the input (``in_features``, ``in_channels``,
+``num_features``, ``normalized_shape``, ``num_channels``), less torch's deprecated spellings
+(``Hardtanh``'s ``min_value``/``max_value``) and less ``device``/``dtype``: a model is built on the
+default device and dtype and moved with ``model.to(...)``. Where rnnbuilder 0.1.1 had the factory,
+its positional order is kept (it is torch's). String arguments (``padding``, ``padding_mode``,
+``mode``, ``approximate``) and ``Upsample``'s ``size``/``scale_factor``/``align_corners`` are checked
+at construction: a ``ValueError`` lists the valid values. ``return_indices=True`` is refused: the
+module would return (values, indices), and a layer passes on one tensor.
+
+``inplace=True`` works as in torch: the layer overwrites its input tensor. Right after a layer that
+nothing else reads (``Linear(8), ReLU(inplace=True)`` in one ``Sequential`` or layer) that saves
+memory. On the network's own input it overwrites the caller's tensor, as a torch module would; and
+whatever else reads the same node (another layer, a placeholder holding it, the network's output,
+a recording) may see the overwritten values.
 
 >>> import torch
 >>> from rnnbuilder import Sequential
 >>> model = Sequential(Conv2d(4, 3, padding=1), ReLU(), MaxPool2d(2), Linear(10)).make_model((1, 8, 8))
 >>> tuple(model(torch.zeros(5, 2, 1, 8, 8))[0].shape)
 (5, 2, 10)
+>>> Conv2d(4, 3, padding="same", padding_mode="circular").out_shape((1, 8, 8))
+(4, 8, 8)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
@@ -60,8 +79,17 @@ __all__ = [
     "Identity",
 ]
 
+IntOrSingle = int | tuple[int]
 IntOrPair = int | tuple[int, int]
-IntOrTriple = int | tuple[int, int, int]
+IntOrTuple = int | tuple[int, ...]
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+"""The ``padding_mode`` values of convolutions, as in torch."""
+PADDING_STRINGS = ("valid", "same")
+"""The strings a convolution's ``padding`` may be, as in torch."""
+UPSAMPLE_MODES = ("nearest", "linear", "bilinear", "bicubic", "trilinear", "area", "nearest-exact")
+"""The ``mode`` values of ``Upsample``, as in torch."""
+_ALIGNING_MODES = ("linear", "bilinear", "bicubic", "trilinear")
 
 
 class StatelessFactory(ModuleFactory):
@@ -107,11 +135,28 @@ def _channels(owner, in_shape, rank: int) -> int:
     return in_shape[0]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive_ints(owner, **values):
     for name, value in values.items():
         items = value if isinstance(value, tuple) else (value,)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+        if not all(_is_int(v) and v > 0 for v in items):
             raise ValueError(f"{type(owner).__name__}.{name} must be a positive int, got {value!r}")
+
+
+def _one_of(owner, name: str, value, valid: tuple[str, ...]) -> None:
+    if not (isinstance(value, str) and value in valid):
+        raise ValueError(f"{type(owner).__name__}.{name} must be one of {', '.join(map(repr, valid))}, got {value!r}")
+
+
+def _no_indices(owner) -> None:
+    if owner.return_indices:
+        raise ValueError(
+            f"{type(owner).__name__}.return_indices=True is not supported: the module would return "
+            "(values, indices), and a layer passes on a single tensor"
+        )
 
 
 @dataclass(frozen=True)
@@ -159,25 +204,36 @@ class _Bilinear(torch.nn.Bilinear):
 @dataclass(frozen=True)
 class _Conv(StatelessFactory):
     out_channels: int
-    kernel_size: int | tuple[int, ...]
-    stride: int | tuple[int, ...] = 1
-    padding: int | tuple[int, ...] = 0
-    dilation: int | tuple[int, ...] = 1
+    kernel_size: IntOrTuple
+    stride: IntOrTuple = 1
+    padding: IntOrTuple | str = 0
+    dilation: IntOrTuple = 1
     groups: int = 1
     bias: bool = True
+    padding_mode: str = "zeros"
     rank: ClassVar[int]
 
     def __post_init__(self):
-        _positive_ints(self, out_channels=self.out_channels, kernel_size=self.kernel_size, groups=self.groups)
+        _check_conv(self)
 
     def _module(self, in_shape):
         args = {f.name: getattr(self, f.name) for f in fields(self)}
         return self.torch_class(_channels(self, in_shape, self.rank), **args)
 
 
+def _check_conv(conv) -> None:
+    _positive_ints(conv, out_channels=conv.out_channels, kernel_size=conv.kernel_size, groups=conv.groups)
+    _one_of(conv, "padding_mode", conv.padding_mode, PADDING_MODES)
+    if isinstance(conv.padding, str):
+        _one_of(conv, "padding", conv.padding, PADDING_STRINGS)
+        strides = conv.stride if isinstance(conv.stride, tuple) else (conv.stride,)
+        if conv.padding == "same" and any(s != 1 for s in strides):
+            raise ValueError(f"{type(conv).__name__}.padding='same' needs stride 1, got stride={conv.stride!r}")
+
+
 @dataclass(frozen=True)
 class Conv1d(_Conv):
-    """1-D convolution: (channels, length) -> (out_channels, length')."""
+    """1-D convolution: (channels, length) -> (out_channels, length'); arguments as ``Conv2d``."""
 
     torch_class: ClassVar = torch.nn.Conv1d
     rank: ClassVar[int] = 1
@@ -185,7 +241,15 @@ class Conv1d(_Conv):
 
 @dataclass(frozen=True)
 class Conv2d(_Conv):
-    """2-D convolution: (channels, height, width) -> (out_channels, height', width')."""
+    """2-D convolution: (channels, height, width) -> (out_channels, height', width').
+
+    ``padding`` is ints, or ``'valid'`` or ``'same'`` (stride 1 only); ``padding_mode`` is one of
+    ``PADDING_MODES``: 'zeros', 'reflect', 'replicate', 'circular'.
+
+    >>> model = Conv2d(4, 3, padding=1, padding_mode="circular").make_model((2, 5, 5))
+    >>> model.out_shape
+    (4, 5, 5)
+    """
 
     torch_class: ClassVar = torch.nn.Conv2d
     rank: ClassVar[int] = 2
@@ -193,23 +257,54 @@ class Conv2d(_Conv):
 
 @dataclass(frozen=True)
 class Conv3d(_Conv):
-    """3-D convolution: (channels, depth, height, width) -> (out_channels, d', h', w')."""
+    """3-D convolution: (channels, depth, height, width) -> (out_channels, d', h', w'); arguments as ``Conv2d``."""
 
     torch_class: ClassVar = torch.nn.Conv3d
     rank: ClassVar[int] = 3
 
 
 @dataclass(frozen=True)
-class ConvTranspose1d(_Conv):
-    """Transposed 1-D convolution: (channels, length) -> (out_channels, length')."""
+class _ConvTranspose(StatelessFactory):
+    """Arguments in torch's order (``output_padding`` after ``padding``, ``dilation`` after ``bias``);
+    as in torch, ``padding`` is ints only and ``padding_mode`` only 'zeros'."""
+
+    out_channels: int
+    kernel_size: IntOrTuple
+    stride: IntOrTuple = 1
+    padding: IntOrTuple = 0
+    output_padding: IntOrTuple = 0
+    groups: int = 1
+    bias: bool = True
+    dilation: IntOrTuple = 1
+    padding_mode: str = "zeros"
+    rank: ClassVar[int]
+
+    def __post_init__(self):
+        if isinstance(self.padding, str):
+            raise ValueError(f"{type(self).__name__}.padding must be ints, got {self.padding!r}")
+        _check_conv(self)
+        _one_of(self, "padding_mode", self.padding_mode, ("zeros",))
+
+    _module = _Conv._module
+
+
+@dataclass(frozen=True)
+class ConvTranspose1d(_ConvTranspose):
+    """Transposed 1-D convolution: (channels, length) -> (out_channels, length').
+
+    Arguments in torch's order: ``output_padding`` after ``padding``, ``dilation`` after ``bias``.
+    """
 
     torch_class: ClassVar = torch.nn.ConvTranspose1d
     rank: ClassVar[int] = 1
 
 
 @dataclass(frozen=True)
-class ConvTranspose2d(_Conv):
-    """Transposed 2-D convolution: (channels, height, width) -> (out_channels, height', width')."""
+class ConvTranspose2d(_ConvTranspose):
+    """Transposed 2-D convolution: (channels, height, width) -> (out_channels, height', width').
+
+    Arguments in torch's order: ``output_padding`` after ``padding``, ``dilation`` after ``bias``.
+    """
 
     torch_class: ClassVar = torch.nn.ConvTranspose2d
     rank: ClassVar[int] = 2
@@ -217,35 +312,43 @@ class ConvTranspose2d(_Conv):
 
 @dataclass(frozen=True)
 class MaxPool1d(StatelessFactory):
-    """Max pooling over (channels, length)."""
+    """Max pooling over (channels, length). ``return_indices=True`` is refused (see the module docs)."""
 
-    kernel_size: int
-    stride: int | None = None
-    padding: int = 0
-    dilation: int = 1
+    kernel_size: IntOrSingle
+    stride: IntOrSingle | None = None
+    padding: IntOrSingle = 0
+    dilation: IntOrSingle = 1
+    return_indices: bool = False
     ceil_mode: bool = False
     torch_class: ClassVar = torch.nn.MaxPool1d
+
+    def __post_init__(self):
+        _no_indices(self)
 
 
 @dataclass(frozen=True)
 class MaxPool2d(StatelessFactory):
-    """Max pooling over (channels, height, width)."""
+    """Max pooling over (channels, height, width). ``return_indices=True`` is refused (see the module docs)."""
 
     kernel_size: IntOrPair
     stride: IntOrPair | None = None
     padding: IntOrPair = 0
     dilation: IntOrPair = 1
+    return_indices: bool = False
     ceil_mode: bool = False
     torch_class: ClassVar = torch.nn.MaxPool2d
+
+    def __post_init__(self):
+        _no_indices(self)
 
 
 @dataclass(frozen=True)
 class AvgPool1d(StatelessFactory):
     """Average pooling over (channels, length)."""
 
-    kernel_size: int
-    stride: int | None = None
-    padding: int = 0
+    kernel_size: IntOrSingle
+    stride: IntOrSingle | None = None
+    padding: IntOrSingle = 0
     ceil_mode: bool = False
     count_include_pad: bool = True
     torch_class: ClassVar = torch.nn.AvgPool1d
@@ -253,14 +356,19 @@ class AvgPool1d(StatelessFactory):
 
 @dataclass(frozen=True)
 class AvgPool2d(StatelessFactory):
-    """Average pooling over (channels, height, width)."""
+    """Average pooling over (channels, height, width); ``divisor_override`` replaces the window size."""
 
     kernel_size: IntOrPair
     stride: IntOrPair | None = None
     padding: IntOrPair = 0
     ceil_mode: bool = False
     count_include_pad: bool = True
+    divisor_override: int | None = None
     torch_class: ClassVar = torch.nn.AvgPool2d
+
+    def __post_init__(self):
+        if self.divisor_override is not None:
+            _positive_ints(self, divisor_override=self.divisor_override)
 
 
 @dataclass(frozen=True)
@@ -273,26 +381,35 @@ class AdaptiveAvgPool1d(StatelessFactory):
 
 @dataclass(frozen=True)
 class AdaptiveAvgPool2d(StatelessFactory):
-    """Average pooling to a fixed size: (channels, h, w) -> (channels, *output_size)."""
+    """Average pooling to a fixed size: (channels, h, w) -> (channels, *output_size); a ``None`` size
+    keeps that dim of the input."""
 
-    output_size: IntOrPair
+    output_size: int | tuple[int | None, int | None]
     torch_class: ClassVar = torch.nn.AdaptiveAvgPool2d
 
 
 @dataclass(frozen=True)
 class AdaptiveMaxPool2d(StatelessFactory):
-    """Max pooling to a fixed size: (channels, h, w) -> (channels, *output_size)."""
+    """Max pooling to a fixed size: (channels, h, w) -> (channels, *output_size); a ``None`` size keeps
+    that dim of the input. ``return_indices=True`` is refused (see the module docs)."""
 
-    output_size: IntOrPair
+    output_size: int | tuple[int | None, int | None]
+    return_indices: bool = False
     torch_class: ClassVar = torch.nn.AdaptiveMaxPool2d
+
+    def __post_init__(self):
+        _no_indices(self)
 
 
 @dataclass(frozen=True)
 class _BatchNorm(StatelessFactory):
+    """``momentum=None`` keeps a cumulative average; ``bias`` (keyword only, as in torch) is the shift."""
+
     eps: float = 1e-5
-    momentum: float = 0.1
+    momentum: float | None = 0.1
     affine: bool = True
     track_running_stats: bool = True
+    bias: bool = field(default=True, kw_only=True)
     rank: ClassVar[tuple[int, ...]]
 
     def _module(self, in_shape):
@@ -326,9 +443,10 @@ class LayerNorm(StatelessFactory):
 
     eps: float = 1e-5
     elementwise_affine: bool = True
+    bias: bool = True
 
     def _module(self, in_shape):
-        return torch.nn.LayerNorm(tuple(in_shape), eps=self.eps, elementwise_affine=self.elementwise_affine)
+        return torch.nn.LayerNorm(tuple(in_shape), self.eps, self.elementwise_affine, self.bias)
 
 
 @dataclass(frozen=True)
@@ -338,9 +456,10 @@ class GroupNorm(StatelessFactory):
     num_groups: int
     eps: float = 1e-5
     affine: bool = True
+    bias: bool = field(default=True, kw_only=True)
 
     def _module(self, in_shape):
-        return torch.nn.GroupNorm(self.num_groups, in_shape[0], eps=self.eps, affine=self.affine)
+        return torch.nn.GroupNorm(self.num_groups, in_shape[0], self.eps, self.affine, bias=self.bias)
 
 
 @dataclass(frozen=True)
@@ -348,11 +467,12 @@ class Dropout(StatelessFactory):
     """Zeroes elements with probability ``p`` in training mode (fresh mask every timestep)."""
 
     p: float = 0.5
+    inplace: bool = False
     torch_class: ClassVar = torch.nn.Dropout
 
     def __post_init__(self):
         if not 0 <= self.p <= 1:
-            raise ValueError(f"Dropout.p must be in [0, 1], got {self.p!r}")
+            raise ValueError(f"{type(self).__name__}.p must be in [0, 1], got {self.p!r}")
 
 
 @dataclass(frozen=True)
@@ -364,35 +484,75 @@ class Dropout2d(Dropout):
 
 @dataclass(frozen=True)
 class Flatten(StatelessFactory):
-    """(*in_shape) -> (prod(in_shape),)."""
+    """Flattens data dims ``start_dim`` to ``end_dim`` (counted from 0, after time and batch) into one.
 
-    torch_class: ClassVar = torch.nn.Flatten
+    >>> Flatten().out_shape((2, 3, 4)), Flatten(1).out_shape((2, 3, 4)), Flatten(0, 1).out_shape((2, 3, 4))
+    ((24,), (2, 12), (6, 4))
+    """
+
+    start_dim: int = 0
+    end_dim: int = -1
+
+    def _module(self, in_shape):
+        return torch.nn.Flatten(_torch_dim(self.start_dim), _torch_dim(self.end_dim))
 
 
 @dataclass(frozen=True)
 class Unflatten(StatelessFactory):
-    """Splits data dim ``dim`` into ``sizes``: e.g. (64,) -> (4, 4, 4) with ``Unflatten(0, (4, 4, 4))``."""
+    """Splits data dim ``dim`` into ``unflattened_size``: (64,) -> (4, 4, 4) with ``Unflatten(0, (4, 4, 4))``."""
 
     dim: int
-    sizes: tuple[int, ...]
+    unflattened_size: tuple[int, ...]
 
     def _module(self, in_shape):
-        return torch.nn.Unflatten(_torch_dim(self.dim), tuple(self.sizes))
+        return torch.nn.Unflatten(_torch_dim(self.dim), tuple(self.unflattened_size))
 
 
 @dataclass(frozen=True)
 class Upsample(StatelessFactory):
-    """Upsampling of (channels, ...) by ``scale_factor`` (mode 'nearest', 'linear', 'bilinear', ...)."""
+    """Upsampling of (channels, ...) to ``size`` or by ``scale_factor`` (exactly one of them).
 
-    scale_factor: float
+    ``mode`` is one of ``UPSAMPLE_MODES``; ``align_corners`` only goes with the interpolating modes
+    ('linear', 'bilinear', 'bicubic', 'trilinear'). The arguments are in torch's order:
+    ``Upsample(scale_factor=2.0)``, not ``Upsample(2.0)``.
+    """
+
+    size: IntOrTuple | None = None
+    scale_factor: float | tuple[float, ...] | None = None
     mode: str = "nearest"
+    align_corners: bool | None = None
+    recompute_scale_factor: bool | None = None
     torch_class: ClassVar = torch.nn.Upsample
+
+    def __post_init__(self):
+        if (self.size is None) == (self.scale_factor is None):
+            raise ValueError(f"Upsample takes exactly one of size and scale_factor, got {self!r}")
+        if self.size is not None and not (
+            _is_int(self.size) or (isinstance(self.size, tuple) and self.size and all(map(_is_int, self.size)))
+        ):
+            hint = f" (for a scale factor write scale_factor={self.size!r})" if isinstance(self.size, float) else ""
+            raise ValueError(f"Upsample.size must be ints, got {self.size!r}{hint}")
+        if self.size is not None:
+            _positive_ints(self, size=self.size)
+        _one_of(self, "mode", self.mode, UPSAMPLE_MODES)
+        if self.align_corners is not None and self.mode not in _ALIGNING_MODES:
+            raise ValueError(
+                f"Upsample.align_corners goes only with mode {', '.join(map(repr, _ALIGNING_MODES))}, "
+                f"got mode={self.mode!r}"
+            )
 
 
 @dataclass(frozen=True)
 class ReLU(StatelessFactory):
-    """max(0, x)."""
+    """max(0, x). ``inplace=True`` overwrites the input (see the module docs).
 
+    >>> from rnnbuilder import Sequential
+    >>> model = Sequential(Linear(3), ReLU(inplace=True)).make_model((4,))
+    >>> bool((model(torch.randn(2, 1, 4))[0] >= 0).all())
+    True
+    """
+
+    inplace: bool = False
     torch_class: ClassVar = torch.nn.ReLU
 
 
@@ -401,6 +561,7 @@ class LeakyReLU(StatelessFactory):
     """x if x > 0 else negative_slope * x."""
 
     negative_slope: float = 0.01
+    inplace: bool = False
     torch_class: ClassVar = torch.nn.LeakyReLU
 
 
@@ -409,6 +570,7 @@ class ELU(StatelessFactory):
     """x if x > 0 else alpha * (exp(x) - 1)."""
 
     alpha: float = 1.0
+    inplace: bool = False
     torch_class: ClassVar = torch.nn.ELU
 
 
@@ -419,11 +581,15 @@ class GELU(StatelessFactory):
     approximate: str = "none"
     torch_class: ClassVar = torch.nn.GELU
 
+    def __post_init__(self):
+        _one_of(self, "approximate", self.approximate, ("none", "tanh"))
+
 
 @dataclass(frozen=True)
 class SiLU(StatelessFactory):
     """x * sigmoid(x)."""
 
+    inplace: bool = False
     torch_class: ClassVar = torch.nn.SiLU
 
 
@@ -443,10 +609,11 @@ class Tanh(StatelessFactory):
 
 @dataclass(frozen=True)
 class Hardtanh(StatelessFactory):
-    """x clamped to [min_val, max_val]."""
+    """x clamped to [min_val, max_val] (torch's deprecated ``min_value``/``max_value`` spellings are not taken)."""
 
     min_val: float = -1.0
     max_val: float = 1.0
+    inplace: bool = False
     torch_class: ClassVar = torch.nn.Hardtanh
 
 

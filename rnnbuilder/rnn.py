@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -18,6 +18,7 @@ import torch
 from ._factory import ModuleFactory
 from ._runner import Runner, numel
 from .errors import ShapeError
+from .nn import PADDING_MODES, _one_of, _positive_ints
 
 __all__ = ["LSTM", "GRU", "TempConvPlus2d", "MAX_LAYERS"]
 
@@ -92,14 +93,25 @@ class GRU(_TorchRNN):
 
 @dataclass(frozen=True)
 class TempConvPlus2d(ModuleFactory):
-    """A 2-D convolution over space combined with a causal convolution over the last
-    ``time_kernel_size`` frames (frame stacking), as one causal 3-D convolution:
+    """A 2-D convolution over space combined with a causal convolution over the last frames
+    (frame stacking), as one causal 3-D convolution:
 
-    ``y_t = b + sum_{k < time_kernel_size} W_k * x_{t-k}``, each ``W_k`` a 2-D kernel.
+    ``y_t = b + sum_{k < time_kernel_size} W_k * x_{t - k * time_dilation}``, each ``W_k`` a 2-D
+    kernel (with ``stride``, ``padding``, ``dilation``, ``groups`` and ``padding_mode`` as in
+    ``torch.nn.Conv2d``), and frames before the first one zero.
 
-    Shapes: (channels, height, width) -> (out_channels, height', width'). The state is the last
-    ``time_kernel_size - 1`` input frames, (batch, channels, time_kernel_size - 1, height, width),
-    zeros at the start.
+    Shapes: (channels, height, width) -> (out_channels, height', width'), one output per input frame,
+    so that a long sequence gives the same outputs whole or in chunks. The state is the last
+    ``(time_kernel_size - 1) * time_dilation`` input frames, (batch, channels, frames, height, width),
+    zeros at the start. ``padding_mode`` pads space only: over time the padding is always those
+    frames (zeros before the start). rnnbuilder 0.1.1's ``time_stride`` and ``time_padding`` don't
+    exist here; ``time_dilation`` is keyword-only, so positional arguments past ``dilation`` are
+    ``groups``, ``bias``, ``padding_mode``.
+
+    >>> model = TempConvPlus2d(4, 3, 2, padding=1, padding_mode="circular").make_model((2, 6, 6))
+    >>> out, state = model(torch.zeros(5, 3, 2, 6, 6))
+    >>> tuple(out.shape), tuple(state.shape)
+    ((5, 3, 4, 6, 6), (3, 2, 1, 6, 6))
     """
 
     out_channels: int
@@ -108,41 +120,50 @@ class TempConvPlus2d(ModuleFactory):
     stride: int | tuple[int, int] = 1
     padding: int | tuple[int, int] = 0
     dilation: int | tuple[int, int] = 1
+    groups: int = 1
     bias: bool = True
+    padding_mode: str = "zeros"
+    time_dilation: int = field(default=1, kw_only=True)
 
     def __post_init__(self):
-        if not isinstance(self.time_kernel_size, int) or self.time_kernel_size < 1:
-            raise ValueError(f"TempConvPlus2d.time_kernel_size must be an int >= 1, got {self.time_kernel_size!r}")
+        for name in ("time_kernel_size", "time_dilation"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TempConvPlus2d.{name} must be an int >= 1, got {value!r}")
+        _positive_ints(self, out_channels=self.out_channels, kernel_size=self.kernel_size, groups=self.groups)
+        _one_of(self, "padding_mode", self.padding_mode, PADDING_MODES)
 
     def _build(self, in_shape):
         if len(in_shape) != 3:
             raise ShapeError(f"{self!r} expects input of shape (channels, height, width), got {tuple(in_shape)}")
+        history = (self.time_kernel_size - 1) * self.time_dilation
+        with torch.device("meta"):
+            try:
+                probe = self._conv(in_shape[0])(torch.empty(1, in_shape[0], history + 1, *in_shape[1:]))
+            except (RuntimeError, ValueError) as e:
+                raise ShapeError(f"{self!r} cannot take input of shape {tuple(in_shape)}: {e}") from None
+        return TempConvRunner(in_shape, (self.out_channels, *probe.shape[3:]), self._conv(in_shape[0]), history)
+
+    def _conv(self, in_channels: int) -> torch.nn.Conv3d:
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-        conv = torch.nn.Conv3d(
-            in_shape[0],
+        return torch.nn.Conv3d(
+            in_channels,
             self.out_channels,
             (self.time_kernel_size, *pair(self.kernel_size)),
             stride=(1, *pair(self.stride)),
-            padding=(0, *pair(self.padding)),
-            dilation=(1, *pair(self.dilation)),
+            padding=(0, *pair(self.padding)),  # time: the state's frames; space: padding_mode
+            dilation=(self.time_dilation, *pair(self.dilation)),
+            groups=self.groups,
             bias=self.bias,
+            padding_mode=self.padding_mode,
         )
-        with torch.device("meta"):
-            probe = torch.nn.functional.conv3d(
-                torch.empty(1, in_shape[0], self.time_kernel_size, *in_shape[1:]),
-                torch.empty(conv.weight.shape),
-                stride=conv.stride,
-                padding=conv.padding,
-                dilation=conv.dilation,
-            )
-        return TempConvRunner(in_shape, (self.out_channels, *probe.shape[3:]), conv)
 
 
 class TempConvRunner(Runner):
-    def __init__(self, in_shape, out_shape, conv: torch.nn.Conv3d):
+    def __init__(self, in_shape, out_shape, conv: torch.nn.Conv3d, history: int):
         super().__init__(in_shape, out_shape)
         self.conv = conv
-        self.history = conv.kernel_size[0] - 1
+        self.history = history
 
     def initial_state(self, batch_size, device, dtype):
         c, h, w = self.in_shape

@@ -57,7 +57,7 @@ import torch
 
 from . import initial, nn, rnn, snn
 from ._factory import ModuleFactory
-from ._graph import Layer, List, Network, Node, Placeholder, Sequential, Stack, Sum, _topological
+from ._graph import Layer, List, Network, Node, Placeholder, Sequential, Stack, Sum, definition_order
 from .custom import CustomFactory
 from .errors import SpecError
 from .snn import Surrogate
@@ -89,7 +89,7 @@ def _parameters(cls: type) -> dict[str, tuple[Any, bool]]:
             hints = typing.get_type_hints(cls.module_class.__init__)
         except Exception:  # annotations that don't resolve: take any JSON value, as if unannotated
             hints = {}
-        parameters = inspect.signature(cls.module_class).parameters.values()
+        parameters = cls._constructor_signature().parameters.values()
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         return {p.name: (hints.get(p.name, Any), p.default is p.empty) for p in parameters if p.kind in named}
     if not is_dataclass(cls):
@@ -100,6 +100,20 @@ def _parameters(cls: type) -> dict[str, tuple[Any, bool]]:
     return {
         f.name: (hints[f.name], f.default is MISSING and f.default_factory is MISSING) for f in fields(cls) if f.init
     }
+
+
+@functools.cache
+def _extra_keywords(cls: type) -> Any:
+    """The type hint of the extra keyword arguments a custom module's ``**kwargs`` takes; None if it takes none."""
+    if not issubclass(cls, CustomFactory):
+        return None
+    for p in cls._constructor_signature().parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            try:
+                return typing.get_type_hints(cls.module_class.__init__).get(p.name, Any)
+            except Exception:
+                return Any
+    return None
 
 
 class Registry:
@@ -132,6 +146,8 @@ class Registry:
 
         ``cls`` is ``Sequential``, ``Network``, a factory or surrogate dataclass, or a factory class
         from ``rnnbuilder.custom.register_*``, whose module's constructor hints type its arguments.
+        Extra keywords that the constructor's ``**kwargs`` takes travel by name too, typed by its hint
+        (any JSON value if none); extras for its ``*args`` have no name, so ``to_spec`` refuses them.
         A class registered under several names is described by the first.
         """
         if not isinstance(name, str) or not name:
@@ -245,6 +261,18 @@ class _Writer:
         if isinstance(obj, Sequential):
             return {**spec, "factories": self.value(obj.factories, f"{path}.factories")}
         if isinstance(obj, CustomFactory):
+            if obj._unnamed:  # *args extras and positional-only arguments have no name to travel by
+                name, values = next(iter(obj._unnamed.items()))
+                module = obj.module_class.__name__
+                if obj._constructor_signature().parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
+                    reason = (
+                        f"extra positional arguments {values!r} for *{name} can't be named in a description; "
+                        f"pass them by keyword or give {module}'s constructor named parameters"
+                    )
+                else:
+                    reason = f"{name!r} is positional-only, so a description can't name it; give {module}'s "
+                    reason += "constructor a named parameter instead"
+                raise SpecError(_join(f"{path}.args", name), f"{type(obj).__name__}: {reason}")
             args = obj.arguments
         else:
             args = {f.name: getattr(obj, f.name) for f in fields(obj) if f.init}
@@ -261,6 +289,12 @@ class _Writer:
             return int(value)
         if isinstance(value, numbers.Real):
             return _number(float(value), path)
+        if callable(value) and path.endswith(".spike_function"):  # runs locally, unfused; can't travel
+            raise SpecError(
+                path,
+                f"a custom spike function ({value!r}) can't be described as data; use a registered surrogate: "
+                f"{', '.join(self.registry.surrogate_names())}",
+            )
         raise SpecError(
             path,
             f"a {type(value).__name__} can't be described; use numbers, strings, booleans, None, lists, "
@@ -269,7 +303,7 @@ class _Writer:
 
     def network(self, net: Network, path: str) -> dict:
         _require_output(net.layers, path)
-        order = _topological(net)  # the order make_model builds in, so rebuilding keeps parameters
+        order = definition_order(net)  # rebuilt in this order, the layers are built in the same order
         index = {node: i for i, node in enumerate(order)}
         return {
             "layers": [self.node(node, index, net, f"{path}.layers[{i}]") for i, node in enumerate(order)],
@@ -315,6 +349,9 @@ class _Reader:
         _keys(value, path, ("type",), ("args",))
         params = _parameters(cls)
         args = value.get("args", {})
+        extra = _extra_keywords(cls)  # a module with **kwargs takes any other names
+        if extra is not None and isinstance(args, dict):
+            params = {**params, **{name: (extra, False) for name in args if name not in params}}
         required = [name for name, (_, needed) in params.items() if needed]
         _keys(args, f"{path}.args", required, [name for name in params if name not in required], what="argument")
         kwargs = {name: self.value(v, params[name][0], _join(f"{path}.args", name)) for name, v in args.items()}

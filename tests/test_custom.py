@@ -43,11 +43,12 @@ class LeakySequence(LeakyStep):
 
 
 class LeakySequenceFullState(LeakySequence):
-    """Returns the state of every timestep, stacked along time."""
+    """Registered with unroll_full_state=False: returns the state of every timestep, stacked along
+    time, when the library sets ``_full_state``, else the final state."""
 
     def forward(self, x, state):
-        y, _ = super().forward(x, state)
-        return y, y
+        y, state = super().forward(x, state)
+        return y, (y if self._full_state else state)
 
 
 StepFactory = custom.register_recurrent(module_class=LeakyStep, flatten_input=True, single_step=True)

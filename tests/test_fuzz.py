@@ -368,7 +368,7 @@ LAYERS = {  # input shape -> layers that take it, with every argument written ou
         nn.MaxPool1d(2),
         nn.AvgPool1d(2),
         nn.AdaptiveAvgPool1d(4),
-        nn.Upsample(2.0),
+        nn.Upsample(scale_factor=2.0),
         nn.GroupNorm(2),
         nn.BatchNorm1d(),
         snn.LIF(),

@@ -399,13 +399,6 @@ def test_nonpositive_time_constants_are_rejected(make):
         make()
 
 
-@pytest.mark.parametrize("cls", [snn.LIF, snn.NoReset, snn.Adaptive, snn.Cooldown, snn.Discontinuous])
-def test_spike_function_must_be_a_surrogate(cls):
-    """Every neuron rejects a spike_function that isn't a Surrogate (it would not give spikes)."""
-    with pytest.raises(TypeError, match="Surrogate"):
-        cls(spike_function=torch.sigmoid)
-
-
 # --------------------------------------------------------------------------------------------
 # snn.functional: pure updates
 # --------------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import rnnbuilder as rb
-from rnnbuilder import nn
+from rnnbuilder import nn, snn
 from tests.test_porting_graph import CONV_IN, conv_input, defined_apart_from_topology, spiking_convolution
 
 
@@ -50,3 +51,10 @@ def test_network_in_a_cycle_runs_as_a_session(client):
         assert s.run(np.ones((4, 2, 3), np.float32)).shape == (4, 2, 5)
     finally:
         s.close()
+
+
+def test_create_session_refuses_a_custom_spike_function(client):
+    """A layer with a custom spike function can't travel: the error names it and the surrogates to use."""
+    net = rb.Sequential(nn.Linear(4), snn.LIF(spike_function=lambda v: (v > 0).float()))
+    with pytest.raises(rb.SpecError, match=r"root\.factories\[1\]\.args\.spike_function.*snn\.SpikeLinear"):
+        client.create_session(net, input_shape=(3,))

@@ -664,7 +664,9 @@ def test_request_over_the_message_limit_is_exhausted(limited):
 
 def test_response_over_the_message_limit_leaves_the_session_unchanged(limited):
     """A run whose output would exceed max_message_bytes is RESOURCE_EXHAUSTED and doesn't advance the session."""
-    net = rb.Sequential(nn.Upsample(64.0), snn.LIF())  # (1, 16) -> (1, 1024); 16,384 bytes per timestep out
+    net = rb.Sequential(
+        nn.Upsample(scale_factor=64.0), snn.LIF()
+    )  # (1, 16) -> (1, 1024); 16,384 bytes per timestep out
     target, reference = (limited.create_session(net, (1, 16), batch_size=4) for _ in range(2))
     x = np.random.default_rng(0).random((2, 4, 1, 16), dtype=np.float32) * 4
     with pytest.raises(ResourceExhaustedError) as caught:
@@ -678,7 +680,7 @@ def test_response_over_the_message_limit_leaves_the_session_unchanged(limited):
 
 def test_bitpacked_reply_counts_its_packed_size_against_the_message_limit(limited):
     """A spike reply over max_message_bytes as float32 but under it as bits goes through with bitpacked=True."""
-    net = rb.Sequential(nn.Upsample(64.0), snn.LIF())  # 32,768 bytes of spikes as float32, 1,024 as bits
+    net = rb.Sequential(nn.Upsample(scale_factor=64.0), snn.LIF())  # 32,768 bytes of spikes as float32, 1,024 as bits
     target, reference = (limited.create_session(net, (1, 16), batch_size=4) for _ in range(2))
     x = np.random.default_rng(0).random((2, 4, 1, 16), dtype=np.float32) * 4
     out = target.run(x, bitpacked=True)

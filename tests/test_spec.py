@@ -33,7 +33,7 @@ EXAMPLES = [
     nn.Dropout2d(0.1),
     nn.Flatten(),
     nn.Unflatten(0, (4, 4)),
-    nn.Upsample(2.0, mode="bilinear"),
+    nn.Upsample(scale_factor=2.0, mode="bilinear"),
     nn.ReLU(),
     nn.LeakyReLU(0.2),
     nn.ELU(0.5),

@@ -316,7 +316,7 @@ def test_argument_values_use_their_kinds():
     message = network.factory_to_message(
         rb.Sequential(
             nn.MaxPool2d((2, 2)),
-            nn.Upsample(2.0, mode="nearest"),
+            nn.Upsample(scale_factor=2.0, mode="nearest"),
             nn.Linear(4, bias=False),
             snn.LIF(tau=2.5),
             rnn.LSTM(3),

@@ -1,8 +1,10 @@
 """Pure neuron updates: ``step(x, state, params) -> (spikes, new_state)``.
 
 Shapes: ``x`` and every state field are (batch, n); spikes are (batch, n). Parameters are
-NamedTuples of Python floats (decay factors ``beta = exp(-1 / tau)``), a surrogate spike function
-and, for ``Cooldown``, a (n,) tensor. Nothing is kept between calls: the state is always returned.
+NamedTuples of Python floats (decay factors ``beta = exp(-1 / tau)``), a spike function (a
+``Surrogate``, or any callable from a tensor to spikes: the ``*_sequence`` functions run those
+through ``unroll``) and, for ``Cooldown``, a (n,) tensor. Nothing is kept between calls: the state
+is always returned.
 
 Whole sequences: ``sequence(xs, state, params) -> (spikes, final_state)`` with xs (time, batch, n).
 ``unroll(step, ...)`` is the reference loop; ``lif_sequence``, ``adaptive_sequence`` and
@@ -20,6 +22,9 @@ import torch
 
 from . import fused
 from .surrogate import Surrogate
+
+SpikeFunction = Surrogate | Callable[[torch.Tensor], torch.Tensor]
+"""A ``Surrogate`` (fused backends), or any callable from a tensor to spikes (the step loop)."""
 
 __all__ = [
     "decay",
@@ -54,7 +59,7 @@ class LIFState(NamedTuple):
 
 class LIFParameters(NamedTuple):
     beta: float
-    spike_fn: Surrogate
+    spike_fn: SpikeFunction
     reset: bool = True
     """Subtract the threshold after a spike (LIF) or not (NoReset)."""
 
@@ -79,7 +84,7 @@ class AdaptiveParameters(NamedTuple):
     beta: float
     beta_thr: float
     gamma: float
-    spike_fn: Surrogate
+    spike_fn: SpikeFunction
 
 
 def adaptive_step(x: torch.Tensor, state: AdaptiveState, p: AdaptiveParameters) -> tuple[torch.Tensor, AdaptiveState]:
@@ -102,7 +107,7 @@ class CooldownState(NamedTuple):
 
 class CooldownParameters(NamedTuple):
     beta: float
-    spike_fn: Surrogate
+    spike_fn: SpikeFunction
     sign: torch.Tensor
     """(n,): +1 for the first n // 2 neurons, -1 for the rest."""
 
@@ -123,7 +128,7 @@ def cooldown_step(x: torch.Tensor, state: CooldownState, p: CooldownParameters) 
 
 class DiscontinuousParameters(NamedTuple):
     threshold: float
-    spike_fn: Surrogate
+    spike_fn: SpikeFunction
 
 
 def discontinuous_step(x: torch.Tensor, state: tuple, p: DiscontinuousParameters) -> tuple[torch.Tensor, tuple]:

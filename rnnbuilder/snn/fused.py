@@ -15,7 +15,8 @@ Backends (``use_backend``, ``set_backend``, or the environment):
 - ``"triton"``: one Triton kernel launch forward and one backward over all timesteps
   (``rnnbuilder.snn.triton_kernels``); each program owns a block of neurons and loops over time.
   On CPU tensors the kernels run in Triton's interpreter (slow; for tests and debugging).
-- ``"reference"``: ``functional.unroll`` over the step function, through autograd (debugging).
+- ``"reference"``: ``functional.unroll`` over the step function, through autograd (debugging). A
+  spike function that isn't a ``Surrogate`` (any callable) always runs here, whatever the choice.
 
 ``RNNBUILDER_REFERENCE=1`` forces ``"reference"``; ``RNNBUILDER_NEURON_BACKEND=<name>`` picks one.
 ``use_backend`` (a context manager, per thread or task) wins over ``set_backend`` (process-wide),
@@ -34,17 +35,20 @@ Cooldown    membrane before the step, (1 - beta) e^x    8
 ==========  ==========================================  ==================
 
 The backward recomputes spikes and surrogate gradients from these; it never saves the spikes. (The
-torch backend allocates its spike output and saved values as one block, so the spikes' memory is
-released together with the saved values; see ``_block``.) Keeping the pre-spike membrane is the
-minimum for an exact backward: recovering it backwards in time (v = (u - x) / beta) amplifies
-rounding errors by 1 / beta a step, and recomputing it costs a second forward pass.
+torch backend allocates its spike output and saved values in one block of memory, as separate
+tensors rather than views of the block, so the spikes' memory is released together with the saved
+values; see ``_block``.) Keeping the pre-spike membrane is the minimum for an exact backward:
+recovering it backwards in time (v = (u - x) / beta) amplifies rounding errors by 1 / beta a step,
+and recomputing it costs a second forward pass.
 
 The torch backend's LIF backward writes the input gradient over the saved membrane, timestep by
 timestep right after reading it, when autograd frees the saved values after the call (no
 ``retain_graph``): on the CPU a fresh gradient buffer costs a write of the whole sequence to memory
 that isn't in cache, the largest single cost of the backward. The gradient then shares the block
-with the spikes until both are freed. On the CPU a freed block is kept for the next call of the same
-shape (``SPARE_BLOCKS``), which then writes into memory that is already mapped.
+with the spikes until both are freed. The spikes keep their values and stay ordinary tensors: the
+write bumps the version counter of the saved membrane only, which the spikes don't share. On the
+CPU a freed block is kept for the next call of the same size (``SPARE_BLOCKS``), which then writes
+into memory that is already mapped; a block is reused only once nothing refers to it.
 """
 
 from __future__ import annotations
@@ -159,8 +163,18 @@ def _triton_supports(xs: torch.Tensor, surrogate: Surrogate) -> str | None:
 
 
 def resolve_backend(xs: torch.Tensor, surrogate: Surrogate, backend: str | None = None) -> str:
-    """The concrete backend (``"torch"``, ``"triton"`` or ``"reference"``) for this call."""
+    """The concrete backend (``"torch"``, ``"triton"`` or ``"reference"``) for this call.
+
+    A spike function that isn't a ``Surrogate`` (any other callable, e.g. a custom autograd
+    function's ``apply``) has no ``gradient`` for the fused backwards: it always gets
+    ``"reference"``, the step loop, whose gradient comes from the callable's own backward.
+
+    >>> resolve_backend(torch.zeros(2, 1, 3), lambda v: (v > 0).float(), "torch")
+    'reference'
+    """
     name = _check_name(backend) if backend is not None else get_backend()
+    if not isinstance(surrogate, Surrogate):
+        return "reference"
     if name == "auto":
         if xs.is_cuda and _triton_supports(xs, surrogate) is None:
             return "triton"
@@ -317,8 +331,8 @@ class _TorchImpl:
     @torch.no_grad()
     def lif_forward(xs, v0, beta, reset, store):
         steps = xs.shape[0]
-        block = _block(2 if store else 1, steps, xs)
-        spikes, u = block[0], block[-1]  # u is the spikes' buffer when not storing
+        # u is the spikes' buffer when not storing
+        spikes, u = _block(xs, steps, steps) if store else _block(xs, steps) * 2
         x_t, s_t = xs.unbind(0), spikes.unbind(0)
         u_t = u.unbind(0) if store or not reset else (torch.empty_like(s_t[0]),) * steps
         one, ones = _scalar(1.0, xs), _decay_ones(xs)
@@ -416,10 +430,9 @@ class _TorchImpl:
         steps = xs.shape[0]
         # The states before each step (and the final one) when storing, else two alternating slots.
         if store:
-            block = _block(3, steps + 1, xs)
-            spikes, vs, as_ = block[0, :steps], block[1], block[2]
+            spikes, vs, as_ = _block(xs, steps, steps + 1, steps + 1)
         else:
-            spikes, (vs, as_) = _block(1, steps, xs)[0], _block(2, 2, xs)
+            (spikes,), (vs, as_) = _block(xs, steps), _block(xs, 2, 2)
         x_t, s_t = xs.unbind(0), spikes.unbind(0)
         v_t, a_t = vs.unbind(0), as_.unbind(0)
         v_t[0].copy_(v0)
@@ -499,8 +512,7 @@ class _TorchImpl:
         steps = xs.shape[0]
         one_minus_beta, beta = _scalar(1 - beta, xs), _scalar(beta, xs)
         # The membrane doesn't depend on the spikes: the trajectory first, then spikes in one go.
-        block = _block(3, steps + 1, xs)
-        vs, w, spikes = block[0], block[1, :steps], block[2, :steps]
+        vs, w, spikes = _block(xs, steps + 1, steps, steps)
         x_t, v_t, w_t = xs.unbind(0), vs.unbind(0), w.unbind(0)
         v_t[0].copy_(v0)
         for t in range(steps):
@@ -640,23 +652,49 @@ def _cached_scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(value, dtype=dtype)
 
 
-def _block(count: int, steps: int, like: torch.Tensor) -> torch.Tensor:
-    """(count, steps, *like.shape[1:]) in one allocation. The forward's outputs and saved values
-    share it: on Linux, several fresh allocations of this size are returned to the OS when freed and
-    cost page faults on every call (measured: about 1.5 ms per 6 MiB buffer); one doesn't. On the
-    CPU a spare block of the same shape and dtype that nothing refers to any more is reused (see
-    ``SPARE_BLOCKS``): that one doesn't fault either. Its old values are all overwritten."""
-    shape = (count, steps, *like.shape[1:])
-    nbytes = math.prod(shape) * like.element_size()
+def _block(like: torch.Tensor, *lengths: int) -> tuple[torch.Tensor, ...]:
+    """Tensors of (length, *like.shape[1:]) for each of ``lengths``, in one allocation. The forward's
+    outputs and saved values share it: on Linux, several fresh allocations of this size are returned
+    to the OS when freed and cost page faults on every call (measured: about 1.5 ms per 6 MiB
+    buffer); one doesn't. On the CPU a spare block of the same size and dtype that nothing refers to
+    any more is reused (see ``SPARE_BLOCKS``): that one doesn't fault either. Its old values are all
+    overwritten.
+
+    Each tensor is a base of its own, not a view of the block: they don't overlap, and each has its
+    own autograd version counter, so the LIF backward writing the input gradient over the saved
+    membrane leaves the spikes (which the caller may still use) untouched in value and in version.
+
+    >>> spikes, u = _block(torch.zeros(3, 2, 4), 3, 3)
+    >>> spikes.shape, spikes._base is None, spikes.untyped_storage().nbytes()
+    (torch.Size([3, 2, 4]), True, 192)
+    >>> before = spikes._version
+    >>> _ = u.add_(1)
+    >>> spikes._version == before
+    True
+    """
+    per_step = math.prod(like.shape[1:])
+    flat = _memory(sum(lengths) * per_step, like)  # holds the block until the parts do
+    parts, offset = [], 0
+    for length in lengths:
+        part = torch.empty(0, dtype=like.dtype, device=like.device)
+        parts.append(part.set_(flat.untyped_storage(), offset, (length, *like.shape[1:])))
+        offset += length * per_step
+    return tuple(parts)
+
+
+def _memory(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A flat tensor of ``numel`` elements of ``like``'s dtype: a spare block (CPU) or a fresh one.
+    A spare is claimed under the lock by the tensor made on it, so that no other thread takes it too."""
+    nbytes = numel * like.element_size()
     if like.device.type != "cpu" or _storage_refs is None or SPARE_BLOCKS <= 0 or nbytes > SPARE_BYTES:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
-    key = (shape, like.dtype)
+        return torch.empty(numel, dtype=like.dtype, device=like.device)
+    key = (nbytes, like.dtype)
     with _SPARES_LOCK:
         for i, (k, storage) in enumerate(_SPARES):
             if k == key and _storage_refs(storage._cdata) == 1:  # only this list refers to it
                 _SPARES.append(_SPARES.pop(i))  # most recently used last
-                return torch.empty(0, dtype=like.dtype).set_(storage, 0, shape)
-        block = torch.empty(shape, dtype=like.dtype)
+                return torch.empty(0, dtype=like.dtype).set_(storage, 0, (numel,))
+        block = torch.empty(numel, dtype=like.dtype)
         _SPARES.append((key, block.untyped_storage()))
         kept = 0
         for i in range(len(_SPARES) - 1, -1, -1):  # keep the most recent that fit the limits

@@ -2,6 +2,13 @@
 
 Neurons flatten each sample to n = prod(in_shape) neurons for their state and parameters and give
 spikes in the input's shape. The membrane starts at a learnable per-neuron value (zeros at first).
+
+``spike_function`` is a ``Surrogate`` (``SpikeLinear()`` by default), or any other callable from a
+tensor to spikes, as in rnnbuilder 0.1.1: a plain function, a custom ``torch.autograd.Function``'s
+``apply``. A neuron calls it exactly where the step function applies its threshold, e.g.
+``spike_function(v - 1)``. Only a ``Surrogate`` has the ``gradient`` that the fused backends need;
+a layer with another callable runs the step loop through autograd (the ``"reference"`` backend), so
+its gradient is the callable's own, and it can't be described as data (``rnnbuilder.spec``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ class NeuronFactory(ModuleFactory):
             value = getattr(self, name, 1.0)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive number, got {value!r}")
-        _check_surrogate(self)
+        _check_spike_function(self)
 
     def _build(self, in_shape):
         return NeuronRunner(in_shape, self)
@@ -46,16 +53,21 @@ class NeuronFactory(ModuleFactory):
         """Constant (n,) tensors the layer derives from its size; they follow ``.to(device)``."""
         return {}
 
-    def initial_spikes(self, runner: NeuronRunner) -> torch.Tensor | None:
-        """The (n,) output before the first timestep, where it isn't zero."""
-        return None
+    def initial_spikes(self, runner: NeuronRunner, v: torch.Tensor) -> torch.Tensor | None:
+        """The (n,) output before the first timestep, from the (n,) initial membrane ``v`` (in the
+        run's device and dtype); ``None``: zeros. By default the spike of that membrane,
+        ``spike_function(v - 1)``, as rnnbuilder 0.1.1 gives it: differentiable in the learnable
+        initial membrane through the spike function's surrogate."""
+        return self.spike_function(v - 1)
 
 
-def _check_surrogate(factory) -> None:
-    if not isinstance(factory.spike_function, Surrogate):
+def _check_spike_function(factory) -> None:
+    value = factory.spike_function
+    if isinstance(value, type) or not callable(value):
+        hint = f"; pass an instance, e.g. {value.__name__}()" if isinstance(value, type) else ""
         raise TypeError(
-            f"{type(factory).__name__}.spike_function must be a Surrogate such as snn.SpikeLinear(), "
-            f"got {factory.spike_function!r}"
+            f"{type(factory).__name__}.spike_function must be a Surrogate such as snn.SpikeLinear() or another "
+            f"callable from a tensor to spikes (a function, a torch.autograd.Function's apply), got {value!r}{hint}"
         )
 
 
@@ -78,10 +90,9 @@ class NeuronRunner(Runner):
         return self.factory.state_type(v, *rest)
 
     def initial_output(self, batch_size, device, dtype):
-        spikes = self.factory.initial_spikes(self)
+        spikes = self.factory.initial_spikes(self, self.initial_v.to(device=device, dtype=dtype))
         if spikes is None:
             return super().initial_output(batch_size, device, dtype)
-        spikes = spikes.to(device=device, dtype=dtype)
         return spikes.expand(batch_size, self.n).reshape(batch_size, *self.out_shape)
 
     def step(self, x, state):
@@ -187,8 +198,8 @@ class Cooldown(NeuronFactory):
     def neuron_buffers(self, n):
         return {"sign": F.cooldown_sign(n)}
 
-    def initial_spikes(self, runner):
-        return (runner.sign < 0).float()
+    def initial_spikes(self, runner, v):
+        return (runner.sign < 0).to(v.dtype)
 
 
 class _Threshold(torch.nn.Module):
@@ -208,7 +219,7 @@ class Discontinuous(ModuleFactory):
     threshold: float = 1.0
 
     def __post_init__(self):
-        _check_surrogate(self)
+        _check_spike_function(self)
 
     def _build(self, in_shape):
         p = F.DiscontinuousParameters(float(self.threshold), self.spike_function)
