@@ -50,9 +50,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import rnnbuilder as rb  # noqa: E402
-from client import Client, tensors  # noqa: E402
+from client import Client  # noqa: E402
 from rnnbuilder import nn, snn  # noqa: E402
 from rnnbuilder_sim.v1 import simulator_pb2 as pb  # noqa: E402
+from rnnbuilder_sim.wire import tensors  # noqa: E402
 from server.background import in_background  # noqa: E402
 
 NEURONS = 1000

@@ -5,12 +5,15 @@
 ...     s = c.create_session(net, input_shape=(64,), batch_size=8, seed=0)
 ...     out = s.run(x)                      # (T, 8, 64) -> (T, 8, *output_shape)
 
-``client.tensors`` and ``client.network`` convert arrays and rnnbuilder networks to messages.
-Every call about a session carries its id in the ``SESSION_HEADER`` metadata, so a proxy in front of
-several replicas can route by it (``deploy/``); ``Session.server_id`` names the replica that answered.
+Arrays and rnnbuilder networks become messages through ``rnnbuilder_sim.wire``, the converters the
+server uses too. Every call about a session carries its id in the ``SESSION_HEADER`` metadata, so a
+proxy in front of several replicas can route by it (``deploy/``); ``Session.server_id`` names the
+replica that answered.
 """
 
-from ._client import SERVER_ID_HEADER, SESSION_HEADER, Client, Recording, ServerInfo, Session
+from rnnbuilder_sim.wire.names import SERVER_ID_HEADER, SESSION_HEADER
+
+from ._client import Client, Recording, ServerInfo, Session
 from .errors import (
     AlreadyExistsError,
     InvalidArgumentError,

@@ -17,19 +17,15 @@ import numpy as np
 from rnnbuilder import Model, ModuleFactory, spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+from rnnbuilder_sim.wire import networks, tensors
+from rnnbuilder_sim.wire.names import SERVER_ID_HEADER, SESSION_HEADER, session_name
+from rnnbuilder_sim.wire.names import session_id as session_id_of
 
-from . import network, tensors
 from ._feed import ChunkFeed
 from .errors import from_rpc_error
 
-__all__ = ["Client", "Session", "ServerInfo", "Recording", "SESSION_HEADER", "SERVER_ID_HEADER"]
+__all__ = ["Client", "Session", "ServerInfo", "Recording"]
 
-SESSION_HEADER = "rnnsim-session"
-"""Request metadata naming the session a call is about, for a proxy to route by (``deploy/``): every
-call that names a session sends its id; CreateSession and ImportSession choose the new session's id
-(``session_id``) and send it too, so that the session is made on the replica its later calls reach."""
-SERVER_ID_HEADER = "rnnsim-server-id"
-"""Response metadata: the replica that answered (``Session.server_id``, ``ServerInfo.server_id``)."""
 _SERVICE = pb.DESCRIPTOR.services_by_name["SimulatorService"].full_name
 _RETRY = {"maxAttempts": 5, "initialBackoff": "0.25s", "maxBackoff": "2s", "backoffMultiplier": 2}
 RETRY_POLICY = [
@@ -47,7 +43,6 @@ STREAM_RESUMES = 3
 """How often ``Session.stream`` opens a new stream after one was cut off by a server that let go of
 its session (UNAVAILABLE) or stopped (CANCELLED)."""
 _RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-_PREFIX = "sessions/"
 _MAX_MESSAGE = 256 * 1024 * 1024
 
 
@@ -166,7 +161,7 @@ class Client:
         ``input_shape`` (no time or batch dims), simulating ``batch_size`` sequences side by side."""
         description = net if isinstance(net, dict) else spec.to_spec(net)
         requested = pb.Session(
-            network=network.to_message(description),
+            network=networks.to_message(description),
             input_shape=[input_shape] if isinstance(input_shape, int) else list(input_shape),
             batch_size=batch_size,
             seed=seed,
@@ -179,8 +174,8 @@ class Client:
     @_rpc
     def get_session(self, session_id: str) -> Session:
         """Attach to an existing session by id (or ``sessions/<id>``), from any connection."""
-        name = session_id if session_id.startswith(_PREFIX) else _PREFIX + session_id
-        reply, server_id = self._routed("GetSession", pb.GetSessionRequest(name=name), name[len(_PREFIX) :])
+        bare = session_id_of(session_id) or session_id
+        reply, server_id = self._routed("GetSession", pb.GetSessionRequest(name=session_name(bare)), bare)
         return Session(self, reply.session, server_id)
 
     @_rpc
@@ -226,7 +221,7 @@ class Session:
 
     def _update(self, message: pb.Session) -> None:
         self.name = message.name
-        self.id = message.name[len(_PREFIX) :]
+        self.id = session_id_of(message.name)
         self.input_shape = tuple(message.input_shape)
         self.output_shape = tuple(message.output_shape)
         self.batch_size = message.batch_size
@@ -236,7 +231,7 @@ class Session:
         self.device = message.device
         self.create_time = message.create_time.ToDatetime(dt.UTC)
         self.recordable_layers = list(message.recordable_layers)
-        self.description = network.from_message(message.network)
+        self.description = networks.from_message(message.network)
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, input_shape={self.input_shape}, output_shape={self.output_shape})"
@@ -264,7 +259,7 @@ class Session:
     @_rpc
     def step(self, x_t, bitpacked: bool = False) -> np.ndarray:
         """One timestep: x_t (batch, *input_shape) -> (batch, *output_shape)."""
-        return self._run(np.asarray(_numpy(x_t))[None], (), bitpacked).output[0]
+        return self._run(np.asarray(tensors.to_numpy(x_t))[None], (), bitpacked).output[0]
 
     def stream(self, chunks: Iterable, bitpacked: bool = False) -> Iterator[np.ndarray]:
         """Simulate chunks (each (time_i, batch, *input_shape)) over one bidirectional stream.
@@ -356,7 +351,7 @@ class Session:
         request = pb.TrainStepRequest(
             name=self.name,
             input=_encode_input(x, True),
-            targets=tensors.encode(_numpy(y)),
+            targets=tensors.encode(y),
             config=_config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm),
             carry=carries[carry],
         )
@@ -392,7 +387,7 @@ class Session:
         request = pb.TrainRequest(
             name=self.name,
             inputs=_encode_input(x, True),
-            targets=tensors.encode(_numpy(y)),
+            targets=tensors.encode(y),
             config=_config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm),
             epochs=epochs,
             batch_size=batch_size,
@@ -401,10 +396,10 @@ class Session:
         )
         if validation is not None:
             request.validation_inputs.CopyFrom(_encode_input(validation[0], True))
-            request.validation_targets.CopyFrom(tensors.encode(_numpy(validation[1])))
+            request.validation_targets.CopyFrom(tensors.encode(validation[1]))
         history: list[dict[str, float]] = []
         replies = self._call("Train", request)
-        bar = _progress_bar(epochs * math.ceil(len(_numpy(y)) / batch_size)) if progress else None
+        bar = _progress_bar(epochs * math.ceil(len(tensors.to_numpy(y)) / batch_size)) if progress else None
         try:
             for reply in replies:
                 if reply.HasField("batch"):
@@ -445,7 +440,7 @@ class Session:
         request = pb.EvaluateRequest(
             name=self.name,
             inputs=_encode_input(x, True),
-            targets=tensors.encode(_numpy(y)),
+            targets=tensors.encode(y),
             loss=loss,
             batch_size=batch_size,
         )
@@ -514,16 +509,12 @@ def _decoded(items) -> dict[str, np.ndarray]:
     return {item.name: tensors.decode(item.tensor) for item in items}
 
 
-def _numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
 def _encode_input(x, bitpacked: bool) -> pb.Tensor:
-    array = _numpy(x)
+    array = tensors.to_numpy(x)
     if array.dtype.kind == "f" and array.dtype != np.float32:
         array = array.astype(np.float32)  # the server simulates in float32
     return tensors.encode(array, bitpacked)
 
 
 def _named(values: Mapping) -> list[pb.NamedTensor]:
-    return [pb.NamedTensor(name=name, tensor=tensors.encode(_numpy(value))) for name, value in values.items()]
+    return [pb.NamedTensor(name=name, tensor=tensors.encode(value)) for name, value in values.items()]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import torch
 
-from client.tensors import TensorError
 from rnnbuilder import RnnbuilderError, ShapeError
+from rnnbuilder_sim.wire.tensors import TensorError
 
 from .auth import Unauthenticated
 

@@ -15,9 +15,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 import rnnbuilder as rb
-from client import network, tensors
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+from rnnbuilder_sim.wire import networks, tensors
+from rnnbuilder_sim.wire.names import SERVER_ID_HEADER, session_name
+from rnnbuilder_sim.wire.names import session_id as session_id_of
 
 from . import snapshots, training
 from .auth import Authenticator, Tenant
@@ -27,17 +29,14 @@ from .metrics import Metrics
 from .scheduler import FairScheduler
 from .sessions import Session, SessionManager, WouldBlock
 
-__all__ = ["SimulatorServicer", "VERSION", "SERVER_ID_KEY", "add_to_server"]
+__all__ = ["SimulatorServicer", "VERSION", "add_to_server"]
 
 VERSION = rb.__version__
 log = logging.getLogger("rnnsim.rpc")
-_PREFIX = "sessions/"
 RUN_HERE_ELEMENTS = 1 << 16
 """A simulation this small (timesteps x batch x elements per batch entry) runs on the event loop
 when a slot is free and nobody waits: two thread hand-offs (0.3-0.5 ms) cost more than it does,
 and the loop is held no longer than such a call takes."""
-SERVER_ID_KEY = "rnnsim-server-id"
-"""Initial metadata of every response: which replica answered (for proxies, tests and debugging)."""
 
 
 class _Malformed:
@@ -134,7 +133,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         self.authenticator = authenticator
         self.device_name = device_name
         self.server_id = config.server_id
-        self.identity = ((SERVER_ID_KEY, config.server_id),)
+        self.identity = ((SERVER_ID_HEADER, config.server_id),)
         self.scheduler = FairScheduler(config.workers, config.scheduling)
         self.metrics = Metrics(manager, self.scheduler)
         # Training and evaluation loops wait here between batches; each batch takes a scheduler turn.
@@ -174,7 +173,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         requested = request.session
         if not requested.HasField("network"):
             raise InvalidRequest("session.network is missing: describe the network to simulate")
-        description = network.from_message(requested.network)
+        description = networks.from_message(requested.network)
         session = await self.in_worker(
             tenant,
             self.manager.create,
@@ -418,8 +417,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     def _session(self, session: Session) -> pb.Session:
         return pb.Session(
-            name=_PREFIX + session.id,
-            network=network.to_message(session.description),
+            name=session_name(session.id),
+            network=networks.to_message(session.description),
             input_shape=session.input_shape,
             batch_size=session.batch_size,
             seed=session.seed,
@@ -433,9 +432,10 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
 
 def _session_id(name: str) -> str:
-    if not name.startswith(_PREFIX) or len(name) == len(_PREFIX) or "/" in name[len(_PREFIX) :]:
+    session_id = session_id_of(name)
+    if session_id is None:
         raise InvalidRequest(f"a session name looks like 'sessions/<id>', got {name!r}")
-    return name[len(_PREFIX) :]
+    return session_id
 
 
 def _required_tensor(request, field: str):

@@ -25,6 +25,7 @@ import torch
 
 import rnnbuilder as rb
 from rnnbuilder import spec
+from rnnbuilder_sim.wire.names import session_name
 
 from .config import Limits
 from .errors import (
@@ -302,7 +303,7 @@ class SessionManager:
         if session is None and discover and self.store is not None:
             session = self._discover(session_id, owner)
         if session is None or (owner is not None and session.owner != owner):
-            raise SessionNotFound(f"sessions/{session_id}")
+            raise SessionNotFound(session_name(session_id))
         return session
 
     def _discover(self, session_id: str, owner: str | None) -> Session | None:
@@ -387,7 +388,7 @@ class SessionManager:
         with self._lock:
             session = self._sessions.pop(session_id, None)
         if session is None:
-            raise SessionNotFound(f"sessions/{session_id}")
+            raise SessionNotFound(session_name(session_id))
         with session.lock:
             session.model = session.state = session.training = None
             if self.store is not None:
@@ -404,7 +405,7 @@ class SessionManager:
             raise WouldBlock(session_id)
         try:
             if session_id not in self._sessions:  # deleted while this call waited
-                raise SessionNotFound(f"sessions/{session_id}")
+                raise SessionNotFound(session_name(session_id))
             if self.closing:
                 raise SessionMoving(session_id, "is leaving this replica, which is shutting down")
             if not session.resident:
@@ -505,7 +506,7 @@ class SessionManager:
             self.store.drop_lease(session.id, self.holder)
             with self._lock:
                 self._sessions.pop(session.id, None)
-            raise SessionNotFound(f"sessions/{session.id}")
+            raise SessionNotFound(session_name(session.id))
         snapshot = found[1]
         self._build(spec.from_spec(snapshot["description"], self.registry), session)
         try:
@@ -666,7 +667,7 @@ class SessionManager:
                     "max_message_bytes", reply, self.limits.max_message_bytes, "reply bytes (send fewer timesteps)"
                 )
             if not wanted():
-                raise CallCancelled(f"the call on sessions/{session_id} was cancelled; its state is unchanged")
+                raise CallCancelled(f"the call on {session_name(session_id)} was cancelled; its state is unchanged")
             first = session.timesteps
             session.state, session.timesteps = state, first + x.shape[0]
         return out, recordings, first

@@ -6,8 +6,8 @@ import datetime as dt
 
 from google.protobuf import timestamp_pb2
 
-from client import network, tensors
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from rnnbuilder_sim.wire import networks, tensors
 
 from . import training
 from .errors import InvalidRequest
@@ -19,7 +19,7 @@ def to_message(snapshot: dict) -> pb.SessionSnapshot:
     """A ``SessionManager.export`` dict as a ``SessionSnapshot`` message."""
     optimizer = snapshot["optimizer"]
     return pb.SessionSnapshot(
-        network=network.to_message(snapshot["description"]),
+        network=networks.to_message(snapshot["description"]),
         input_shape=snapshot["input_shape"],
         batch_size=snapshot["batch_size"],
         seed=snapshot["seed"],
@@ -43,7 +43,7 @@ def from_message(message: pb.SessionSnapshot) -> dict:
     if not message.HasField("network"):
         raise InvalidRequest("the snapshot has no network: send what ExportSession gave")
     return {
-        "description": network.from_message(message.network),
+        "description": networks.from_message(message.network),
         "input_shape": list(message.input_shape),
         "batch_size": message.batch_size,
         "seed": message.seed,

@@ -22,11 +22,12 @@ import pytest
 import torch
 
 import rnnbuilder as rb
-from client import Client, tensors
+from client import Client
 from client.__main__ import health
 from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+from rnnbuilder_sim.wire import tensors
 from tests.helpers import quiet_snapshot
 
 IN_SHAPE, B = (16,), 8

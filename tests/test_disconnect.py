@@ -23,9 +23,9 @@ import pytest
 import torch
 
 import rnnbuilder as rb
-from client import tensors
 from client.__main__ import health
 from rnnbuilder import snn
+from rnnbuilder_sim.wire import tensors
 from tests.helpers import quiet_snapshot, recurrent_readout_net
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -181,8 +181,8 @@ def test_a_malformed_session_id_is_invalid(client, bad):
 
 
 def create_request(session_id: str) -> pb.CreateSessionRequest:
-    from client import network
     from rnnbuilder import spec
+    from rnnbuilder_sim.wire import networks as network
 
     requested = pb.Session(
         network=network.to_message(spec.to_spec(recurrent_net())), input_shape=[3], batch_size=1, seed=0

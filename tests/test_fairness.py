@@ -77,7 +77,7 @@ def test_a_call_past_its_deadline_while_queued_never_runs(one_slot):
 
 
 def _tensor(array: np.ndarray) -> pb.Tensor:
-    from client import tensors
+    from rnnbuilder_sim.wire import tensors
 
     return tensors.encode(array)
 

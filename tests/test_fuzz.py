@@ -35,11 +35,11 @@ from hypothesis import strategies as st
 
 import rnnbuilder as rb
 from client import Client
-from client import network as wire
 from client.__main__ import health
 from rnnbuilder import nn, rnn, snn, spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+from rnnbuilder_sim.wire import networks as wire
 from server import Limits, ServerConfig
 from tests.server_fixture import running_server
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import rnnbuilder as rb
-from client import network as wire
 from rnnbuilder import nn, rnn, snn, spec
+from rnnbuilder_sim.wire import networks as wire
 
 FACTORIES = [name for name in nn.__all__ if name != "StatelessFactory"]
 

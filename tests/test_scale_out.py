@@ -30,8 +30,8 @@ from client.__main__ import health
 from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+from rnnbuilder_sim.wire import names
 from server import ServerConfig
-from server.servicer import SERVER_ID_KEY
 from tests.helpers import recurrent_net
 from tests.server_fixture import running_server
 
@@ -42,9 +42,9 @@ STEPS = 12  # per session: half before the replica stops, half after
 
 
 def test_header_names_are_the_servers():
-    """The client's header constants are public and match what the server sends."""
+    """The client's header constants are public and are the wire layer's, which the server sends."""
     assert {"SESSION_HEADER", "SERVER_ID_HEADER"} <= set(client.__all__)
-    assert SERVER_ID_HEADER == SERVER_ID_KEY
+    assert (SERVER_ID_HEADER, SESSION_HEADER) == (names.SERVER_ID_HEADER, names.SESSION_HEADER)
     assert re.fullmatch(r"[a-z0-9-]+", SESSION_HEADER)  # gRPC metadata keys are lower case; no "_" for nginx
 
 

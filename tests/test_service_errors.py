@@ -16,12 +16,12 @@ import pytest
 
 import rnnbuilder as rb
 from client import Client, InvalidArgumentError, NotFoundError, ResourceExhaustedError
-from client import network as wire
 from client.errors import from_rpc_error
-from client.tensors import TensorError
 from rnnbuilder import nn, snn, spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+from rnnbuilder_sim.wire import networks as wire
+from rnnbuilder_sim.wire.tensors import TensorError
 from server import Limits, ServerConfig
 from tests.helpers import recurrent_readout_net
 from tests.server_fixture import running_server

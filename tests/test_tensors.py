@@ -1,5 +1,5 @@
-"""Conversions to the wire: arrays as ``Tensor`` messages (client/tensors.py) and rnnbuilder networks
-as ``NetworkSpec`` messages (client/network.py)."""
+"""Conversions to the wire (``rnnbuilder_sim.wire``): arrays as ``Tensor`` messages and rnnbuilder
+networks as ``NetworkSpec`` messages."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import rnnbuilder as rb
-from client import network, tensors
-from client.tensors import TensorError
 from rnnbuilder import SpecError, initial, nn, rnn, snn, spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from rnnbuilder_sim.wire import networks as network
+from rnnbuilder_sim.wire import tensors
+from rnnbuilder_sim.wire.tensors import TensorError
 
 # Tensors
 

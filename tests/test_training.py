@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 import rnnbuilder as rb
 from client import Client, SimulatorError
-from client import tensors as wire_tensors
 from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from rnnbuilder_sim.wire import tensors as wire_tensors
 
 T, B, FEATURES, CLASSES = 15, 8, 12, 5
 

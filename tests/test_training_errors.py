@@ -12,9 +12,9 @@ import pytest
 
 import rnnbuilder as rb
 from client import Client, InvalidArgumentError, NotFoundError, ResourceExhaustedError
-from client import tensors as wire_tensors
 from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from rnnbuilder_sim.wire import tensors as wire_tensors
 from server import Limits, ServerConfig
 from tests.server_fixture import running_server
 

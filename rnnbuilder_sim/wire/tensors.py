@@ -1,7 +1,7 @@
 """Tensors on the wire: dtype + shape + raw little-endian bytes, optionally bit-packed.
 
-This is the one place that converts between numpy arrays / torch tensors and ``Tensor`` messages;
-the server uses it too.
+The one place that converts between numpy arrays / torch tensors and ``Tensor`` messages, for the
+client and the server alike.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
-__all__ = ["TensorError", "encode", "decode", "decode_torch", "is_binary"]
+__all__ = ["TensorError", "encode", "decode", "decode_torch", "is_binary", "to_numpy"]
 
 _NUMPY = {
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
@@ -48,9 +48,7 @@ def encode(value, bitpacked: bool = False) -> pb.Tensor:
     >>> decode(t).tolist()
     [[1.0, 0.0, 1.0]]
     """
-    if _is_torch(value):
-        value = _torch_to_numpy(value)
-    array = np.asarray(value)
+    array = to_numpy(value)
     code = _FROM_NUMPY.get(array.dtype.newbyteorder("="))
     if code is None:
         raise TensorError(f"can't send arrays of dtype {array.dtype}; use float32, float64, an int type or bool")
@@ -103,14 +101,17 @@ def decode_torch(message: pb.Tensor, device=None):
     return torch.from_numpy(decode(message)).to(device)
 
 
-def _is_torch(value) -> bool:
-    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+def to_numpy(value) -> np.ndarray:
+    """``value`` (a numpy array, a torch tensor on any device, a nested list) as a numpy array;
+    bfloat16, which numpy lacks, becomes float32.
 
+    >>> import torch
+    >>> to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype
+    dtype('float32')
+    """
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        import torch
 
-def _torch_to_numpy(value) -> np.ndarray:
-    import torch
-
-    value = value.detach().cpu()
-    if value.dtype == torch.bfloat16:
-        value = value.float()
-    return value.numpy()
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value)

@@ -1,5 +1,5 @@
 """Networks on the wire: rnnbuilder's data description (``rnnbuilder.spec``) as ``NetworkSpec``
-messages and back. The one place that converts networks; the server uses it too."""
+messages and back. The one place that converts networks, for the client and the server alike."""
 
 from __future__ import annotations
 
