@@ -1,4 +1,4 @@
-# The rnnbuilder-sim server image (README.md, Deployment: building, running, configuring).
+# The rnnbuilder-sim server image (docs/deployment.md: building, running, configuring).
 #
 # BASE is a CUDA-enabled PyTorch runtime by default, whose torch the image uses. Any Debian or Ubuntu image
 # with python3 (>= 3.11) and its venv module works too (python:3.11-slim, say); pip then installs TORCH_SPEC.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The container test (README.md, Deployment): build the server image with podman on a local Debian base, run it with a
+# The container test (docs/deployment.md): build the server image with podman on a local Debian base, run it with a
 # checkpoint volume and an auth file, wait for the image's own HEALTHCHECK to say SERVING, drive it with the real
 # client (tests/container/drive.py: remote spikes equal a local model), stop it (SIGTERM: every session
 # checkpointed), start a new container on the same volume and check that the session continues exactly.
@@ -70,7 +70,7 @@ say "base image $PYTHON_IMAGE"
 podman build -q --isolation=chroot --network=host --build-arg "DEBIAN=$DEBIAN_IMAGE" \
   -f tests/container/python.Containerfile -t "$PYTHON_IMAGE" tests/container >/dev/null
 
-# 2. The image, as the README's local recipe builds it: pip's wheel folder and CA bundle pass through as
+# 2. The image, as the local recipe in docs/deployment.md builds it: pip's wheel folder and CA bundle pass through as
 #    build args, and torch is pinned to the client venv's version (the local CPU wheel, and bit-equal results).
 torch_version="$("$PY" -c 'import torch; print(torch.__version__)')"
 find_links="${PIP_FIND_LINKS:-$("$PY" -m pip config get global.find-links 2>/dev/null || true)}"
