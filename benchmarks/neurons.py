@@ -594,7 +594,7 @@ def other_load(before, after) -> float | None:
 
 def bandwidth(device, steps=500, batch=16, n=16384, repeats=20) -> str:
     """GPU only: bytes read + written per second by the fused LIF kernels, against a D2D copy."""
-    from rnnbuilder.snn import triton_kernels as K
+    from rnnbuilder.snn.fused import triton_impl as K
 
     if not fused.triton_available():
         return "### Kernel bandwidth\n\nskipped: triton is not installed"

@@ -19,7 +19,8 @@ and take and return their state explicitly: ``out, state = model(x, state)``.
 
 from . import base, custom, initial, nn, porting, rnn, snn, spec
 from ._factory import INPUT_MODES, Model, ModuleFactory
-from ._graph import Input, Layer, List, Network, Node, Placeholder, Sequential, Stack, Sum
+from ._graph.network import Network
+from ._graph.nodes import Input, Layer, List, Node, Placeholder, Sequential, Stack, Sum
 from ._tree import last_state, named_leaves, replace_leaves
 from .errors import GraphError, RnnbuilderError, ShapeError, SpecError
 

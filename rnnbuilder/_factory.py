@@ -11,6 +11,8 @@ from ._runner import Runner, Shape
 from ._tree import State, last_state, tree_leaves, tree_map
 from .errors import ShapeError
 
+__all__ = ["INPUT_MODES", "ModuleFactory", "Model", "as_shape"]
+
 INPUT_MODES = ("sequence", "batch", "single")
 
 
@@ -29,7 +31,7 @@ class ModuleFactory(abc.ABC):
         >>> tuple(out.shape)
         (7, 2, 3)
         """
-        in_shape = _as_shape(in_shape)
+        in_shape = as_shape(in_shape)
         return Model(self._build(in_shape), in_shape, input_mode, full_state)
 
     def out_shape(self, in_shape: Shape | None) -> Shape | None:
@@ -262,7 +264,8 @@ class Model(torch.nn.Module):
         return device, dtype
 
 
-def _as_shape(in_shape) -> Shape:
+def as_shape(in_shape) -> Shape:
+    """``in_shape`` as a tuple of positive ints (an int n is (n,)), or a ``ShapeError``."""
     shape = (in_shape,) if isinstance(in_shape, int) else in_shape
     if not (
         isinstance(shape, (tuple, list))

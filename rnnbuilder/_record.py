@@ -13,6 +13,8 @@ from contextvars import ContextVar
 
 import torch
 
+__all__ = ["Recording", "recording", "call_child", "child_stepper"]
+
 _ACTIVE: ContextVar[Recording | None] = ContextVar("rnnbuilder_recording", default=None)
 
 

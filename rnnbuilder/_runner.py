@@ -14,6 +14,17 @@ import torch
 from ._record import call_child
 from ._tree import State, tree_stack
 
+__all__ = [
+    "Shape",
+    "Runner",
+    "StatelessRunner",
+    "SequentialRunner",
+    "map_input",
+    "time_batch",
+    "flat_shape",
+    "numel",
+]
+
 Shape = tuple[int, ...]
 """A data shape, without the time and batch dimensions. List inputs have a list of shapes."""
 
@@ -96,7 +107,7 @@ class StatelessRunner(Runner):
         return lambda x, state: (module(x), state)
 
     def sequence(self, x, state: State):
-        length, batch = _time_batch(x)
+        length, batch = time_batch(x)
         merged = map_input(lambda t: t.reshape(length * batch, *t.shape[2:]), x)
         y = self.apply(merged)
         return y.reshape(length, batch, *y.shape[1:]), state
@@ -161,7 +172,8 @@ def _first(x) -> torch.Tensor:
     return x[0] if isinstance(x, (list, tuple)) else x
 
 
-def _time_batch(x) -> tuple[int, int]:
+def time_batch(x) -> tuple[int, int]:
+    """(time, batch) of a sequence input, tensor or list of tensors."""
     first = _first(x)
     return first.shape[0], first.shape[1]
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["State", "tree_map", "tree_leaves", "tree_stack", "last_state", "named_leaves", "replace_leaves"]
+
 State = Any
 """A tensor, or a tuple, list or dict of states. ``()`` is the state of a stateless module."""
 

@@ -18,7 +18,7 @@
 
 from ._factory import Model as OuterModule
 from ._factory import ModuleFactory
-from ._graph import InputBase, LayerBase
-from ._graph import Node as LayerInput
+from ._graph.nodes import InputBase, LayerBase
+from ._graph.nodes import Node as LayerInput
 
 __all__ = ["ModuleFactory", "LayerInput", "LayerBase", "InputBase", "OuterModule"]

@@ -25,7 +25,7 @@ import itertools
 import torch
 
 from ._factory import ModuleFactory
-from ._runner import Runner, StatelessRunner, _time_batch, flat_shape, map_input
+from ._runner import Runner, StatelessRunner, flat_shape, map_input, time_batch
 from ._tree import tree_leaves, tree_map
 from .errors import ShapeError
 from .nn import infer_out_shape
@@ -259,7 +259,7 @@ class RecurrentModuleRunner(Runner):
             y, new_state = module(x, state)
         finally:
             module._full_state = False
-        _check_state(module, new_state, state, _time_batch(x)[0] if full_state else None, self.single_step)
+        _check_state(module, new_state, state, time_batch(x)[0] if full_state else None, self.single_step)
         return y, new_state
 
     def step(self, x, state):

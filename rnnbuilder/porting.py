@@ -55,8 +55,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._factory import ModuleFactory, _as_shape
-from ._graph import Input, Layer, Network, Placeholder, Sequential
+from ._factory import ModuleFactory, as_shape
+from ._graph.network import Network
+from ._graph.nodes import Input, Layer, Placeholder, Sequential
 from ._runner import SequentialRunner, StatelessRunner
 from .custom import RecurrentModuleRunner
 from .errors import RnnbuilderError
@@ -224,7 +225,7 @@ def _plan(factory: ModuleFactory, in_shape, original: Mapping) -> tuple[torch.nn
     """Our model (parameters on the meta device: only keys and shapes matter) and the key rules."""
     if not isinstance(factory, ModuleFactory):
         raise TypeError(f"factory must be a rnnbuilder factory such as a Network, got {factory!r}")
-    in_shape = _as_shape(in_shape)
+    in_shape = as_shape(in_shape)
     try:
         with torch.device("meta"):
             model = factory.make_model(in_shape)

@@ -57,7 +57,9 @@ import torch
 
 from . import initial, nn, rnn, snn
 from ._factory import ModuleFactory
-from ._graph import Layer, List, Network, Node, Placeholder, Sequential, Stack, Sum, definition_order
+from ._graph.compiler import definition_order
+from ._graph.network import Network
+from ._graph.nodes import Layer, List, Node, Placeholder, Sequential, Stack, Sum
 from .custom import CustomFactory
 from .errors import SpecError
 from .snn import Surrogate

@@ -16,6 +16,7 @@ import rnnbuilder as rb
 from rnnbuilder import nn, snn
 from rnnbuilder.snn import functional as F
 from rnnbuilder.snn import fused
+from rnnbuilder.snn.fused import blocks, torch_impl
 
 SURROGATES = [
     snn.SpikeLinear(),
@@ -130,7 +131,7 @@ def test_backward_chunks_do_not_change_gradients(factory, monkeypatch):
     model = factory.make_model((5,))
     xs = drive(factory, (29, 2, 5), seed=4)
     whole = run(model, xs, "torch")
-    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 3 * 2 * 5)  # chunks of 3 steps, the last one of 2
+    monkeypatch.setattr(torch_impl, "CHUNK_ELEMENTS", 3 * 2 * 5)  # chunks of 3 steps, the last one of 2
     chunked = run(model, xs, "torch")
     assert torch.equal(whole[0], chunked[0])
     torch.testing.assert_close(chunked[2], whole[2])
@@ -286,7 +287,7 @@ def test_lif_backward_called_directly_leaves_its_saved_values(reset, grad_spikes
     """Outside an autograd backward the torch backward can't know that its saved membrane is
     freed afterwards: it leaves it untouched, and it gives the same gradient as the in-place path."""
     xs = drive(snn.LIF(), (9, 2, 5), seed=11)
-    impl = fused._torch_impl
+    impl = torch_impl
     _, _, saved = impl.lif_forward(xs, torch.zeros(2, 5), 0.8, reset, store=True)
     kept = saved[0].clone()
     gs = {
@@ -323,10 +324,10 @@ def _storage(t: torch.Tensor) -> int:
 @pytest.fixture
 def spares(monkeypatch):
     """An empty list of spare forward blocks, with the default limits."""
-    monkeypatch.setattr(fused, "_SPARES", [])
-    monkeypatch.setattr(fused, "SPARE_BLOCKS", 4)
-    monkeypatch.setattr(fused, "SPARE_BYTES", 1 << 28)
-    return fused._SPARES
+    monkeypatch.setattr(blocks, "_SPARES", [])
+    monkeypatch.setattr(blocks, "SPARE_BLOCKS", 4)
+    monkeypatch.setattr(blocks, "SPARE_BYTES", 1 << 28)
+    return blocks._SPARES
 
 
 def test_forward_reuses_a_block_once_nothing_refers_to_it(spares):
@@ -382,13 +383,13 @@ def test_spare_blocks_respect_their_limits(spares, monkeypatch):
             model(torch.rand(steps, 2, 4))
     assert len(spares) == 4
     assert [s.nbytes() for _, s in spares] == [4 * steps * 2 * 4 for steps in range(4, 8)]
-    monkeypatch.setattr(fused, "SPARE_BYTES", 4 * 10 * 2 * 4)  # room for one block of 10 steps
+    monkeypatch.setattr(blocks, "SPARE_BYTES", 4 * 10 * 2 * 4)  # room for one block of 10 steps
     with torch.no_grad():
         model(torch.rand(10, 2, 4))
         assert [s.nbytes() for _, s in spares] == [4 * 10 * 2 * 4]
         model(torch.rand(11, 2, 4))  # larger than the limit: not kept
         assert [s.nbytes() for _, s in spares] == [4 * 10 * 2 * 4]
-    monkeypatch.setattr(fused, "SPARE_BLOCKS", 0)
+    monkeypatch.setattr(blocks, "SPARE_BLOCKS", 0)
     spares.clear()
     with torch.no_grad():
         model(torch.rand(10, 2, 4))
@@ -428,7 +429,7 @@ def test_one_op_decay_rounds_like_the_reference_step(dtype):
     v = (torch.randn(4096, generator=g, dtype=torch.float64) * scale).to(dtype).reshape(1, 64, 64)
     x = (torch.randn(4096, generator=g, dtype=torch.float64) * scale.flip(0)).to(dtype).reshape(64, 64)
     for beta in (F.decay(5.0), F.decay(1.5), 0.3, 1.0):
-        out = torch.addcmul(x, v[0], fused._decay_ones(v), value=beta)  # what the forward runs
+        out = torch.addcmul(x, v[0], torch_impl._decay_ones(v), value=beta)  # what the forward runs
         assert torch.equal(out, beta * v[0] + x)
 
 

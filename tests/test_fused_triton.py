@@ -1,4 +1,4 @@
-"""Spec of the Triton neuron kernels (``rnnbuilder.snn.triton_kernels``).
+"""Spec of the Triton neuron kernels (``rnnbuilder.snn.fused.triton_impl``).
 
 On CPU tensors the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` is set for them
 when they are loaded), so CI checks the very kernels that run on the GPU against the reference
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rnnbuilder import snn
-from rnnbuilder.snn import fused, triton_kernels
+from rnnbuilder.snn import fused
+from rnnbuilder.snn.fused import triton_impl
 
 pytest.importorskip("triton", reason="the Triton kernels need triton (pip install 'rnnbuilder-sim[kernels]')")
 
@@ -28,7 +29,7 @@ NEURONS = {
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(triton_kernels, "INTERPRET_BLOCK", BLOCK)
+    monkeypatch.setattr(triton_impl, "INTERPRET_BLOCK", BLOCK)
 
 
 def drive(name, shape, seed=0):
@@ -129,9 +130,9 @@ def test_custom_surrogate_is_refused_by_forced_triton():
 
 def test_kernel_bytes_counts_reads_and_writes():
     """kernel_bytes: the LIF forward moves 12 bytes a element (8 without storing), backward 12."""
-    assert triton_kernels.kernel_bytes("lif_fwd", 10, 100) == 4 * (3 * 1000 + 200)
-    assert triton_kernels.kernel_bytes("lif_fwd", 10, 100, store=False) == 4 * (2 * 1000 + 200)
-    assert triton_kernels.kernel_bytes("lif_bwd", 10, 100) == 4 * (3 * 1000 + 200)
+    assert triton_impl.kernel_bytes("lif_fwd", 10, 100) == 4 * (3 * 1000 + 200)
+    assert triton_impl.kernel_bytes("lif_fwd", 10, 100, store=False) == 4 * (2 * 1000 + 200)
+    assert triton_impl.kernel_bytes("lif_bwd", 10, 100) == 4 * (3 * 1000 + 200)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,5 +1,5 @@
 # ruff: noqa: SIM108  (if/else on constexpr flags reads better in kernels than ternaries)
-"""Triton kernels of the fused neurons (the source; ``triton_kernels`` loads and launches them).
+"""Triton kernels of the fused neurons (the source; ``triton_impl`` loads and launches them).
 
 Layout: every (time, batch, n) tensor is contiguous and seen as (T, M) with M = batch * n. Each
 program owns BLOCK neurons (a block of M) and loops over all T timesteps, keeping the state in
@@ -8,7 +8,7 @@ step's float32 operations in the same order (the launcher turns off FMA contract
 is IEEE-rounded), so spikes and states are bit-identical to ``functional.unroll``.
 
 This module imports without Triton (it then defines nothing), so that doctest collection and
-CPU-only installs don't need it. ``triton_kernels`` executes a copy of it once per mode (compiled,
+CPU-only installs don't need it. ``triton_impl`` executes a copy of it once per mode (compiled,
 or interpreted under ``TRITON_INTERPRET=1``), because ``triton.jit`` picks the mode when it runs.
 """
 
@@ -18,8 +18,11 @@ try:  # pragma: no cover - exercised only where triton is installed
 except ImportError:  # pragma: no cover
     triton = None
 
+_KERNELS = ["lif_fwd", "lif_bwd", "adaptive_fwd", "adaptive_bwd", "cooldown_fwd", "cooldown_bwd"]
+__all__ = _KERNELS if triton is not None else []  # the kernels, where Triton is installed
+
 if triton is not None:
-    # Surrogate codes, shared with triton_kernels.surrogate_code.
+    # Surrogate codes, shared with triton_impl.surrogate_code.
     SPIKE_LINEAR, FAST_SIGMOID, ATAN, TRIANGULAR, SIGMOID, STRAIGHT_THROUGH = 0, 1, 2, 3, 4, 5
 
     @triton.jit

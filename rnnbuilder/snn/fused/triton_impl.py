@@ -1,5 +1,5 @@
-"""Launchers of the Triton neuron kernels (``_triton_src``), with the signatures of the torch
-implementation in ``fused``: ``*_forward(..., store)`` and ``*_backward(saved, grads, ...)``.
+"""The Triton implementation of the fused neurons: launchers of the kernels in ``_triton_src``, with
+the functions of ``torch_impl``: ``*_forward(..., store)`` and ``*_backward(saved, grads, ...)``.
 
 One launch runs all T timesteps forward; one launch runs them backward. The kernels take float32
 contiguous tensors. On CUDA tensors they are compiled (or interpreted if ``TRITON_INTERPRET=1`` is
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import surrogate as S
+from .. import surrogate as S
 
 __all__ = [
     "surrogate_code",
