@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 import rnnbuilder as rb
-from rnnbuilder import nn, snn
+from rnnbuilder import custom, nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
 
@@ -60,3 +62,30 @@ def quiet_snapshot(session, settle_s: float = 0.5, limit_s: float = 60.0) -> pb.
         if now != count:
             count, since = now, time.monotonic()
     return pb.SessionSnapshot.FromString(session.save())
+
+
+class RefSpike(torch.autograd.Function):
+    """Heaviside forward; SpikeLinear(0.3) pseudo-derivative 0.3 * max(0, 1 - |v|) backward."""
+
+    @staticmethod
+    def forward(ctx, v):
+        ctx.save_for_backward(v)
+        return (v > 0).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        return grad * 0.3 * torch.clamp(1 - v.abs(), min=0)
+
+
+class VectorState(custom.CustomModule):
+    """A custom module base whose output and state are (batch, n) like its input; the state starts at zeros."""
+
+    def enter_in_shape(self, in_shape):
+        self.n = in_shape[0]
+
+    def get_out_shape(self, in_shape):
+        return in_shape
+
+    def get_initial_state(self, batch_size):
+        return torch.zeros(batch_size, self.n)

@@ -5,23 +5,15 @@ import torch
 
 import rnnbuilder as rb
 from rnnbuilder import custom, nn
+from tests.helpers import VectorState
 
 
-class LeakyStep(custom.CustomModule):
+class LeakyStep(VectorState):
     """y_t = decay * y_{t-1} + x_t, one timestep per call."""
 
     def __init__(self, decay=0.5):
         super().__init__()
         self.decay = decay
-
-    def enter_in_shape(self, in_shape):
-        self.n = in_shape[0]
-
-    def get_out_shape(self, in_shape):
-        return in_shape
-
-    def get_initial_state(self, batch_size):
-        return torch.zeros(batch_size, self.n)
 
     def get_initial_output(self, full_shape):
         return torch.full(full_shape, 7.0)

@@ -16,6 +16,7 @@ import torch
 import rnnbuilder as rb
 from rnnbuilder import nn, snn
 from rnnbuilder.snn import functional as F
+from tests.helpers import RefSpike
 
 TAUS = [1.5, 5.0, 20.0]
 
@@ -28,20 +29,6 @@ TAUS = [1.5, 5.0, 20.0]
 def H(v: torch.Tensor) -> torch.Tensor:
     """Heaviside, 1 where v > 0, in v's dtype (no gradient)."""
     return (v > 0).to(v.dtype)
-
-
-class RefSpike(torch.autograd.Function):
-    """Heaviside forward; SpikeLinear(0.3) pseudo-derivative 0.3 * max(0, 1 - |v|) backward."""
-
-    @staticmethod
-    def forward(ctx, v):
-        ctx.save_for_backward(v)
-        return (v > 0).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (v,) = ctx.saved_tensors
-        return grad * 0.3 * torch.clamp(1 - v.abs(), min=0)
 
 
 def ref_lif(xs, tau, reset=True, spike=H, m0=None):

@@ -2,8 +2,6 @@
 and ``_full_state``, inferred output shapes, ``self.device``, and the LSTM of examples/lstm.py."""
 
 import math
-import operator
-from functools import reduce
 
 import pytest
 import torch
@@ -11,26 +9,18 @@ import torch
 import rnnbuilder as rb
 from rnnbuilder import custom, spec
 from rnnbuilder.errors import ShapeError, SpecError
-from rnnbuilder.nn import Linear, Sigmoid, Tanh
+from tests.helpers import VectorState
+from tests.original_networks import ours
 
 # --- constructor arguments -------------------------------------------------------------------
 
 
-class Accumulate(custom.CustomModule):
+class Accumulate(VectorState):
     """y_t = y_{t-1} + scale * x_t, scale the product of the positional factors and the ``times`` keyword."""
 
     def __init__(self, *factors, **options):
         super().__init__()
         self.scale = math.prod(factors) * options.get("times", 1)
-
-    def enter_in_shape(self, in_shape):
-        self.n = in_shape[0]
-
-    def get_out_shape(self, in_shape):
-        return in_shape
-
-    def get_initial_state(self, batch_size):
-        return torch.zeros(batch_size, self.n)
 
     def forward(self, x, state):
         y = state + self.scale * x
@@ -132,22 +122,13 @@ def test_unknown_argument_names_are_refused_without_var_keyword():
 # --- unroll_full_state=False: final state unless _full_state ------------------------------------
 
 
-class LeakySequence(custom.CustomModule):
+class LeakySequence(VectorState):
     """y_t = decay * y_{t-1} + x_t over a whole sequence; every step's state only when ``_full_state``."""
 
     def __init__(self, decay: float = 0.5):
         super().__init__()
         self.decay = decay
         self.seen_full_state = []
-
-    def enter_in_shape(self, in_shape):
-        self.n = in_shape[0]
-
-    def get_out_shape(self, in_shape):
-        return in_shape
-
-    def get_initial_state(self, batch_size):
-        return torch.zeros(batch_size, self.n)
 
     def forward(self, x, state):
         self.seen_full_state.append(self._full_state)
@@ -395,45 +376,12 @@ def test_device_follows_the_model_to_the_gpu():
 # --- examples/lstm.py: an LSTM from Network primitives -------------------------------------------
 
 
-def prod(iterable):
-    return reduce(operator.mul, iterable, 1)
-
-
-class HadamardModule(rb.custom.CustomModule):
-    def get_out_shape(self, in_shapes):
-        return in_shapes[0]
-
-    def forward(self, inputs, _):
-        return prod(inputs), ()
-
-
-Hadamard = rb.custom.register_recurrent(
-    module_class=HadamardModule, flatten_input=False, single_step=False, unroll_full_state=False
-)
-
-SEQ, BATCH, INP_SHAPE, HIDDEN = 8, 32, (100,), 64
+SEQ, BATCH, INP_SHAPE, HIDDEN = 8, 32, (10,), 16  # the sizes of lstm_from_primitives in tests/original_networks.py
 
 
 def lstm_network() -> rb.Network:
-    """The network of the original's examples/lstm.py."""
-    n = rb.Network()
-
-    n.output = rb.Placeholder()
-    n.h_and_i = n.input.stack(n.output)
-
-    n.i = n.h_and_i.apply(Linear(HIDDEN), Sigmoid())
-    n.f = n.h_and_i.apply(Linear(HIDDEN), Sigmoid())
-    n.o = n.h_and_i.apply(Linear(HIDDEN), Sigmoid())
-    n.g = n.h_and_i.apply(Linear(HIDDEN), Tanh())
-
-    n.c = rb.Placeholder()
-    n.c_1 = n.f.append(n.c).apply(Hadamard())
-    n.c_2 = n.i.append(n.g).apply(Hadamard())
-
-    n.c = n.c_1.sum(n.c_2)
-    n.tan_c = n.c.apply(Tanh())
-    n.output = n.o.append(n.tan_c).apply(Hadamard())
-    return n
+    """The network of the original's examples/lstm.py, with its custom Hadamard module."""
+    return ours("lstm_from_primitives")
 
 
 def lstm_reference(model, x):

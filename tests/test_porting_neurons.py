@@ -17,6 +17,7 @@ import rnnbuilder as rb
 from rnnbuilder import nn, snn, spec
 from rnnbuilder.errors import SpecError
 from rnnbuilder.snn import fused
+from tests.helpers import RefSpike
 
 NEURONS = [snn.LIF, snn.NoReset, snn.Adaptive, snn.Cooldown]
 BACKENDS = [
@@ -36,20 +37,6 @@ def linear_neuron_model(neuron: type, seed: int = 0, **kwargs):
 
 def inputs(seed: int, steps: int = 6, batch: int = 3) -> torch.Tensor:
     return 2 * torch.rand(steps, batch, 4, generator=torch.Generator().manual_seed(seed))
-
-
-class LinearSpike(torch.autograd.Function):
-    """A custom spike function: Heaviside forward, SpikeLinear(0.3)'s pseudo-derivative backward."""
-
-    @staticmethod
-    def forward(ctx, v):
-        ctx.save_for_backward(v)
-        return (v > 0).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (v,) = ctx.saved_tensors
-        return grad * 0.3 * torch.clamp(1 - v.abs(), min=0)
 
 
 def leaves(state) -> list[torch.Tensor]:
@@ -139,7 +126,7 @@ def test_any_callable_is_accepted_as_spike_function(neuron):
     the built-in surrogate gives."""
     xs = inputs(2)
     expected = linear_neuron_model(neuron)(xs)[0]
-    for spike in (lambda v: (v > 0).float(), LinearSpike.apply):
+    for spike in (lambda v: (v > 0).float(), RefSpike.apply):
         assert torch.equal(linear_neuron_model(neuron, spike_function=spike)(xs)[0], expected)
 
 
@@ -152,7 +139,7 @@ def test_custom_spike_function_gradient_comes_from_its_own_backward(neuron, back
     with fused.use_backend("reference"):
         expected = gradients(linear_neuron_model(neuron, spike_function=snn.SpikeLinear(0.3)), xs)
     with fused.use_backend(backend):
-        got = gradients(linear_neuron_model(neuron, spike_function=LinearSpike.apply), xs)
+        got = gradients(linear_neuron_model(neuron, spike_function=RefSpike.apply), xs)
     assert torch.equal(got[0], expected[0])
     for a, b in zip(got[1:], expected[1:]):
         torch.testing.assert_close(a, b)
@@ -162,7 +149,7 @@ def test_custom_spike_function_takes_the_reference_backend():
     """resolve_backend picks the step loop for a spike function that isn't a Surrogate."""
     xs = torch.rand(5, 2, 3)
     for backend in ("auto", "torch", "triton", "reference"):
-        assert fused.resolve_backend(xs, LinearSpike.apply, backend) == "reference"
+        assert fused.resolve_backend(xs, RefSpike.apply, backend) == "reference"
     assert fused.resolve_backend(xs, snn.SpikeLinear(), "auto") == "torch"
 
 
@@ -176,7 +163,7 @@ def test_non_callable_spike_function_is_refused(neuron, value):
 
 def test_to_spec_refuses_a_custom_spike_function():
     """to_spec names the layer's spike_function and lists the registered surrogates to use instead."""
-    factory = rb.Sequential(nn.Linear(10), snn.LIF(spike_function=LinearSpike.apply))
+    factory = rb.Sequential(nn.Linear(10), snn.LIF(spike_function=RefSpike.apply))
     with pytest.raises(SpecError) as caught:
         spec.to_spec(factory)
     assert caught.value.path == "root.factories[1].args.spike_function"

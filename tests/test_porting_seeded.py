@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.original import run_original
-from tests.test_porting_state_dict import DESCRIPTIONS, ours
+from tests.original_networks import DESCRIPTIONS, ours
 
 IN_SHAPES = {"recurrent_snn": (20,), "lstm_from_primitives": (10,)}
 
