@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -17,9 +18,12 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from .auth import Authenticator
 from .checkpoints import LEASE_RENEW_S, CheckpointStore
 from .config import ServerConfig, resolve_device
+from .manager import SessionManager
 from .memory import MB, Quota
+from .metrics import Metrics
+from .placement import Placement
+from .scheduler import FairScheduler
 from .servicer import SimulatorServicer, add_to_server
-from .sessions import SessionManager
 
 __all__ = ["SimulatorServer", "create_server", "SERVICE_NAME"]
 
@@ -33,22 +37,26 @@ class SimulatorServer:
     def __init__(
         self,
         server: grpc.aio.Server,
-        servicer: SimulatorServicer,
-        health_servicer,
-        checkpoint_interval_s: float = 60.0,
-        evict_idle_after_s: float = 0.0,
+        config: ServerConfig,
+        health_servicer: health.aio.HealthServicer,
+        *,
+        sessions: SessionManager,
+        placement: Placement,
+        metrics: Metrics,
+        authenticator: Authenticator,
     ):
-        self.grpc_server = server
-        self.servicer = servicer
-        self.sessions: SessionManager = servicer.manager
-        self.authenticator = servicer.authenticator
-        self.metrics = servicer.metrics
-        self.metrics_port: int | None = None
-        self._interval = checkpoint_interval_s
-        self._idle = evict_idle_after_s
+        self._interval = config.checkpoint_interval_s
+        self._idle = config.evict_idle_after_s
+        self._health = health_servicer
         self._periodic: list[asyncio.Task] = []
         self._leases: asyncio.Task | None = None
-        self._health = health_servicer
+        self.grpc_server = server
+        self.sessions = sessions
+        self.placement = placement
+        self.scheduler = placement.scheduler
+        self.metrics = metrics
+        self.authenticator = authenticator
+        self.metrics_port: int | None = None
 
     async def start(self, metrics_port: int | None = None) -> None:
         """Start serving; with ``metrics_port`` (0: a free one), also Prometheus' ``/metrics``."""
@@ -89,7 +97,7 @@ class SimulatorServer:
                 store.directory,
                 extra={"event": "shutdown_checkpoint", "sessions": handed + late},
             )
-        self.servicer.close()
+        self.placement.close()
 
     @staticmethod
     async def _every(seconds: float, job) -> None:
@@ -124,7 +132,12 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
         ("grpc.max_send_message_length", config.limits.max_message_bytes),
     ]
     grpc_server = grpc.aio.server(options=options)
-    servicer = SimulatorServicer(manager, config, str(device), authenticator)
+    scheduler = FairScheduler(config.workers, config.scheduling)
+    # Training and evaluation loops wait on these threads between batches; each batch takes a scheduler turn.
+    loops = ThreadPoolExecutor(max_workers=config.limits.max_sessions, thread_name_prefix="rnnsim-loop")
+    placement = Placement(scheduler, loops)
+    metrics = Metrics(manager, scheduler)
+    servicer = SimulatorServicer(manager, placement, metrics, authenticator, config.server_id)
     add_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
@@ -139,7 +152,13 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server = SimulatorServer(
-        grpc_server, servicer, health_servicer, config.checkpoint_interval_s, config.evict_idle_after_s
+        grpc_server,
+        config,
+        health_servicer,
+        sessions=manager,
+        placement=placement,
+        metrics=metrics,
+        authenticator=authenticator,
     )
     return server, port
 

@@ -23,8 +23,9 @@ from typing import BinaryIO
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
-from . import snapshots
-from .sessions import SESSION_ID
+from .convert import snapshot_from_message, snapshot_to_message
+from .session import SESSION_ID
+from .snapshot import Snapshot
 
 __all__ = ["CheckpointStore", "LEASE_RENEW_S", "LEASE_EXPIRES_S"]
 
@@ -47,11 +48,11 @@ class CheckpointStore:
         self._unreadable: dict[Path, int | None] = {}
         """Checkpoints that couldn't be described, by their modification time then."""
 
-    def write(self, session_id: str, owner: str, snapshot: dict) -> None:
+    def write(self, session_id: str, owner: str, snapshot: Snapshot) -> None:
         """Replace the session's checkpoint, atomically."""
-        _replace(self._path(session_id, owner), snapshots.to_message(snapshot).SerializeToString())
+        _replace(self._path(session_id, owner), snapshot_to_message(snapshot).SerializeToString())
 
-    def read(self, session_id: str, owner: str | None) -> tuple[str, dict] | None:
+    def read(self, session_id: str, owner: str | None) -> tuple[str, Snapshot] | None:
         """``(owner, snapshot)`` of the session's checkpoint (only ``owner``'s, if given), or None
         if there is none or it can't be read (logged: a corrupt checkpoint is never fatal)."""
         for path in self._paths(session_id, owner):
@@ -60,12 +61,12 @@ class CheckpointStore:
             except FileNotFoundError:
                 continue
             try:
-                return _owner(path), snapshots.from_message(pb.SessionSnapshot.FromString(data))
+                return _owner(path), snapshot_from_message(pb.SessionSnapshot.FromString(data))
             except Exception as error:  # a corrupt checkpoint must never stop the server
                 log.warning("skipping unreadable checkpoint %s: %s", path, error)
         return None
 
-    def describe(self, session_id: str, owner: str | None) -> tuple[str, dict, int, int] | None:
+    def describe(self, session_id: str, owner: str | None) -> tuple[str, Snapshot, int, int] | None:
         """``(owner, snapshot, tensor bytes, modification time in ns)`` like ``read``, but without
         reading the tensors: the snapshot's parameters, state, optimizer, carried state and
         generator are empty, and the bytes their tensors take (about: their serialized size) come
@@ -78,7 +79,7 @@ class CheckpointStore:
                     if self._unreadable.get(path) == modified:  # logged already; every listing asks again
                         continue
                     message, tensor_bytes = skim(file)
-                return _owner(path), snapshots.from_message(message), tensor_bytes, modified
+                return _owner(path), snapshot_from_message(message), tensor_bytes, modified
             except FileNotFoundError:
                 continue
             except Exception as error:  # a corrupt checkpoint must never stop the server

@@ -10,8 +10,8 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .manager import SessionManager
 from .scheduler import FairScheduler
-from .sessions import SessionManager
 
 __all__ = ["Metrics"]
 

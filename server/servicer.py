@@ -1,13 +1,15 @@
-"""The gRPC servicer: converts messages, delegates to the SessionManager, maps errors to statuses."""
+"""The gRPC servicer: each method converts its request (``convert``), has the session manager or an
+operation (``operations``) do the work where ``placement`` puts it, and converts the answer.
+Errors become statuses in one decorator, for unary and streaming methods alike."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import any_pb2
@@ -17,26 +19,21 @@ from grpc_status import rpc_status
 import rnnbuilder as rb
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
-from rnnbuilder_sim.wire import networks, tensors
-from rnnbuilder_sim.wire.names import SERVER_ID_HEADER, session_name
-from rnnbuilder_sim.wire.names import session_id as session_id_of
+from rnnbuilder_sim.wire.names import SERVER_ID_HEADER
 
-from . import snapshots, training
+from . import convert, operations
 from .auth import Authenticator, Tenant
-from .config import ServerConfig
 from .errors import DOMAIN, InvalidRequest, SessionNotFound, status_of
+from .manager import SessionManager
 from .metrics import Metrics
-from .scheduler import FairScheduler
-from .sessions import Session, SessionManager, WouldBlock
+from .placement import Placement
+from .session import Session
 
 __all__ = ["SimulatorServicer", "VERSION", "add_to_server"]
 
 VERSION = rb.__version__
 log = logging.getLogger("rnnsim.rpc")
-RUN_HERE_ELEMENTS = 1 << 16
-"""A simulation this small (timesteps x batch x elements per batch entry) runs on the event loop
-when a slot is free and nobody waits: two thread hand-offs (0.3-0.5 ms) cost more than it does,
-and the loop is held no longer than such a call takes."""
+_SERVICE = pb.DESCRIPTOR.services_by_name["SimulatorService"]
 
 
 class _Malformed:
@@ -63,10 +60,14 @@ def _checked(request):
     return request
 
 
+async def _each_checked(requests: AsyncIterator) -> AsyncIterator:
+    async for request in requests:
+        yield _checked(request)
+
+
 def add_to_server(servicer: SimulatorServicer, server: grpc.aio.Server) -> None:
     """Serve ``servicer``'s methods, as the generated ``add_SimulatorServiceServicer_to_server``
     does, but with request parsing that turns malformed bytes into INVALID_ARGUMENT."""
-    service = pb.DESCRIPTOR.services_by_name["SimulatorService"]
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
@@ -78,27 +79,41 @@ def add_to_server(servicer: SimulatorServicer, server: grpc.aio.Server) -> None:
             request_deserializer=_parser(getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
-        for method in service.methods
+        for method in _SERVICE.methods
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),))
 
 
 def _handled(method):
-    """Turn exceptions into their canonical status with an ErrorInfo detail; the server goes on."""
+    """The method with its tenant and checked request(s), every exception turned into its canonical
+    status with an ErrorInfo detail (the server goes on), and its latency and status in the metrics.
+
+    A streaming method sends the replica's identity first; a unary one only with its answer, so
+    that a failed call ends trailers-only (which a client may retry, when the code allows).
+    """
+    name = method.__name__
+    described = _SERVICE.methods_by_name[name]
+    requests = _each_checked if described.client_streaming else _checked
+
+    if described.server_streaming:
+
+        @functools.wraps(method)
+        async def stream(self, request, context):
+            async with self._answering(context, name):
+                await context.send_initial_metadata(self.identity)
+                tenant = self.authenticator.tenant_for(context.invocation_metadata())
+                async for response in method(self, requests(request), context, tenant):
+                    yield response
+
+        return stream
 
     @functools.wraps(method)
     async def unary(self, request, context):
-        started, code = time.perf_counter(), "OK"
-        try:
+        async with self._answering(context, name):
             tenant = self.authenticator.tenant_for(context.invocation_metadata())
-            response = await method(self, _checked(request), context, tenant)
+            response = await method(self, requests(request), context, tenant)
             await context.send_initial_metadata(self.identity)
             return response
-        except Exception as error:  # every error becomes a status, none takes the server down
-            code = _code_name(error)
-            await _abort(context, error, method.__name__, self.identity)
-        finally:
-            self.metrics.observe(method.__name__, time.perf_counter() - started, code)
 
     return unary
 
@@ -126,56 +141,47 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: st
 
 
 class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
-    """Each method: decode the request, run the manager call in a worker thread, encode the answer."""
+    """Each method: convert the request, delegate, convert the answer. ``create_server`` hands in
+    the collaborators: the session manager, where work runs, the metrics and the authenticator."""
 
-    def __init__(self, manager: SessionManager, config: ServerConfig, device_name: str, authenticator: Authenticator):
+    def __init__(
+        self,
+        manager: SessionManager,
+        placement: Placement,
+        metrics: Metrics,
+        authenticator: Authenticator,
+        server_id: str,
+    ):
         self.manager = manager
+        self.placement = placement
+        self.metrics = metrics
         self.authenticator = authenticator
-        self.device_name = device_name
-        self.server_id = config.server_id
-        self.identity = ((SERVER_ID_HEADER, config.server_id),)
-        self.scheduler = FairScheduler(config.workers, config.scheduling)
-        self.metrics = Metrics(manager, self.scheduler)
-        # Training and evaluation loops wait here between batches; each batch takes a scheduler turn.
-        self._loops = ThreadPoolExecutor(max_workers=config.limits.max_sessions, thread_name_prefix="rnnsim-loop")
+        self.server_id = server_id
+        self.device_name = str(manager.device)
+        self.identity = ((SERVER_ID_HEADER, server_id),)
 
-    async def in_worker(self, tenant: Tenant, fn, *args):
-        """``fn(*args)`` in the tenant's turn on a scheduler slot, so the event loop keeps serving.
-        A call cancelled (or past its deadline) before its turn comes never runs."""
-        return await asyncio.wrap_future(self.scheduler.submit(tenant.name, functools.partial(fn, *args)))
-
-    async def in_turns(self, tenant: Tenant, loop_fn, **kwargs):
-        """``loop_fn(..., schedule=...)`` on a loop thread, each of its batches in the tenant's turn."""
-        fn = functools.partial(loop_fn, schedule=functools.partial(self.scheduler.call, tenant.name), **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._loops, fn)
-
-    def close(self) -> None:
-        self._loops.shutdown(wait=True)
-        self.scheduler.close()
+    @contextlib.asynccontextmanager
+    async def _answering(self, context: grpc.aio.ServicerContext, method: str):
+        started, code = time.perf_counter(), "OK"
+        try:
+            yield
+        except Exception as error:  # every error becomes a status, none takes the server down
+            code = _code_name(error)
+            await _abort(context, error, method, self.identity)
+        finally:
+            self.metrics.observe(method, time.perf_counter() - started, code)
 
     @_handled
     async def GetServerInfo(self, request, context, tenant):
-        limits = self.manager.limits
-        registry = self.manager.registry
-        return pb.GetServerInfoResponse(
-            version=VERSION,
-            device=self.device_name,
-            factory_types=registry.factory_names(),
-            surrogate_types=registry.surrogate_names(),
-            limits=pb.Limits(**{f: getattr(limits, f) for f in pb.Limits.DESCRIPTOR.fields_by_name}),
-            losses=training.loss_names(),
-            optimizers=sorted(training.OPTIMIZERS),
-            server_id=self.server_id,
-        )
+        manager = self.manager
+        return convert.server_info(VERSION, self.device_name, self.server_id, manager.limits, manager.registry)
 
     @_handled
     async def CreateSession(self, request, context, tenant):
         requested = request.session
-        if not requested.HasField("network"):
-            raise InvalidRequest("session.network is missing: describe the network to simulate")
-        description = networks.from_message(requested.network)
-        session = await self.in_worker(
-            tenant,
+        description = convert.network(requested)
+        session = await self.placement.in_turn(
+            tenant.name,
             self.manager.create,
             description,
             list(requested.input_shape),
@@ -184,12 +190,11 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             tenant.name,
             request.session_id or None,
         )
-        return pb.CreateSessionResponse(session=self._session(session))
+        return pb.CreateSessionResponse(session=self._message(session))
 
     @_handled
     async def GetSession(self, request, context, tenant):
-        session_id = await self._owned(request.name, tenant)
-        return pb.GetSessionResponse(session=self._session(self.manager.get(session_id)))
+        return pb.GetSessionResponse(session=self._message(await self._owned(request.name, tenant)))
 
     @_handled
     async def ListSessions(self, request, context, tenant):
@@ -207,264 +212,137 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         size = request.page_size or 100
         page = sessions[start : start + size]
         next_token = sessions[start + size].id if start + size < len(sessions) else ""
-        return pb.ListSessionsResponse(sessions=[self._session(s) for s in page], next_page_token=next_token)
+        return pb.ListSessionsResponse(sessions=[self._message(s) for s in page], next_page_token=next_token)
 
     @_handled
     async def DeleteSession(self, request, context, tenant):
-        await self.in_worker(tenant, self.manager.delete, await self._owned(request.name, tenant))
+        await self.placement.in_turn(tenant.name, self.manager.delete, await self._owned(request.name, tenant))
         return pb.DeleteSessionResponse()
 
     @_handled
     async def ResetState(self, request, context, tenant):
-        session_id = await self._owned(request.name, tenant)
-        await self.in_worker(tenant, self.manager.reset, session_id, list(request.batch_indices))
+        await self._operation(request, tenant, operations.reset, list(request.batch_indices))
         return pb.ResetStateResponse()
 
     @_handled
     async def GetState(self, request, context, tenant):
-        state = await self.in_worker(tenant, self.manager.get_state, await self._owned(request.name, tenant))
-        return pb.GetStateResponse(tensors=snapshots.named_tensors(state))
+        state = await self._operation(request, tenant, operations.get_state)
+        return pb.GetStateResponse(tensors=convert.named_tensors(state))
 
     @_handled
     async def SetState(self, request, context, tenant):
-        session_id = await self._owned(request.name, tenant)
-        await self.in_worker(tenant, self.manager.set_state, session_id, snapshots.decode_named(request.tensors))
+        session = await self._owned(request.name, tenant)
+        await self._in_turn(tenant, operations.set_state, session, convert.decode_named(request.tensors))
         return pb.SetStateResponse()
 
     @_handled
     async def GetParameters(self, request, context, tenant):
-        parameters = await self.in_worker(tenant, self.manager.get_parameters, await self._owned(request.name, tenant))
-        return pb.GetParametersResponse(parameters=snapshots.named_tensors(parameters))
+        parameters = await self._operation(request, tenant, operations.get_parameters)
+        return pb.GetParametersResponse(parameters=convert.named_tensors(parameters))
 
     @_handled
     async def SetParameters(self, request, context, tenant):
-        await self.in_worker(
-            tenant,
-            self.manager.set_parameters,
-            await self._owned(request.name, tenant),
-            snapshots.decode_named(request.parameters),
-        )
+        session = await self._owned(request.name, tenant)
+        await self._in_turn(tenant, operations.set_parameters, session, convert.decode_named(request.parameters))
         return pb.SetParametersResponse()
 
     @_handled
     async def Run(self, request, context, tenant):
-        out, recordings, _ = await self._simulate(request, tenant)
-        packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
-        return pb.RunResponse(
-            output=tensors.encode(out, packed), recordings=snapshots.named_tensors(recordings, packed)
-        )
+        simulation = await self._simulate(request, tenant)
+        return convert.run_response(simulation, convert.bitpacked(request))
 
-    async def Simulate(self, request_iterator, context):
-        name, started, code = None, time.perf_counter(), "OK"
-        try:
-            await context.send_initial_metadata(self.identity)
-            tenant = self.authenticator.tenant_for(context.invocation_metadata())
-            async for request in request_iterator:
-                request = _checked(request)
-                if name is not None and request.name != name:
-                    raise InvalidRequest(
-                        f"every chunk of a stream must name the same session: {name!r}, then {request.name!r}"
-                    )
-                name = request.name
-                out, recordings, first = await self._simulate(request, tenant)
-                packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
-                yield pb.SimulateResponse(
-                    output=tensors.encode(out, packed),
-                    recordings=snapshots.named_tensors(recordings, packed),
-                    first_timestep=first,
+    @_handled
+    async def Simulate(self, requests, context, tenant):
+        name = None
+        async for request in requests:
+            if name is not None and request.name != name:
+                raise InvalidRequest(
+                    f"every chunk of a stream must name the same session: {name!r}, then {request.name!r}"
                 )
-        except Exception as error:  # as in _handled, for a stream
-            code = _code_name(error)
-            await _abort(context, error, "Simulate", self.identity)
-        finally:
-            self.metrics.observe("Simulate", time.perf_counter() - started, code)
+            name = request.name
+            simulation = await self._simulate(request, tenant)
+            yield convert.simulate_response(simulation, convert.bitpacked(request))
 
     @_handled
     async def TrainStep(self, request, context, tenant):
-        carry = {0: "none", 1: "none", 2: "start", 3: "continue"}.get(request.carry)
-        if carry is None:
-            raise InvalidRequest(f"unknown carry {request.carry}")
-        loss, optimizer, clip = _training_config(request.config)
-        result = await self.in_worker(
-            tenant,
-            functools.partial(
-                self.manager.train_step,
-                await self._owned(request.name, tenant),
-                _required_tensor(request, "input"),
-                _required_tensor(request, "targets"),
-                loss,
-                optimizer,
-                clip_norm=clip,
-                carry=carry,
-            ),
-        )
-        return pb.TrainStepResponse(metrics=_metrics(result.metrics()))
+        carry = convert.carry(request.carry)
+        options = convert.training_options(request.config)
+        session = await self._owned(request.name, tenant)
+        x, y = convert.required_tensor(request, "input"), convert.required_tensor(request, "targets")
+        result = await self._in_turn(tenant, operations.train_step, session, x, y, options, carry)
+        return pb.TrainStepResponse(metrics=convert.scores_message(result.scores()))
 
-    async def Train(self, request, context):
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-        started, code = time.perf_counter(), "OK"
-        try:
-            await context.send_initial_metadata(self.identity)
-            tenant = self.authenticator.tenant_for(context.invocation_metadata())
-            request = _checked(request)
-            validation = None
-            if request.HasField("validation_inputs") or request.HasField("validation_targets"):
-                validation = (
-                    _required_tensor(request, "validation_inputs"),
-                    _required_tensor(request, "validation_targets"),
-                )
-            loss, optimizer, clip = _training_config(request.config)
-            fit = functools.partial(
-                self.manager.fit,
-                await self._owned(request.name, tenant),
-                _required_tensor(request, "inputs"),
-                _required_tensor(request, "targets"),
-                loss,
-                optimizer,
-                epochs=request.epochs,
-                batch_size=request.batch_size,
-                clip_norm=clip,
-                shuffle=not request.keep_order,
-                validation=validation,
-                tbptt_steps=request.tbptt_steps,
-                report=lambda progress: loop.call_soon_threadsafe(queue.put_nowait, progress),
-                cancelled=cancel.is_set,
-            )
-            done = loop.create_task(self.in_turns(tenant, fit))
-            done.add_done_callback(lambda _: queue.put_nowait(None))
-            try:
-                while (progress := await queue.get()) is not None:
-                    yield _progress(progress)
-                await done
-            finally:
-                cancel.set()  # a client that went away stops the training at the next batch boundary
-        except Exception as error:  # as in _handled, for a stream
-            code = _code_name(error)
-            await _abort(context, error, "Train", self.identity)
-        finally:
-            self.metrics.observe("Train", time.perf_counter() - started, code)
+    @_handled
+    async def Train(self, request, context, tenant):
+        validation = convert.validation(request)
+        options = convert.training_options(request.config)
+        fit = functools.partial(
+            operations.fit,
+            self.manager,
+            await self._owned(request.name, tenant),
+            convert.dataset(request),
+            options,
+            epochs=request.epochs,
+            batch_size=request.batch_size,
+            shuffle=not request.keep_order,
+            validation=validation,
+            tbptt_steps=request.tbptt_steps,
+        )
+        async with contextlib.aclosing(self.placement.reported(tenant.name, fit)) as progress:
+            async for event in progress:
+                yield convert.progress_message(event)
 
     @_handled
     async def Evaluate(self, request, context, tenant):
-        metrics = await self.in_turns(
-            tenant,
-            self.manager.evaluate,
-            session_id=await self._owned(request.name, tenant),
-            x=_required_tensor(request, "inputs"),
-            y=_required_tensor(request, "targets"),
-            loss=request.loss or "ce_count",
-            batch_size=request.batch_size or 256,
+        evaluate = functools.partial(
+            operations.evaluate,
+            self.manager,
+            await self._owned(request.name, tenant),
+            convert.dataset(request),
+            request.loss or "ce_count",
+            request.batch_size or 256,
         )
-        return pb.EvaluateResponse(metrics=_metrics(metrics))
+        scores = await self.placement.in_turns(tenant.name, evaluate)
+        return pb.EvaluateResponse(metrics=convert.scores_message(scores))
 
     @_handled
     async def ExportSession(self, request, context, tenant):
-        snapshot = await self.in_worker(tenant, self.manager.export, await self._owned(request.name, tenant))
-        return pb.ExportSessionResponse(snapshot=snapshots.to_message(snapshot))
+        snapshot = await self._operation(request, tenant, operations.export)
+        return pb.ExportSessionResponse(snapshot=convert.snapshot_to_message(snapshot))
 
     @_handled
     async def ImportSession(self, request, context, tenant):
-        if not request.HasField("snapshot") or not request.snapshot.HasField("network"):
-            raise InvalidRequest("snapshot is missing or has no network: send what ExportSession gave")
-        snapshot = snapshots.from_message(request.snapshot)
-        session = await self.in_worker(tenant, self.manager.import_, snapshot, tenant.name, request.session_id or None)
-        return pb.ImportSessionResponse(session=self._session(session))
+        snapshot = convert.imported_snapshot(request)
+        session_id = request.session_id or None
+        session = await self.placement.in_turn(tenant.name, self.manager.import_, snapshot, tenant.name, session_id)
+        return pb.ImportSessionResponse(session=self._message(session))
 
-    async def _simulate(self, request, tenant: Tenant):
-        session_id = await self._owned(request.name, tenant)
-        if not request.HasField("input"):
-            raise InvalidRequest("input is missing: send a (time, batch, *input_shape) tensor")
-        x = tensors.decode_torch(request.input)
-        packed = request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
-        wanted = threading.Event()
-        wanted.set()
-        run = functools.partial(
-            self.manager.run, session_id, x, list(request.record_layers), packed, wanted=wanted.is_set
-        )
-        work = x.shape[0] * x.shape[1] * self.manager.get(session_id).entry_elements if x.dim() >= 2 else 0
-        result = await self._run_soon(tenant, run, wanted, small=work <= RUN_HERE_ELEMENTS)
+    async def _simulate(self, request: pb.RunRequest | pb.SimulateRequest, tenant: Tenant) -> operations.Simulation:
+        """What Run and each chunk of Simulate do."""
+        session = await self._owned(request.name, tenant)
+        x = convert.required_tensor(request, "input", "send a (time, batch, *input_shape) tensor")
+        record = list(request.record_layers)
+        run = functools.partial(operations.run, self.manager, session, x, record, convert.bitpacked(request))
+        simulation = await self.placement.run_soon(tenant.name, session, x, run)
         self.metrics.timesteps.inc(x.shape[0])
-        return result
+        return simulation
 
-    async def _run_soon(self, tenant: Tenant, run, wanted: threading.Event, small: bool):
-        """``run()``: right here on the event loop if ``small`` and a slot is free (``run(wait=False)``,
-        which never waits), else in the tenant's turn on a slot; ``wanted`` is cleared if the call
-        goes away meanwhile, so that its result isn't kept."""
-        if small:
-            try:
-                ran, result = self.scheduler.run_here(tenant.name, functools.partial(run, wait=False))
-                if ran:
-                    return result
-            except WouldBlock:
-                pass
-        try:
-            return await self.in_worker(tenant, run)
-        except asyncio.CancelledError:
-            wanted.clear()
-            raise
+    async def _operation(self, request, tenant: Tenant, operation, *args):
+        """``operation(manager, session, *args)`` on the session the request names, in the tenant's turn."""
+        return await self._in_turn(tenant, operation, await self._owned(request.name, tenant), *args)
 
-    async def _owned(self, name: str, tenant: Tenant) -> str:
-        """The id of the session ``name`` if ``tenant`` owns it; others get NOT_FOUND. A session this
-        replica hasn't registered is looked for in the checkpoint folder on a thread: that reads
-        files, which the event loop mustn't wait for."""
-        session_id = _session_id(name)
+    async def _in_turn(self, tenant: Tenant, operation, session: Session, *args):
+        return await self.placement.in_turn(tenant.name, operation, self.manager, session, *args)
+
+    async def _owned(self, name: str, tenant: Tenant) -> Session:
+        """The session ``name`` if ``tenant`` owns it; others get NOT_FOUND. A session this replica
+        hasn't registered is looked for in the checkpoint folder on a thread: that reads files,
+        which the event loop mustn't wait for."""
+        session_id = convert.session_id(name)
         try:
-            return self.manager.get(session_id, tenant.name, discover=False).id
+            return self.manager.get(session_id, tenant.name, discover=False)
         except SessionNotFound:
-            return (await asyncio.to_thread(self.manager.get, session_id, tenant.name)).id
+            return await asyncio.to_thread(self.manager.get, session_id, tenant.name)
 
-    def _session(self, session: Session) -> pb.Session:
-        return pb.Session(
-            name=session_name(session.id),
-            network=networks.to_message(session.description),
-            input_shape=session.input_shape,
-            batch_size=session.batch_size,
-            seed=session.seed,
-            output_shape=session.output_shape,
-            parameter_count=session.parameter_count,
-            timesteps_simulated=session.timesteps,
-            device=self.device_name,
-            recordable_layers=session.recordable_layers,
-            create_time=snapshots.timestamp(session.create_time),
-        )
-
-
-def _session_id(name: str) -> str:
-    session_id = session_id_of(name)
-    if session_id is None:
-        raise InvalidRequest(f"a session name looks like 'sessions/<id>', got {name!r}")
-    return session_id
-
-
-def _required_tensor(request, field: str):
-    if not request.HasField(field):
-        raise InvalidRequest(f"{field} is missing")
-    return tensors.decode_torch(getattr(request, field))
-
-
-def _training_config(message: pb.TrainingConfig) -> tuple[str, training.OptimizerConfig, float]:
-    if not (message.grad_clip_norm >= 0):
-        raise InvalidRequest(f"grad_clip_norm must be >= 0, got {message.grad_clip_norm}")
-    return message.loss or "ce_count", snapshots.optimizer_config(message.optimizer), message.grad_clip_norm
-
-
-def _metrics(values: dict) -> pb.Metrics:
-    return pb.Metrics(loss=values["loss"], grad_norm=values.get("grad_norm", 0.0), accuracy=values.get("accuracy"))
-
-
-def _progress(progress: dict) -> pb.TrainResponse:
-    if progress["kind"] == "batch":
-        batch = pb.BatchProgress(
-            epoch=progress["epoch"], batch=progress["batch"], batches=progress["batches"], metrics=_metrics(progress)
-        )
-        return pb.TrainResponse(batch=batch)
-    validation = {k[4:]: v for k, v in progress.items() if k.startswith("val_")}
-    epoch = pb.EpochSummary(
-        epoch=progress["epoch"],
-        metrics=_metrics(progress),
-        validation_metrics=_metrics(validation) if validation else None,
-        samples_per_second=progress["samples_per_second"],
-    )
-    return pb.TrainResponse(epoch=epoch)
+    def _message(self, session: Session) -> pb.Session:
+        return convert.session_message(session, self.device_name)

@@ -1,4 +1,6 @@
-"""Training on the server: losses, optimizers and surrogate-gradient BPTT. Knows nothing of gRPC.
+"""Training on the server: losses, optimizers and surrogate-gradient BPTT, with the values a
+training call takes (``TrainingOptions``, ``Dataset``) and reports (``Scores``, ``BatchProgress``,
+``EpochSummary``). Knows nothing of gRPC.
 
 Shapes: a batch is x (time, batch, *input_shape) with targets as the loss needs them (see
 ``LOSSES``); a dataset is x (samples, time, *input_shape) with targets (samples, ...).
@@ -19,7 +21,23 @@ import rnnbuilder as rb
 
 from .errors import InvalidRequest
 
-__all__ = ["Loss", "LOSSES", "OptimizerConfig", "OPTIMIZERS", "Training", "BatchResult", "Totals", "loss_names"]
+__all__ = [
+    "Loss",
+    "LOSSES",
+    "OptimizerConfig",
+    "OPTIMIZERS",
+    "TrainingOptions",
+    "Dataset",
+    "Scores",
+    "BatchProgress",
+    "EpochSummary",
+    "Progress",
+    "OptimizerSnapshot",
+    "Training",
+    "BatchResult",
+    "Totals",
+    "loss_names",
+]
 
 
 @dataclass(frozen=True)
@@ -137,6 +155,69 @@ class OptimizerConfig:
         return OPTIMIZERS[self.name](parameters, lr=self.lr, weight_decay=self.weight_decay, **extra)
 
 
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How a step trains: the loss by name, the optimizer, and the gradient norm to clip to (0: none)."""
+
+    loss: str = "ce_count"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    clip_norm: float = 0.0
+
+    @property
+    def objective(self) -> Loss:
+        """The loss itself; InvalidRequest if no loss has this name."""
+        return get_loss(self.loss)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Sequences to train or evaluate on: inputs (samples, time, *input_shape), targets (samples, ...)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Scores:
+    """How a batch, an epoch or an evaluation went; ``accuracy`` only for class losses."""
+
+    loss: float
+    grad_norm: float = 0.0
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Reported after each training batch: batch ``batch`` of ``batches`` in epoch ``epoch``."""
+
+    epoch: int
+    batch: int
+    batches: int
+    scores: Scores
+
+
+@dataclass(frozen=True)
+class EpochSummary:
+    """Reported after each epoch: its scores, those on the validation set if there is one, and its speed."""
+
+    epoch: int
+    scores: Scores
+    samples_per_second: float
+    validation: Scores | None = None
+
+
+Progress = BatchProgress | EpochSummary
+"""What a training run reports as it goes."""
+
+
+@dataclass(frozen=True)
+class OptimizerSnapshot:
+    """An optimizer's config and its state tensors by name (``"<param index>.<key>"``)."""
+
+    config: OptimizerConfig
+    tensors: dict[str, torch.Tensor]
+
+
 # Dropout draws from torch's global generator: a batch swaps the session's generator state in and
 # out under this lock, so sessions training in parallel threads stay reproducible.
 GLOBAL_RNG = threading.Lock()
@@ -150,12 +231,8 @@ class BatchResult:
     right: int
     total: int
 
-    def metrics(self) -> dict[str, float]:
-        """``loss`` and ``grad_norm``, and ``accuracy`` for class losses."""
-        metrics = {"loss": self.loss, "grad_norm": self.grad_norm}
-        if self.total:
-            metrics["accuracy"] = self.right / self.total
-        return metrics
+    def scores(self) -> Scores:
+        return Scores(self.loss, self.grad_norm, self.right / self.total if self.total else None)
 
 
 @dataclass
@@ -176,8 +253,8 @@ class Totals:
         self.total += result.total
         self.grad_norm = max(self.grad_norm, result.grad_norm)
 
-    def metrics(self) -> dict[str, float]:
-        return BatchResult(self.loss / self.samples, self.grad_norm, self.right, self.total).metrics()
+    def scores(self) -> Scores:
+        return BatchResult(self.loss / self.samples, self.grad_norm, self.right, self.total).scores()
 
 
 @dataclass
@@ -224,14 +301,13 @@ def train_batch(
     training: Training,
     x: torch.Tensor,
     y: torch.Tensor,
-    loss: Loss,
-    config: OptimizerConfig,
-    clip_norm: float,
+    options: TrainingOptions,
     state,
 ) -> tuple[BatchResult, object]:
     """One optimizer step on x (time, batch, ...) from ``state`` (None: fresh); returns the result
     and the final state (still attached to the graph: ``detached`` it to keep it)."""
-    optimizer = training.optimizer_for(model, config)
+    loss, clip_norm = options.objective, options.clip_norm
+    optimizer = training.optimizer_for(model, options.optimizer)
     model.train()
     try:
         with training.random(model, x.device):
@@ -273,21 +349,18 @@ def train_chunks(
     training: Training,
     x: torch.Tensor,
     y: torch.Tensor,
-    loss: Loss,
-    config: OptimizerConfig,
-    clip_norm: float,
+    options: TrainingOptions,
     tbptt_steps: int,
 ) -> BatchResult:
     """Train on one batch from a fresh state: one step over all of time, or with ``tbptt_steps`` > 0
     one step per chunk of that many timesteps, the state carried and detached between chunks."""
     if tbptt_steps <= 0 or tbptt_steps >= x.shape[0]:
-        return train_batch(model, training, x, y, loss, config, clip_norm, None)[0]
+        return train_batch(model, training, x, y, options, None)[0]
     state, results = None, []
+    per_step = options.objective.per_step
     for start in range(0, x.shape[0], tbptt_steps):
-        chunk_y = y[start : start + tbptt_steps] if loss.per_step else y
-        result, state = train_batch(
-            model, training, x[start : start + tbptt_steps], chunk_y, loss, config, clip_norm, state
-        )
+        chunk_y = y[start : start + tbptt_steps] if per_step else y
+        result, state = train_batch(model, training, x[start : start + tbptt_steps], chunk_y, options, state)
         state = detached(state)
         results.append(result)
     return BatchResult(
@@ -298,23 +371,23 @@ def train_chunks(
     )
 
 
-def optimizer_snapshot(training: Training) -> dict | None:
-    """The optimizer's config and state tensors by name (``"<param index>.<key>"``), or None."""
+def optimizer_snapshot(training: Training) -> OptimizerSnapshot | None:
+    """The optimizer's config and state tensors, or None if the session has no optimizer yet."""
     if training.optimizer is None:
         return None
     tensors = {}
     for index, values in training.optimizer.state_dict()["state"].items():
         for key, value in values.items():
             tensors[f"{index}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
-    return {"config": training.config, "tensors": tensors}
+    return OptimizerSnapshot(training.config, tensors)
 
 
-def restore_optimizer(training: Training, model: rb.Model, snapshot: dict) -> None:
+def restore_optimizer(training: Training, model: rb.Model, snapshot: OptimizerSnapshot) -> None:
     """Rebuild the optimizer from ``optimizer_snapshot``'s output."""
-    optimizer = training.optimizer_for(model, snapshot["config"])
+    optimizer = training.optimizer_for(model, snapshot.config)
     parameters = list(model.parameters())
     state: dict[int, dict] = {}
-    for name, value in snapshot["tensors"].items():
+    for name, value in snapshot.tensors.items():
         index, _, key = name.partition(".")
         if not index.isdigit() or not key or int(index) >= len(parameters):
             raise InvalidRequest(

@@ -49,7 +49,7 @@ def test_a_step_is_served_before_another_tenants_backlog(one_slot):
         backlog = [threading.Thread(target=lambda: (heavy.run(x), done.append("heavy"))) for _ in range(9)]
         for thread in backlog:
             thread.start()
-        wait_until(lambda: server.servicer.scheduler.queued().get("trainer", 0) >= 7)
+        wait_until(lambda: server.scheduler.queued().get("trainer", 0) >= 7)
         light.step(np.ones((1, 3), np.float32))
         done.append("step")
         for thread in backlog:
@@ -65,7 +65,7 @@ def test_a_call_past_its_deadline_while_queued_never_runs(one_slot):
         light = s.create_session(LIGHT, input_shape=(3,))
         busy = threading.Thread(target=heavy.run, args=(np.ones((5000, 16, 3), np.float32),))
         busy.start()
-        wait_until(lambda: server.servicer.scheduler.running() == {"trainer": 1})
+        wait_until(lambda: server.scheduler.running() == {"trainer": 1})
         stub = pb_grpc.SimulatorServiceStub(s._channel)
         request = pb.RunRequest(name=light.name, input=_tensor(np.ones((5, 1, 3), np.float32)))
         with pytest.raises(grpc.RpcError) as caught:
@@ -73,7 +73,7 @@ def test_a_call_past_its_deadline_while_queued_never_runs(one_slot):
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         busy.join(120)
         assert s.get_session(light.id).timesteps_simulated == 0
-        assert server.servicer.scheduler.queued() == {}
+        assert server.scheduler.queued() == {}
 
 
 def _tensor(array: np.ndarray) -> pb.Tensor:
@@ -88,7 +88,7 @@ def test_a_step_on_a_busy_session_waits_without_holding_up_the_server():
         session = c.create_session(recurrent_net(256), input_shape=(3,), batch_size=16)
         busy = threading.Thread(target=session.run, args=(np.ones((10000, 16, 3), np.float32),))
         busy.start()
-        wait_until(lambda: sum(server.servicer.scheduler.running().values()) == 1)
+        wait_until(lambda: sum(server.scheduler.running().values()) == 1)
         step = threading.Thread(target=session.step, args=(np.ones((16, 3), np.float32),))
         step.start()  # a slot is free, but the session is not: the step must not wait on the event loop
         time.sleep(0.2)

@@ -1,0 +1,266 @@
+"""Messages to domain values and back: the one place the server converts.
+
+Requests become session ids, tensors, ``TrainingOptions``, ``Dataset``\\ s and ``Snapshot``\\ s;
+sessions, ``Scores``, training progress and snapshots become messages. Tensors and networks go
+through the converters the client shares (``rnnbuilder_sim.wire``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import torch
+from google.protobuf import timestamp_pb2
+
+from rnnbuilder import spec
+from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from rnnbuilder_sim.wire import names, networks, tensors
+
+from .config import Limits
+from .errors import InvalidRequest
+from .operations import Simulation
+from .session import Session
+from .snapshot import Snapshot
+from .training import (
+    OPTIMIZERS,
+    BatchProgress,
+    Dataset,
+    OptimizerConfig,
+    OptimizerSnapshot,
+    Progress,
+    Scores,
+    TrainingOptions,
+    loss_names,
+)
+
+__all__ = [
+    "session_id",
+    "network",
+    "session_message",
+    "server_info",
+    "required_tensor",
+    "bitpacked",
+    "run_response",
+    "simulate_response",
+    "named_tensors",
+    "decode_named",
+    "carry",
+    "training_options",
+    "dataset",
+    "validation",
+    "scores_message",
+    "progress_message",
+    "snapshot_to_message",
+    "snapshot_from_message",
+    "imported_snapshot",
+]
+
+_CARRIES = {0: "none", 1: "none", 2: "start", 3: "continue"}
+"""``TrainStepRequest.carry`` (unspecified, none, start, continue) as ``operations.train_step`` takes it."""
+
+
+def session_id(name: str) -> str:
+    """The id in a session's resource name, or InvalidRequest showing the form.
+
+    >>> session_id("sessions/3f2a")
+    '3f2a'
+    >>> session_id("3f2a")
+    Traceback (most recent call last):
+    server.errors.InvalidRequest: a session name looks like 'sessions/<id>', got '3f2a'
+    """
+    found = names.session_id(name)
+    if found is None:
+        raise InvalidRequest(f"a session name looks like 'sessions/<id>', got {name!r}")
+    return found
+
+
+def network(session: pb.Session) -> dict:
+    """The description of the network a CreateSession request asks for."""
+    if not session.HasField("network"):
+        raise InvalidRequest("session.network is missing: describe the network to simulate")
+    return networks.from_message(session.network)
+
+
+def session_message(session: Session, device: str) -> pb.Session:
+    return pb.Session(
+        name=names.session_name(session.id),
+        network=networks.to_message(session.description),
+        input_shape=session.input_shape,
+        batch_size=session.batch_size,
+        seed=session.seed,
+        output_shape=session.output_shape,
+        parameter_count=session.parameter_count,
+        timesteps_simulated=session.timesteps,
+        device=device,
+        recordable_layers=session.recordable_layers,
+        create_time=_timestamp(session.create_time),
+    )
+
+
+def server_info(
+    version: str, device: str, server_id: str, limits: Limits, registry: spec.Registry
+) -> pb.GetServerInfoResponse:
+    return pb.GetServerInfoResponse(
+        version=version,
+        device=device,
+        factory_types=registry.factory_names(),
+        surrogate_types=registry.surrogate_names(),
+        limits=pb.Limits(**{f: getattr(limits, f) for f in pb.Limits.DESCRIPTOR.fields_by_name}),
+        losses=loss_names(),
+        optimizers=sorted(OPTIMIZERS),
+        server_id=server_id,
+    )
+
+
+def required_tensor(request, field: str, hint: str = "") -> torch.Tensor:
+    """The tensor in ``request.<field>``; InvalidRequest if it is missing, with ``hint`` on what to send."""
+    if not request.HasField(field):
+        raise InvalidRequest(f"{field} is missing: {hint}" if hint else f"{field} is missing")
+    return tensors.decode_torch(getattr(request, field))
+
+
+def bitpacked(request: pb.RunRequest | pb.SimulateRequest) -> bool:
+    """Whether the reply is to carry binary values as bits."""
+    return request.output_encoding == pb.TENSOR_ENCODING_BITPACKED
+
+
+def run_response(simulation: Simulation, packed: bool) -> pb.RunResponse:
+    output, recordings = tensors.encode(simulation.output, packed), named_tensors(simulation.recordings, packed)
+    return pb.RunResponse(output=output, recordings=recordings)
+
+
+def simulate_response(simulation: Simulation, packed: bool) -> pb.SimulateResponse:
+    output, recordings = tensors.encode(simulation.output, packed), named_tensors(simulation.recordings, packed)
+    return pb.SimulateResponse(output=output, recordings=recordings, first_timestep=simulation.first_timestep)
+
+
+def named_tensors(values: dict[str, torch.Tensor], packed: bool = False) -> list[pb.NamedTensor]:
+    return [pb.NamedTensor(name=name, tensor=tensors.encode(value, packed)) for name, value in values.items()]
+
+
+def decode_named(items) -> dict[str, torch.Tensor]:
+    """``NamedTensor`` messages by name; InvalidRequest if a name comes twice."""
+    decoded = {}
+    for item in items:
+        if item.name in decoded:
+            raise InvalidRequest(f"tensor {item.name!r} is given twice")
+        decoded[item.name] = tensors.decode_torch(item.tensor)
+    return decoded
+
+
+def carry(value: int) -> str:
+    try:
+        return _CARRIES[value]
+    except KeyError:
+        raise InvalidRequest(f"unknown carry {value}") from None
+
+
+def training_options(message: pb.TrainingConfig) -> TrainingOptions:
+    if not (message.grad_clip_norm >= 0):
+        raise InvalidRequest(f"grad_clip_norm must be >= 0, got {message.grad_clip_norm}")
+    return TrainingOptions(message.loss or "ce_count", _optimizer_config(message.optimizer), message.grad_clip_norm)
+
+
+def dataset(request, inputs: str = "inputs", targets: str = "targets") -> Dataset:
+    """The dataset in ``request``'s ``inputs`` and ``targets`` fields, both required."""
+    return Dataset(required_tensor(request, inputs), required_tensor(request, targets))
+
+
+def validation(request: pb.TrainRequest) -> Dataset | None:
+    """A TrainRequest's validation set, if it has one (then it needs both halves)."""
+    if request.HasField("validation_inputs") or request.HasField("validation_targets"):
+        return dataset(request, "validation_inputs", "validation_targets")
+    return None
+
+
+def scores_message(scores: Scores) -> pb.Metrics:
+    return pb.Metrics(loss=scores.loss, grad_norm=scores.grad_norm, accuracy=scores.accuracy)
+
+
+def progress_message(progress: Progress) -> pb.TrainResponse:
+    if isinstance(progress, BatchProgress):
+        batch = pb.BatchProgress(
+            epoch=progress.epoch,
+            batch=progress.batch,
+            batches=progress.batches,
+            metrics=scores_message(progress.scores),
+        )
+        return pb.TrainResponse(batch=batch)
+    epoch = pb.EpochSummary(
+        epoch=progress.epoch,
+        metrics=scores_message(progress.scores),
+        validation_metrics=None if progress.validation is None else scores_message(progress.validation),
+        samples_per_second=progress.samples_per_second,
+    )
+    return pb.TrainResponse(epoch=epoch)
+
+
+def snapshot_to_message(snapshot: Snapshot) -> pb.SessionSnapshot:
+    optimizer = None
+    if snapshot.optimizer is not None:
+        config, tensors_ = _optimizer_message(snapshot.optimizer.config), named_tensors(snapshot.optimizer.tensors)
+        optimizer = pb.OptimizerSnapshot(config=config, tensors=tensors_)
+    return pb.SessionSnapshot(
+        network=networks.to_message(snapshot.description),
+        input_shape=snapshot.input_shape,
+        batch_size=snapshot.batch_size,
+        seed=snapshot.seed,
+        timesteps_simulated=snapshot.timesteps,
+        parameters=named_tensors(snapshot.parameters),
+        state=named_tensors(snapshot.state),
+        optimizer=optimizer,
+        random_state=tensors.encode(snapshot.rng),
+        carried_state=named_tensors(snapshot.carried or {}),
+        carried_batch_size=snapshot.carried_batch,
+        create_time=_timestamp(snapshot.create_time),
+    )
+
+
+def snapshot_from_message(message: pb.SessionSnapshot) -> Snapshot:
+    if not message.HasField("network"):
+        raise InvalidRequest("the snapshot has no network: send what ExportSession gave")
+    return Snapshot(
+        description=networks.from_message(message.network),
+        input_shape=tuple(message.input_shape),
+        batch_size=message.batch_size,
+        seed=message.seed,
+        timesteps=message.timesteps_simulated,
+        parameters=decode_named(message.parameters),
+        state=decode_named(message.state),
+        optimizer=None
+        if not message.HasField("optimizer")
+        else OptimizerSnapshot(_optimizer_config(message.optimizer.config), decode_named(message.optimizer.tensors)),
+        rng=tensors.decode_torch(message.random_state) if message.HasField("random_state") else None,
+        carried=decode_named(message.carried_state) if message.carried_state else None,
+        carried_batch=message.carried_batch_size,
+        create_time=message.create_time.ToDatetime(dt.UTC) if message.HasField("create_time") else None,
+    )
+
+
+def imported_snapshot(request: pb.ImportSessionRequest) -> Snapshot:
+    if not request.HasField("snapshot") or not request.snapshot.HasField("network"):
+        raise InvalidRequest("snapshot is missing or has no network: send what ExportSession gave")
+    return snapshot_from_message(request.snapshot)
+
+
+def _timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _optimizer_config(message: pb.OptimizerConfig) -> OptimizerConfig:
+    return OptimizerConfig(
+        name=message.name or "adam",
+        lr=message.learning_rate,
+        weight_decay=message.weight_decay,
+        momentum=message.momentum,
+    )
+
+
+def _optimizer_message(config: OptimizerConfig) -> pb.OptimizerConfig:
+    return pb.OptimizerConfig(
+        name=config.name, learning_rate=config.lr, weight_decay=config.weight_decay, momentum=config.momentum
+    )

@@ -1,0 +1,529 @@
+"""The session manager: which sessions there are, where each is (in device memory or only in its
+checkpoint), and which replica holds it. Knows nothing of gRPC.
+
+Every method is thread-safe. Calls to one session run one at a time (``held``); calls to
+different sessions run in parallel. What a call does with its session is in ``operations``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+
+from rnnbuilder import spec
+from rnnbuilder_sim.wire.names import session_name
+
+from .config import Limits
+from .errors import LimitExceeded, SessionExists, SessionMoving, SessionNotFound
+from .memory import MB, MemoryLedger, Quota
+from .placement import WouldBlock
+from .planning import build, checked_request, network_errors, plan, summary
+from .session import SESSION_ID, Session, SessionStore
+from .snapshot import Snapshot, restore, take
+
+__all__ = ["SessionManager"]
+
+log = logging.getLogger("rnnsim.sessions")
+
+
+class SessionManager:
+    """Creates, finds, holds, evicts and deletes sessions on one device, within ``limits`` and
+    memory budgets.
+
+    With a ``store``, sessions can leave memory (``evict_idle``, or to make room under a budget)
+    and come back on their next call; sessions the store has but memory hasn't (after a restart,
+    or written by another replica sharing the folder) are loaded on demand. ``holder`` names this
+    replica in the store's leases: a session another replica holds is asked for and waited for
+    (SessionMoving) rather than loaded from an older checkpoint; ``tend_leases`` does the rest.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        limits: Limits,
+        registry: spec.Registry | None = None,
+        store: SessionStore | None = None,
+        quotas: Mapping[str, Quota] | None = None,
+        memory_budget_bytes: int | None = None,
+        holder: str = "local",
+    ):
+        self.device = device
+        self.holder = holder
+        self.limits = limits
+        self.registry = registry or spec.default_registry
+        self.store = store
+        self.quotas = dict(quotas or {})
+        self.ledger = MemoryLedger(memory_budget_bytes)
+        self.evictions: Counter[str] = Counter()
+        """Sessions evicted, by reason (``idle``, ``memory``)."""
+        self.restores = 0
+        """Evicted or stored sessions loaded back into memory."""
+        self.closing = False
+        """Shutting down: sessions are being handed over to their checkpoints, calls are refused."""
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    # -- making and closing sessions --------------------------------------------------------------
+
+    def create(
+        self,
+        description: dict,
+        input_shape,
+        batch_size: int,
+        seed: int,
+        owner: str = "default",
+        session_id: str | None = None,
+    ) -> Session:
+        """Build the described network for ``input_shape`` and open a session for ``batch_size``
+        sequences, owned by ``owner``, under ``session_id`` or a random id. With a checkpoint
+        folder the session is written there at once: it survives a crash from the start, and
+        replicas sharing the folder list it."""
+        session = self._create(description, input_shape, batch_size, seed, owner, session_id)
+        self._save(session)
+        return session
+
+    def import_(self, snapshot: Snapshot, owner: str = "default", session_id: str | None = None) -> Session:
+        """A new session of ``owner`` (under ``session_id``, if given), exactly as ``snapshot`` describes one."""
+        session = self._create(
+            snapshot.description, snapshot.input_shape, snapshot.batch_size, snapshot.seed, owner, session_id
+        )
+        try:
+            with self.held(session):
+                restore(session, snapshot, self.limits.max_batch_size)
+        except Exception:
+            self.delete(session)
+            raise
+        self._save(session)
+        log.info("session %s imported from a snapshot", session.id, extra={"event": "session_imported"})
+        return session
+
+    def _create(self, description, input_shape, batch_size, seed, owner, session_id) -> Session:
+        input_shape = checked_request(input_shape, batch_size, session_id, self.limits)
+        if session_id and self._exists(session_id):
+            raise SessionExists(session_id)
+        if self.closing:
+            raise SessionMoving(session_id or "new", "can't be made here: this replica is shutting down")
+        factory = spec.from_spec(description, self.registry)
+        session_id = session_id or secrets.token_hex(8)
+        session = plan(factory, input_shape, batch_size, seed, owner, session_id, self.limits, self.registry)
+        self._check_room(owner)  # before allocating; again when inserting: others may be faster
+        with self._reserved(session, session.bytes, evict=True):
+            with network_errors(input_shape), torch.no_grad():
+                build(factory, session, self.device)
+                session.model(torch.zeros(1, 1, *input_shape, device=self.device))  # fails now, not at its first Run
+            session.measure()
+            with self._lock:
+                self._check_room(owner)
+                if session.id in self._sessions:
+                    raise SessionExists(session.id)
+                self._sessions[session.id] = session
+            if self.store is not None:
+                self.store.take_lease(session.id, self.holder)
+        log.info(
+            "session %s created: %s, input %s, batch %d",
+            session.id,
+            summary(factory),
+            input_shape,
+            batch_size,
+            extra={"event": "session_created", "session": session.id, "tenant": owner},
+        )
+        return session
+
+    def _check_room(self, owner: str) -> None:
+        if len(self._sessions) >= self.limits.max_sessions:
+            raise LimitExceeded("max_sessions", len(self._sessions) + 1, self.limits.max_sessions, "open sessions")
+        owned = sum(s.owner == owner for s in self._sessions.values())
+        limit = self._quota(owner).max_sessions
+        if limit is not None and owned >= limit:
+            raise LimitExceeded("tenant max_sessions", owned + 1, limit, f"sessions of {owner}")
+
+    def _exists(self, session_id: str) -> bool:
+        """Known here or in the store, whoever owns it."""
+        with self._lock:
+            if session_id in self._sessions:
+                return True
+        return self.store is not None and self.store.holds(session_id)
+
+    def delete(self, session: Session) -> None:
+        """Close the session and remove its checkpoint; a call running on it finishes first."""
+        if not self._forget(session):
+            raise SessionNotFound(session_name(session.id))
+        with session.lock:
+            session.unload()
+            if self.store is not None:
+                self.store.remove(session.id)
+        log.info("session %s deleted", session.id, extra={"event": "session_deleted", "session": session.id})
+
+    # -- finding sessions -------------------------------------------------------------------------
+
+    def get(self, session_id: str, owner: str | None = None, discover: bool = True) -> Session:
+        """The session, resident or not; ``owner``, if given, must own it: others get
+        SessionNotFound, so that a session's existence doesn't leak to other tenants. With
+        ``discover``, a session only the store has is registered here (and loaded by the first
+        call that needs it)."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None and discover and self.store is not None:
+            session = self._discover(session_id, owner)
+        if session is None or (owner is not None and session.owner != owner):
+            raise SessionNotFound(session_name(session_id))
+        return session
+
+    def list(self, owner: str | None = None) -> list[Session]:
+        """The sessions (of ``owner``, if given), resident or not, oldest first."""
+        with self._lock:
+            sessions = [s for s in self._sessions.values() if owner is None or s.owner == owner]
+        return sorted(sessions, key=lambda s: s.create_time)
+
+    def _discover(self, session_id: str, owner: str | None) -> Session | None:
+        if not SESSION_ID.fullmatch(session_id):
+            return None
+        self._check_free(session_id)
+        return self._register(session_id, owner)
+
+    def _register(self, session_id: str, owner: str | None) -> Session | None:
+        """The session, registered from its checkpoint (not loaded) unless known; None if not stored."""
+        found = self.store.describe(session_id, owner)
+        if found is None:
+            return None
+        session = self._stub(session_id, *found)
+        with self._lock:
+            return self._sessions.setdefault(session_id, session)
+
+    def _stub(self, session_id: str, owner: str, snapshot: Snapshot, nbytes: int, modified: int) -> Session:
+        """An evicted session for a stored snapshot (without its tensors, which take ``nbytes``):
+        described, sized, not loaded."""
+        factory = spec.from_spec(snapshot.description, self.registry)
+        shape, batch_size, seed = snapshot.input_shape, snapshot.batch_size, snapshot.seed
+        session = plan(factory, shape, batch_size, seed, owner, session_id, self.limits, self.registry)
+        session.dirty = False
+        session.create_time = snapshot.create_time or session.create_time
+        _describe(session, snapshot, nbytes, modified)
+        return session
+
+    def register_stored(self, owner: str | None = None) -> int:
+        """Bring this replica's sessions (``owner``'s, if given) in line with the checkpoint folder:
+        register the stored ones it doesn't know, not loaded, and forget unloaded ones whose
+        checkpoint is gone (closed on another replica). After a restart, sessions list and answer
+        as before, each loaded on its first call; with replicas sharing the folder, every replica
+        lists them all. Unreadable checkpoints are logged and skipped. Returns how many sessions
+        the folder holds that are registered here.
+
+        Unlike a call's lookup, this never asks another replica to hand a session over."""
+        with self._lock:  # before reading the folder: a session evicted meanwhile is on disk by then
+            unloaded = [s for s in self._sessions.values() if not s.resident and owner in (None, s.owner)]
+        stored = [(i, o, modified) for i, o, modified in self.store.index() if owner in (None, o)]
+        ids = {session_id for session_id, _, _ in stored}
+        with self._lock:
+            for session in unloaded:
+                if session.id not in ids and not session.resident and not session.lock.locked():
+                    self._sessions.pop(session.id, None)
+            known = dict(self._sessions)
+        registered = 0
+        for session_id, session_owner, modified in stored:
+            try:
+                session = known.get(session_id)
+                if session is None:
+                    registered += self._register(session_id, session_owner) is not None
+                    continue
+                registered += session.owner == session_owner
+                if not session.resident and session.described != modified:
+                    self._redescribe(session)
+            except Exception as error:  # a checkpoint this server can't rebuild is skipped, never fatal
+                log.warning("skipping stored session %s: %s", session_id, error)
+        return registered
+
+    def _redescribe(self, session: Session) -> None:
+        """Update an unloaded session from its newer checkpoint (written by another replica), unless
+        a call has it."""
+        if not session.lock.acquire(blocking=False):
+            return
+        try:
+            found = None if session.resident else self.store.describe(session.id, session.owner)
+            if found is not None:
+                _describe(session, *found[1:])
+        finally:
+            session.lock.release()
+
+    def _forget(self, session: Session) -> bool:
+        """Unregister the session; False if it wasn't registered (any more)."""
+        with self._lock:
+            if self._sessions.get(session.id) is not session:
+                return False
+            del self._sessions[session.id]
+            return True
+
+    # -- holding a session for a call: residency and memory ---------------------------------------
+
+    @contextmanager
+    def held(self, session: Session, work: int = 0, changes: bool = True, wait: bool = True) -> Iterator[None]:
+        """While the block runs, the session is the call's: locked and loaded, with ``work`` bytes
+        reserved; ``changes``: the call changes what a checkpoint holds. Refused (LimitExceeded)
+        over a memory budget. Without ``wait``, WouldBlock instead of waiting for the lock, a load
+        or an eviction."""
+        if not session.lock.acquire(blocking=wait):
+            raise WouldBlock(session.id)
+        try:
+            if not self._registered(session):  # deleted while this call waited
+                raise SessionNotFound(session_name(session.id))
+            if self.closing:
+                raise SessionMoving(session.id, "is leaving this replica, which is shutting down")
+            if not session.resident:
+                if not wait:
+                    raise WouldBlock(session.id)
+                with self._reserved(session, session.bytes, evict=True):
+                    self._load(session)
+            with self._reserved(session, work, evict=wait):
+                session.last_used = time.monotonic()
+                yield
+                session.dirty |= changes
+        finally:
+            session.lock.release()
+
+    def _registered(self, session: Session) -> bool:
+        """Still this manager's: a call that waited may find its session deleted or forgotten."""
+        return self._sessions.get(session.id) is session
+
+    def resident_bytes(self, owner: str | None = None) -> int:
+        """Bytes the resident sessions (of ``owner``, if given) hold on the device."""
+        return self._held_bytes(owner)[0 if owner is not None else 1]
+
+    def _held_bytes(self, owner: str | None) -> tuple[int, int]:
+        """Bytes the resident sessions hold: ``owner``'s, and everyone's, in one pass."""
+        owned = total = 0
+        with self._lock:
+            for s in self._sessions.values():
+                if s.resident:
+                    total += s.bytes
+                    owned += s.bytes if s.owner == owner else 0
+        return owned, total
+
+    def _quota(self, owner: str) -> Quota:
+        return self.quotas.get(owner, Quota())
+
+    @contextmanager
+    def _reserved(self, session: Session, need: int, evict: bool) -> Iterator[None]:
+        """``need`` bytes reserved for ``session``'s owner while the block runs. Over a budget,
+        idle sessions are evicted first (the owner's, for the owner's budget; without ``evict``,
+        WouldBlock); if that isn't enough, LimitExceeded gives the numbers."""
+        owner, budget = session.owner, self._quota(session.owner).max_memory_mb
+        budget = None if budget is None else budget * MB
+        while True:
+            broken = self.ledger.try_reserve(owner, need, budget, functools.partial(self._held_bytes, owner))
+            if broken is None:
+                break
+            scope, total, allowed = broken
+            if not evict:
+                raise WouldBlock(session.id)
+            if not (self._evict_for(total - allowed, owner if scope == "tenant" else None, session)):
+                what = f"device memory of {owner}" if scope == "tenant" else "device memory of the server"
+                raise LimitExceeded(
+                    f"{scope} max_memory_mb",
+                    math.ceil(total / MB),
+                    allowed // MB,
+                    f"{what} in MB, this call needing {math.ceil(need / MB)} MB; close or shrink sessions,"
+                    " or send fewer timesteps x batch",
+                )
+        try:
+            yield
+        finally:
+            self.ledger.release(owner, need)
+
+    def _evict_for(self, shortfall: int, owner: str | None, keep: Session) -> bool:
+        """Evict least recently used idle sessions (of ``owner``, if given) until ``shortfall``
+        bytes are free; False if nothing could be evicted."""
+        with self._lock:
+            candidates = [
+                s for s in self._sessions.values() if s.resident and s is not keep and owner in (None, s.owner)
+            ]
+        freed = 0
+        for victim in sorted(candidates, key=lambda s: s.last_used):
+            if freed >= shortfall:
+                break
+            size = victim.bytes
+            if self._evict(victim, "memory"):
+                freed += size
+        return freed > 0
+
+    def evict_idle(self, idle_s: float) -> int:
+        """Evict the sessions unused for ``idle_s`` seconds; returns how many."""
+        cutoff = time.monotonic() - idle_s
+        with self._lock:
+            idle = [s for s in self._sessions.values() if s.resident and s.last_used < cutoff]
+        return sum(self._evict(s, "idle") for s in idle)
+
+    def _evict(self, session: Session, reason: str) -> bool:
+        """Checkpoint the session (if changed) and free its device memory; False if it is busy,
+        gone, or there is no store to keep it."""
+        if self.store is None or not session.lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._release(session):
+                return False
+            self.evictions[reason] += 1
+        finally:
+            session.lock.release()
+        log.info(
+            "session %s evicted (%s)",
+            session.id,
+            reason,
+            extra={"event": "session_evicted", "session": session.id, "tenant": session.owner, "reason": reason},
+        )
+        return True
+
+    def _load(self, session: Session) -> None:
+        """Bring an evicted session back from its checkpoint (the session's lock is held)."""
+        self._check_free(session.id)
+        self.store.take_lease(session.id, self.holder)
+        found = self.store.read(session.id, session.owner)
+        if found is None:
+            self.store.drop_lease(session.id, self.holder)
+            self._forget(session)
+            raise SessionNotFound(session_name(session.id))
+        snapshot = found[1]
+        build(spec.from_spec(snapshot.description, self.registry), session, self.device)
+        try:
+            restore(session, snapshot, self.limits.max_batch_size)
+        except Exception:
+            session.unload()
+            self.store.drop_lease(session.id, self.holder)
+            raise
+        session.dirty = False
+        self.restores += 1
+        log.info(
+            "session %s loaded from its checkpoint",
+            session.id,
+            extra={"event": "session_restored", "session": session.id, "tenant": session.owner},
+        )
+
+    # -- replicas: leases, hand-over and checkpoints ----------------------------------------------
+
+    def _check_free(self, session_id: str) -> None:
+        """SessionMoving if another replica holds the session; that one is asked to let go of it."""
+        holder = self.store.lease_holder(session_id)
+        if holder is not None and holder != self.holder:
+            self.store.want(session_id)
+            raise SessionMoving(session_id, f"is held by replica {holder!r}, which has been asked to hand it over")
+
+    def begin_hand_over(self) -> None:
+        """Start shutting down: calls are refused (SessionMoving, which clients retry, reaching
+        another replica once this one stops listening). The leases stay until each session's
+        checkpoint is written, so replicas sharing the store wait for it."""
+        self.closing = True
+
+    def hand_over(self, grace_s: float) -> int:
+        """Checkpoint and free every resident session: idle ones at once, busy ones when their
+        call ends (within ``grace_s``); each is unmarked once its checkpoint is written. Returns
+        how many were handed over; the rest wait for ``end_hand_over``."""
+        deadline, handed = time.monotonic() + grace_s, 0
+        for wait in (False, True):  # the idle ones first, so that they are not held up by busy ones
+            for session in self.list():
+                timeout = max(0.0, deadline - time.monotonic()) if wait else 0.0
+                if session.resident and session.lock.acquire(timeout=timeout):
+                    try:
+                        handed += self._release(session)
+                    finally:
+                        session.lock.release()
+        return handed
+
+    def end_hand_over(self) -> int:
+        """Checkpoint what ``hand_over`` couldn't (calls cut off at the end of the grace); returns
+        how many were written now."""
+        written = 0
+        for session in self.list():
+            with session.lock:
+                written += self._release(session)
+        return written
+
+    def _release(self, session: Session) -> bool:
+        """(Lock held.) Checkpoint a resident session if changed, free it and drop its lease;
+        False if it isn't resident or is gone."""
+        if not self._held_here(session):
+            return False
+        if session.dirty:
+            self._write(session)
+        session.unload()
+        self.store.drop_lease(session.id, self.holder)
+        return True
+
+    def _held_here(self, session: Session) -> bool:
+        """(Lock held.) In memory here and not closed: a call that waited for the lock may find it
+        evicted, handed over or deleted meanwhile."""
+        return session.resident and self._registered(session)
+
+    def _write(self, session: Session) -> None:
+        """(Lock held.) Write the resident session's checkpoint; it is clean until it changes."""
+        self.store.write(session.id, session.owner, take(session))
+        session.dirty = False
+
+    def _save(self, session: Session) -> None:
+        """Write a new session's checkpoint, if there is a folder and it is still open and here."""
+        if self.store is not None:
+            with session.lock:
+                if self._held_here(session):
+                    self._write(session)
+
+    def tend_leases(self) -> int:
+        """Renew this replica's leases; let go of sessions other replicas want (checkpoint written)
+        and of those another replica took after our lease expired (unwritten: theirs is newer).
+        Returns how many sessions were let go of."""
+        resident = [s for s in self.list() if s.resident]
+        lost, missing = map(set, self.store.renew_leases([s.id for s in resident], self.holder))
+        wanted = self.store.wanted()
+        released = 0
+        for session in resident:
+            if session.id in missing and session.lock.acquire(timeout=0):  # busy: next round
+                try:
+                    if self._held_here(session):
+                        self.store.take_lease(session.id, self.holder)
+                finally:
+                    session.lock.release()
+            if session.id in lost:
+                if not session.lock.acquire(timeout=0):  # busy: dropped next round; renewals never wait
+                    continue
+                try:
+                    session.unload()
+                    session.dirty = False
+                finally:
+                    session.lock.release()
+                log.warning("session %s was taken over by another replica; dropped this copy", session.id)
+                released += 1
+            elif session.id in wanted and session.lock.acquire(timeout=0):
+                try:
+                    if self._release(session):
+                        released += 1
+                        log.info(
+                            "session %s handed over to the replica that asked for it",
+                            session.id,
+                            extra={"event": "session_handed_over", "session": session.id},
+                        )
+                finally:
+                    session.lock.release()
+        return released
+
+    def checkpoint_all(self) -> int:
+        """Write the checkpoint of every resident session changed since its last one; returns how many."""
+        written = 0
+        for session in self.list():
+            try:
+                with session.lock:
+                    if session.dirty and self._held_here(session):
+                        self._write(session)
+                        written += 1
+            except Exception:  # a full disk: the others still get written
+                log.exception("checkpoint of session %s failed", session.id)
+        return written
+
+
+def _describe(session: Session, snapshot: Snapshot, nbytes: int, modified: int) -> None:
+    """What an unloaded session shows of its checkpoint: timesteps and size."""
+    session.timesteps, session.bytes, session.described = snapshot.timesteps, nbytes, modified

@@ -1,0 +1,338 @@
+"""What calls do with a session once they have found it: simulate, train, evaluate, export it, and
+read or replace its state and parameters. Knows nothing of gRPC.
+
+Each function takes the ``SessionManager`` and the session its caller found, checks the request,
+then works while ``manager.held`` has the session locked and loaded, with memory reserved for
+the call. A call that fails leaves its session as it was.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+import rnnbuilder as rb
+from rnnbuilder_sim.wire.names import session_name
+
+from .errors import CallCancelled, InvalidRequest, LimitExceeded
+from .memory import work_bytes
+from .session import Session
+from .snapshot import Snapshot, assign_parameters, assign_state, finite, on_cpu, take
+from .training import (
+    BatchProgress,
+    BatchResult,
+    Dataset,
+    EpochSummary,
+    Loss,
+    Progress,
+    Scores,
+    Totals,
+    TrainingOptions,
+    detached,
+    evaluate_batch,
+    get_loss,
+    train_batch,
+    train_chunks,
+)
+
+if TYPE_CHECKING:
+    from .manager import SessionManager
+
+__all__ = [
+    "Simulation",
+    "CARRIES",
+    "run",
+    "train_step",
+    "fit",
+    "evaluate",
+    "export",
+    "reset",
+    "get_state",
+    "set_state",
+    "get_parameters",
+    "set_parameters",
+]
+
+log = logging.getLogger("rnnsim.sessions")
+
+CARRIES = ("none", "start", "continue")
+"""What a TrainStep does with the state it ends in; see ``train_step``."""
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What ``run`` gives back."""
+
+    output: torch.Tensor
+    """(time, batch, *output_shape)"""
+    recordings: dict[str, torch.Tensor]
+    """By layer name."""
+    first_timestep: int
+    """The session's timestep count before the call."""
+
+
+def run(
+    manager: SessionManager,
+    session: Session,
+    x: torch.Tensor,
+    record: list[str],
+    bitpacked: bool = False,
+    wait: bool = True,
+    wanted: Callable[[], bool] = lambda: True,
+) -> Simulation:
+    """Simulate x (time, batch, *input_shape) from the session's state, which then moves on.
+
+    ``bitpacked``: the reply will carry binary values as bits, which counts for the reply's size
+    limit. Without ``wait``: WouldBlock rather than wait for anything (see ``manager.held``). If
+    ``wanted()`` is false once the result is ready (its caller went away), CallCancelled and the
+    state stays.
+    """
+    x = _checked_input(manager, session, x, batch=session.batch_size)
+    work = work_bytes(session.entry_elements, x.shape[0], x.shape[1], training=False)
+    limit = manager.limits.max_message_bytes
+    with manager.held(session, work, wait=wait), torch.no_grad():
+        if record:
+            out, state, recordings = session.model.record(x, record, session.state)
+        else:
+            (out, state), recordings = session.model(x, session.state), {}
+        replied = (out, *recordings.values())
+        reply = sum(t.numel() * 4 for t in replied)
+        if bitpacked and reply > limit:
+            # The 0/1 check is a pass over the reply, and encoding makes it again: only when it decides.
+            reply = sum(_packed_bytes(t) for t in replied)
+        if reply > limit:
+            raise LimitExceeded("max_message_bytes", reply, limit, "reply bytes (send fewer timesteps)")
+        if not wanted():
+            raise CallCancelled(f"the call on {session_name(session.id)} was cancelled; its state is unchanged")
+        first = session.timesteps
+        session.state, session.timesteps = state, first + x.shape[0]
+    return Simulation(out, recordings, first)
+
+
+def train_step(
+    manager: SessionManager,
+    session: Session,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    options: TrainingOptions,
+    carry: str = "none",
+) -> BatchResult:
+    """One optimizer step on x (time, batch, *input_shape) with targets ``y``.
+
+    ``carry``: ``"none"`` starts from a fresh state; ``"start"`` too, and keeps the final state
+    (detached) for the next ``"continue"`` step: truncated BPTT over a stream of chunks. The
+    streaming state of ``run`` and ``Simulate`` is never touched.
+    """
+    if carry not in CARRIES:
+        raise InvalidRequest(f"carry must be 'none', 'start' or 'continue', got {carry!r}")
+    objective = options.objective
+    x = _checked_input(manager, session, x)
+    y = objective.check_targets(y.to(manager.device), x.shape[0], x.shape[1], session.output_shape)
+    with manager.held(session, _training_work(session, x.shape[0], x.shape[1])):
+        carried = session.training.carried if carry == "continue" else None
+        if carried is not None and session.model.batch_size_of(carried) not in (0, x.shape[1]):
+            raise InvalidRequest("carry='continue' needs the batch size of the chunk that started the stream")
+        result, final = train_batch(session.model, session.training, x, y, options, carried)
+        if carry != "none":
+            session.training.carried = detached(final)
+        session.measure()
+    return result
+
+
+def fit(
+    manager: SessionManager,
+    session: Session,
+    data: Dataset,
+    options: TrainingOptions,
+    epochs: int,
+    batch_size: int,
+    shuffle: bool = True,
+    validation: Dataset | None = None,
+    tbptt_steps: int = 0,
+    report: Callable[[Progress], None] = lambda progress: None,
+    cancelled: Callable[[], bool] = lambda: False,
+    schedule: Callable[[Callable], object] = lambda job: job(),
+) -> list[EpochSummary]:
+    """Train on ``data`` for ``epochs``; returns the epochs' summaries.
+
+    Each batch starts from a fresh state; the order is shuffled by the session's generator.
+    ``report`` gets a ``BatchProgress`` after every batch and an ``EpochSummary`` after every
+    epoch. Stops at the next batch boundary once ``cancelled()``. ``schedule(job)`` runs each
+    batch's ``job()`` and returns its result: a scheduler's turn.
+    """
+    objective = options.objective
+    if epochs < 1 or batch_size < 1:
+        raise InvalidRequest(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
+    if tbptt_steps < 0:
+        raise InvalidRequest(f"tbptt_steps must be 0 (whole sequences) or positive, got {tbptt_steps}")
+    x, y = _dataset(manager, session, data, objective, batch_size)
+    held_out = None if validation is None else _dataset(manager, session, validation, objective, batch_size)
+    history: list[EpochSummary] = []
+    batches = math.ceil(x.shape[1] / batch_size)
+    steps = min(tbptt_steps or x.shape[0], x.shape[0])
+
+    def train(index: torch.Tensor) -> BatchResult:
+        with manager.held(session, _training_work(session, steps, len(index))):
+            targets = _of(y, index, objective)
+            result = train_chunks(session.model, session.training, x[:, index], targets, options, tbptt_steps)
+            session.measure()
+            return result
+
+    for epoch in range(epochs):
+        started, totals = time.perf_counter(), Totals()
+        with manager.held(session, changes=shuffle):
+            order = torch.randperm(x.shape[1], generator=session.training.rng) if shuffle else torch.arange(x.shape[1])
+        for batch, index in enumerate(order.to(manager.device).split(batch_size)):
+            if cancelled():
+                log.info("session %s training cancelled at epoch %d, batch %d", session.id, epoch, batch)
+                return history
+            result = schedule(functools.partial(train, index))
+            totals.add(result, len(index))
+            report(BatchProgress(epoch, batch, batches, result.scores()))
+        samples_per_second = x.shape[1] / (time.perf_counter() - started)  # the validation doesn't count
+        validated = None
+        if held_out is not None:
+            validated = _evaluate(manager, session, *held_out, objective, batch_size, schedule)
+        summary = EpochSummary(epoch, totals.scores(), samples_per_second, validated)
+        history.append(summary)
+        report(summary)
+        log.info(
+            "session %s epoch %d: %s",
+            session.id,
+            epoch,
+            summary,
+            extra={"event": "epoch", "session": session.id, "tenant": session.owner},
+        )
+    return history
+
+
+def evaluate(
+    manager: SessionManager,
+    session: Session,
+    data: Dataset,
+    loss: str,
+    batch_size: int,
+    schedule: Callable[[Callable], object] = lambda job: job(),
+) -> Scores:
+    """Loss (and accuracy, for class losses) on ``data``, in eval mode; ``schedule`` as in ``fit``."""
+    objective = get_loss(loss)
+    if batch_size < 1:
+        raise InvalidRequest(f"batch_size must be at least 1, got {batch_size}")
+    x, y = _dataset(manager, session, data, objective, batch_size)
+    return _evaluate(manager, session, x, y, objective, batch_size, schedule)
+
+
+def export(manager: SessionManager, session: Session) -> Snapshot:
+    """Everything needed to recreate the session exactly (``manager.import_`` does)."""
+    with manager.held(session, changes=False):
+        return take(session)
+
+
+def reset(manager: SessionManager, session: Session, batch_indices: list[int]) -> None:
+    """Restart the state of ``batch_indices`` (all when empty)."""
+    with manager.held(session):
+        if batch_indices:
+            session.state = session.model.reset_state(session.state, batch_indices)
+        else:
+            session.state = session.model.get_initial_state(session.batch_size)
+    log.info("session %s reset %s", session.id, batch_indices or "all")
+
+
+def get_state(manager: SessionManager, session: Session) -> dict[str, torch.Tensor]:
+    with manager.held(session, changes=False):
+        return on_cpu(rb.named_leaves(session.state))
+
+
+def set_state(manager: SessionManager, session: Session, tensors: dict[str, torch.Tensor]) -> None:
+    with manager.held(session):
+        assign_state(session, tensors)
+
+
+def get_parameters(manager: SessionManager, session: Session) -> dict[str, torch.Tensor]:
+    with manager.held(session, changes=False):
+        return on_cpu(session.model.state_dict())
+
+
+def set_parameters(manager: SessionManager, session: Session, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace the named parameters and buffers; the others keep their values."""
+    with manager.held(session):
+        assign_parameters(session, tensors)
+    log.info("session %s parameters set: %d tensors", session.id, len(tensors))
+
+
+def _evaluate(manager: SessionManager, session: Session, x, y, objective: Loss, batch_size: int, schedule) -> Scores:
+    totals = Totals()
+
+    def evaluate(index: torch.Tensor) -> BatchResult:
+        work = work_bytes(session.entry_elements, x.shape[0], len(index), training=False)
+        with manager.held(session, work, changes=False):
+            return evaluate_batch(session.model, x[:, index], _of(y, index, objective), objective)
+
+    for index in torch.arange(x.shape[1], device=manager.device).split(batch_size):
+        totals.add(schedule(functools.partial(evaluate, index)), len(index))
+    return totals.scores()
+
+
+def _dataset(manager: SessionManager, session: Session, data: Dataset, objective: Loss, batch_size: int):
+    """The inputs (samples, time, ...) as (time, samples, ...) on the device, the targets checked for the loss."""
+    x, y = data.inputs, data.targets
+    if x.dim() != len(session.input_shape) + 2 or tuple(x.shape[2:]) != session.input_shape:
+        want = ", ".join(map(str, session.input_shape))
+        raise rb.ShapeError(f"inputs must have shape (samples, time, {want}), got {tuple(x.shape)}")
+    if y.dim() < 1 or x.shape[0] != y.shape[0]:
+        raise InvalidRequest(f"sample and target counts differ: {x.shape[0]} input sequences, targets {tuple(y.shape)}")
+    x = _checked_input(manager, session, x.transpose(0, 1), rows=batch_size)
+    if objective.per_step:
+        y = y.transpose(0, 1)
+    return x, objective.check_targets(y.to(manager.device), x.shape[0], x.shape[1], session.output_shape)
+
+
+def _of(y: torch.Tensor, index: torch.Tensor, objective: Loss) -> torch.Tensor:
+    """The targets of the sequences ``index``: per-step targets have time first."""
+    return y[:, index] if objective.per_step else y[index]
+
+
+def _checked_input(
+    manager: SessionManager, session: Session, x: torch.Tensor, batch: int | None = None, rows: int | None = None
+) -> torch.Tensor:
+    """x (time, batch, *input_shape) on the device as float32, or an error that says what's wrong.
+
+    ``batch``: the batch size x must have, if fixed; ``rows``: how many sequences run at once
+    (for the work limit), if not all of x's.
+    """
+    if (
+        x.dim() != len(session.input_shape) + 2
+        or tuple(x.shape[2:]) != session.input_shape
+        or (batch is not None and x.shape[1] != batch)
+    ):
+        want = ", ".join(map(str, (batch if batch is not None else "batch", *session.input_shape)))
+        raise rb.ShapeError(f"input must have shape (time, {want}), got {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InvalidRequest("input is empty; send at least one timestep and one sequence")
+    work = x.shape[0] * min(rows or x.shape[1], x.shape[1])
+    limit = manager.limits.max_timesteps_times_batch
+    if work > limit:
+        raise LimitExceeded("max_timesteps_times_batch", work, limit, "timesteps x batch")
+    if x.is_floating_point() and not finite(x):
+        raise InvalidRequest("input contains NaN or infinity")
+    return x.to(device=manager.device, dtype=torch.float32)
+
+
+def _training_work(session: Session, timesteps: int, batch: int) -> int:
+    """Activations and gradients, plus room for an optimizer's moments if there is none yet."""
+    moments = 0 if session.resident and session.training.optimizer is not None else 2 * 4 * session.parameter_count
+    return work_bytes(session.entry_elements, timesteps, batch, training=True) + moments
+
+
+def _packed_bytes(tensor: torch.Tensor) -> int:
+    """What ``tensor`` takes in a bit-packed reply: a bit per element if it is all 0/1, else its raw size."""
+    if bool(((tensor == 0) | (tensor == 1)).all()):
+        return (tensor.numel() + 7) // 8
+    return tensor.numel() * 4
