@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.mem --format=csv | tee "$OUT
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 # 1. Correctness: compiled kernels against the reference loop, on the GPU, and the fused path's CPU
 #    suite. --noconftest: the shared fixtures import the server, whose gRPC extras the image lacks.
-timeout 300 "$PY" -m pytest -q -p no:cacheprovider --noconftest tests/test_fused_triton.py tests/test_fused.py \
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider --noconftest tests/library/test_fused_triton.py tests/library/test_fused.py \
   2>&1 | tee "$OUT/gpu_tests.txt" || true
 # 2. Kernel bandwidth and the Open Neuromorphic sizes (Linear + LIF, B=16, T=500, N=4096/8192/16384).
 timeout 420 "$PY" benchmarks/neurons.py --full --repeats 5 --sections bw,ff --out "$OUT/neurons_gpu.md" 2>&1 | tail -40

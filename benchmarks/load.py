@@ -1,5 +1,5 @@
 """Load on one server: many clients at once, each stepping its own session (a benchmark, not a test;
-tests/test_load.py runs it and checks every output).
+tests/e2e/test_load.py runs it and checks every output).
 
     .venv/bin/python benchmarks/load.py                       # 32 clients x 200 steps, in-process server
     .venv/bin/python benchmarks/load.py --mode stream         # the same over one Simulate stream each

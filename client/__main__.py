@@ -11,6 +11,8 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+__all__ = ["health", "main"]
+
 
 def health(address: str, service: str, timeout: float) -> str:
     """The health status name of ``service`` ("" is the whole server) at ``address``."""

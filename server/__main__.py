@@ -13,6 +13,8 @@ from pythonjsonlogger.json import JsonFormatter
 from .app import create_server
 from .config import ServerConfig
 
+__all__ = ["parse_args", "serve", "main"]
+
 log = logging.getLogger("rnnsim")
 
 

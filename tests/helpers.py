@@ -7,7 +7,7 @@ import time
 import torch
 
 import rnnbuilder as rb
-from rnnbuilder import custom, nn, snn
+from rnnbuilder import custom, nn, rnn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
 
@@ -89,3 +89,38 @@ class VectorState(custom.CustomModule):
 
     def get_initial_state(self, batch_size):
         return torch.zeros(batch_size, self.n)
+
+
+def spiking_convolution(out: int = 3) -> rb.Sequential:
+    """rnnbuilder 0.1.1's spiking-convolution example: a TempConvPlus2d and Conv2d stack of
+    Discontinuous neurons into a LIF layer that stacks its input (64, 8, 6) with its own (512,)
+    spikes, then a Linear readout."""
+    conv_neuron = snn.Discontinuous()
+    conv_stack = rb.Sequential(
+        rnn.TempConvPlus2d(out_channels=32, kernel_size=8, stride=4, time_kernel_size=4),
+        conv_neuron,
+        nn.Conv2d(out_channels=64, kernel_size=4, stride=2),
+        conv_neuron,
+        nn.Conv2d(out_channels=64, kernel_size=3, stride=1),
+        conv_neuron,
+    )
+    ll = rb.Network()
+    ll.output = rb.Placeholder()
+    ll.output = ll.input.stack(ll.output).apply(nn.Linear(512), snn.LIF())
+    return rb.Sequential(conv_stack, ll, nn.Linear(out))
+
+
+CONV_IN = (1, 92, 76)
+
+
+def conv_input(timesteps: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.rand((timesteps, batch, *CONV_IN), generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def defined_apart_from_topology() -> rb.Network:
+    """A network whose layer 'x' is defined first but comes after 'output' in the attribute order."""
+    n = rb.Network()
+    n.output = rb.Placeholder()
+    n.x = n.input.apply(nn.Linear(3))
+    n.output = n.input.stack(n.output).apply(nn.Linear(2))
+    return n

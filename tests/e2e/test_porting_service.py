@@ -8,7 +8,7 @@ import torch
 
 import rnnbuilder as rb
 from rnnbuilder import nn, snn
-from tests.test_porting_graph import CONV_IN, conv_input, defined_apart_from_topology, spiking_convolution
+from tests.helpers import CONV_IN, conv_input, defined_apart_from_topology, spiking_convolution
 
 
 def test_spiking_convolution_session_equals_local(client):

@@ -7,34 +7,8 @@ import pytest
 import torch
 
 import rnnbuilder as rb
-from rnnbuilder import nn, rnn, snn
-
-
-def spiking_convolution(out: int = 3) -> rb.Sequential:
-    """rnnbuilder 0.1.1's spiking-convolution example: a TempConvPlus2d and Conv2d stack of
-    Discontinuous neurons into a LIF layer that stacks its input (64, 8, 6) with its own (512,)
-    spikes, then a Linear readout."""
-    conv_neuron = snn.Discontinuous()
-    conv_stack = rb.Sequential(
-        rnn.TempConvPlus2d(out_channels=32, kernel_size=8, stride=4, time_kernel_size=4),
-        conv_neuron,
-        nn.Conv2d(out_channels=64, kernel_size=4, stride=2),
-        conv_neuron,
-        nn.Conv2d(out_channels=64, kernel_size=3, stride=1),
-        conv_neuron,
-    )
-    ll = rb.Network()
-    ll.output = rb.Placeholder()
-    ll.output = ll.input.stack(ll.output).apply(nn.Linear(512), snn.LIF())
-    return rb.Sequential(conv_stack, ll, nn.Linear(out))
-
-
-CONV_IN = (1, 92, 76)
-
-
-def conv_input(timesteps: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.rand((timesteps, batch, *CONV_IN), generator=torch.Generator().manual_seed(seed)) * 3
-
+from rnnbuilder import nn, snn
+from tests.helpers import CONV_IN, conv_input, defined_apart_from_topology, spiking_convolution
 
 # Stacks of unlike shapes
 
@@ -229,15 +203,6 @@ def test_base_module_has_the_original_base_classes():
 
 
 # Definition order
-
-
-def defined_apart_from_topology() -> rb.Network:
-    """A network whose layer 'x' is defined first but comes after 'output' in the attribute order."""
-    n = rb.Network()
-    n.output = rb.Placeholder()
-    n.x = n.input.apply(nn.Linear(3))
-    n.output = n.input.stack(n.output).apply(nn.Linear(2))
-    return n
 
 
 def test_layers_are_built_in_definition_order():

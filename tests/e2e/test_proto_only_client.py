@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from grpc_tools import protoc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTO = "rnnbuilder_sim/v1/simulator.proto"
 
 # Runs with `python -I -S`: no site processing, so no .pth files (the editable install) either.

@@ -35,7 +35,7 @@ from server import ServerConfig
 from tests.helpers import recurrent_net
 from tests.server_fixture import running_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 SESSIONS = 16
 STEPS = 12  # per session: half before the replica stops, half after

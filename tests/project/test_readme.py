@@ -1,12 +1,12 @@
 """The README's example runs as written, and its links lead somewhere.
 
-The other examples live in ``docs/``, where ``tests/test_docs.py`` runs them.
+The other examples live in ``docs/``, where ``tests/project/test_docs.py`` runs them.
 """
 
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 

@@ -15,7 +15,7 @@ import pytest
 yaml = pytest.importorskip("yaml")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # The oldest Kubernetes with gRPC probes on by default (GA in 1.27), and the newest the package knows.
 VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
 

@@ -11,6 +11,18 @@ import pkgutil
 import pytest
 
 PUBLIC: dict[str, str] = {
+    "client": """
+        AlreadyExistsError Client InvalidArgumentError NotFoundError Recording ResourceExhaustedError SERVER_ID_HEADER
+        SESSION_HEADER ServerInfo Session SimulatorError UnauthenticatedError UnavailableError
+    """,
+    "server": """
+        InvalidRequest LimitExceeded Limits SERVICE_NAME ServerConfig Session SessionManager SessionNotFound
+        SimulatorServer create_server
+    """,
+    "rnnbuilder_sim.wire": "names networks tensors",
+    "rnnbuilder_sim.wire.names": "SERVER_ID_HEADER SESSION_COLLECTION SESSION_HEADER session_id session_name",
+    "rnnbuilder_sim.wire.networks": "factory_to_message from_message to_message",
+    "rnnbuilder_sim.wire.tensors": "TensorError decode decode_torch encode is_binary to_numpy",
     "rnnbuilder": """
         GraphError INPUT_MODES Input Layer List Model ModuleFactory Network Node Placeholder RnnbuilderError
         Sequential ShapeError SpecError Stack Sum __version__ base custom initial last_state named_leaves nn porting
@@ -49,7 +61,7 @@ PUBLIC: dict[str, str] = {
     """,
 }
 
-PACKAGES = ["rnnbuilder"]
+PACKAGES = ["rnnbuilder", "rnnbuilder_sim.wire", "client", "server"]
 
 
 def modules(packages: list[str]) -> list[str]:

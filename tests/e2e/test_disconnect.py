@@ -28,7 +28,7 @@ from rnnbuilder import snn
 from rnnbuilder_sim.wire import tensors
 from tests.helpers import quiet_snapshot, recurrent_readout_net
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IN_SHAPE, B = (16,), 4
 K = 5  # timesteps per chunk
 N = 6  # replies the client gets before it is killed
@@ -36,7 +36,7 @@ N = 6  # replies the client gets before it is killed
 CLIENT = """
 import itertools, sys
 from client import Client
-from tests.test_disconnect import chunk
+from tests.e2e.test_disconnect import chunk
 
 with Client(sys.argv[1]) as c:
     session = c.get_session(sys.argv[2])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path("rnnbuilder_sim") / "v1"
 FIX = "the bindings are out of date with proto/: run `python scripts/gen_proto.py` and commit the result"
 
