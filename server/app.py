@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
+from . import convert
 from .auth import Authenticator
 from .checkpoints import LEASE_RENEW_S, CheckpointStore
 from .config import ServerConfig, resolve_device
@@ -122,7 +123,9 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     quotas = {t.name: Quota(t.max_sessions, t.max_memory_mb) for t in authenticator.tenants or ()}
     store = CheckpointStore(config.checkpoint_dir) if config.checkpoint_dir else None
     budget = _budget(config, device)
-    manager = SessionManager(device, config.limits, None, store, quotas, budget, holder=config.server_id)
+    manager = SessionManager(
+        device, config.limits, None, store, quotas, budget, holder=config.server_id, describable=convert.describable
+    )
     if store is not None:
         log.info("%d sessions in %s, each loaded on its first call", manager.register_stored(), store.directory)
     elif config.evict_idle_after_s > 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import torch
+from google.protobuf import message as protobuf_message
 from google.protobuf import timestamp_pb2
 
 from rnnbuilder import spec
@@ -34,6 +35,7 @@ from .training import (
 )
 
 __all__ = [
+    "describable",
     "session_id",
     "network",
     "session_message",
@@ -54,6 +56,26 @@ __all__ = [
     "snapshot_from_message",
     "imported_snapshot",
 ]
+
+
+def describable(description: dict) -> None:
+    """Raise InvalidRequest unless the server's own description of a network (every default filled
+    in, so deeper than what the client sent) fits in the deepest messages that carry it: a listing
+    and an imported snapshot. Protobuf parses at most 100 nested messages; a session whose
+    description can't be parsed back could be made but never listed, exported or checkpointed."""
+    network = networks.to_message(description)
+    try:
+        for carrier in (
+            pb.ListSessionsResponse(sessions=[pb.Session(network=network)]),
+            pb.ImportSessionRequest(snapshot=pb.SessionSnapshot(network=network)),
+        ):
+            type(carrier).FromString(carrier.SerializeToString())
+    except (protobuf_message.DecodeError, protobuf_message.EncodeError, RecursionError):
+        raise InvalidRequest(
+            "the network is nested too deeply to be described: with its defaults filled in it passes the "
+            "wire format's limit of 100 nested messages; flatten nested Sequentials and Networks"
+        ) from None
+
 
 _CARRIES = {0: "none", 1: "none", 2: "start", 3: "continue"}
 """``TrainStepRequest.carry`` (unspecified, none, start, continue) as ``operations.train_step`` takes it."""

@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -24,7 +24,7 @@ from rnnbuilder_sim.wire.names import session_name
 
 from .config import Limits
 from .errors import LimitExceeded, SessionExists, SessionMoving, SessionNotFound
-from .memory import MB, MemoryLedger, Quota
+from .memory import MB, MemoryLedger, Quota, work_bytes
 from .placement import WouldBlock
 from .planning import build, checked_request, network_errors, plan, summary
 from .session import SESSION_ID, Session, SessionStore
@@ -55,8 +55,12 @@ class SessionManager:
         quotas: Mapping[str, Quota] | None = None,
         memory_budget_bytes: int | None = None,
         holder: str = "local",
+        describable: Callable[[dict], None] | None = None,
     ):
         self.device = device
+        self.describable = describable
+        """Raises InvalidRequest for a description that can't be sent or stored (the wire's limits);
+        None: no such limits (a manager used without a server)."""
         self.holder = holder
         self.limits = limits
         self.registry = registry or spec.default_registry
@@ -67,6 +71,8 @@ class SessionManager:
         """Sessions evicted, by reason (``idle``, ``memory``)."""
         self.restores = 0
         """Evicted or stored sessions loaded back into memory."""
+        self.checkpoint_failures = 0
+        """Checkpoints that couldn't be written (logged; the session stays in memory, the others go on)."""
         self.closing = False
         """Shutting down: sessions are being handed over to their checkpoints, calls are refused."""
         self._sessions: dict[str, Session] = {}
@@ -115,8 +121,12 @@ class SessionManager:
         factory = spec.from_spec(description, self.registry)
         session_id = session_id or secrets.token_hex(8)
         session = plan(factory, input_shape, batch_size, seed, owner, session_id, self.limits, self.registry)
+        if self.describable is not None:
+            self.describable(session.description)  # else it could be made but never listed or stored
         self._check_room(owner)  # before allocating; again when inserting: others may be faster
-        with self._reserved(session, session.bytes, evict=True):
+        # The trial step's activations too: a huge input must be refused before it is allocated.
+        need = session.bytes + work_bytes(session.entry_elements, 1, 1, training=False)
+        with self._reserved(session, need, evict=True):
             with network_errors(input_shape), torch.no_grad():
                 build(factory, session, self.device)
                 session.model(torch.zeros(1, 1, *input_shape, device=self.device))  # fails now, not at its first Run
@@ -449,8 +459,8 @@ class SessionManager:
         False if it isn't resident or is gone."""
         if not self._held_here(session):
             return False
-        if session.dirty:
-            self._write(session)
+        if session.dirty and not self._write(session):
+            return False
         session.unload()
         self.store.drop_lease(session.id, self.holder)
         return True
@@ -460,17 +470,36 @@ class SessionManager:
         evicted, handed over or deleted meanwhile."""
         return session.resident and self._registered(session)
 
-    def _write(self, session: Session) -> None:
-        """(Lock held.) Write the resident session's checkpoint; it is clean until it changes."""
-        self.store.write(session.id, session.owner, take(session))
+    def _write(self, session: Session) -> bool:
+        """(Lock held.) Write the resident session's checkpoint; it is clean until it changes. A
+        checkpoint that fails (a full disk, a session that can't be stored) is logged and counted,
+        and False: the session stays in memory, and whoever writes many goes on with the others."""
+        try:
+            self.store.write(session.id, session.owner, take(session))
+        except Exception:
+            self.checkpoint_failures += 1
+            log.exception(
+                "checkpoint of session %s failed; it stays in memory",
+                session.id,
+                extra={"event": "checkpoint_failed", "session": session.id, "tenant": session.owner},
+            )
+            return False
         session.dirty = False
+        return True
 
     def _save(self, session: Session) -> None:
-        """Write a new session's checkpoint, if there is a folder and it is still open and here."""
-        if self.store is not None:
+        """Write a new session's checkpoint, if there is a folder and it is still open and here. A
+        session that can't be written isn't kept: the call fails and leaves nothing behind."""
+        if self.store is None:
+            return
+        try:
             with session.lock:
                 if self._held_here(session):
-                    self._write(session)
+                    self.store.write(session.id, session.owner, take(session))
+                    session.dirty = False
+        except BaseException:
+            self.delete(session)
+            raise
 
     def tend_leases(self) -> int:
         """Renew this replica's leases; let go of sessions other replicas want (checkpoint written)
@@ -514,13 +543,9 @@ class SessionManager:
         """Write the checkpoint of every resident session changed since its last one; returns how many."""
         written = 0
         for session in self.list():
-            try:
-                with session.lock:
-                    if session.dirty and self._held_here(session):
-                        self._write(session)
-                        written += 1
-            except Exception:  # a full disk: the others still get written
-                log.exception("checkpoint of session %s failed", session.id)
+            with session.lock:
+                if session.dirty and self._held_here(session):
+                    written += self._write(session)
         return written
 
 

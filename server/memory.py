@@ -8,6 +8,7 @@ that call only); the budgets keep the server from getting there, and say who ask
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ import torch
 
 import rnnbuilder as rb
 
-__all__ = ["Quota", "MemoryLedger", "held_bytes", "tensor_bytes", "work_bytes", "MB"]
+__all__ = ["Quota", "MemoryLedger", "activation_elements", "held_bytes", "tensor_bytes", "work_bytes", "MB"]
 
 MB = 1024 * 1024
 
@@ -52,9 +53,55 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def activation_elements(model: rb.Model, batch_size: int) -> int:
+    """The elements one timestep of one batch entry passes through ``model``, a model built on the
+    meta device: its input, its state, and the output of every innermost module (each layer, and
+    what a layer's own modules make: an ``Upsample``'s output before the pool that shrinks it).
+
+    The model runs one timestep of batch ``batch_size`` on the meta device, which computes shapes
+    and allocates nothing. A model that can't run there (a custom module that reads values) is
+    counted by its input, state and output only.
+
+    >>> from rnnbuilder import nn
+    >>> with torch.device("meta"):
+    ...     model = rb.Sequential(nn.Upsample(scale_factor=4.0), nn.MaxPool1d(4)).make_model((1, 16))
+    >>> activation_elements(model, 2)       # 16 in, 64 upsampled, 16 pooled
+    96
+    """
+    inputs = math.prod(model.in_shape)
+    with torch.device("meta"):
+        state = model.get_initial_state(batch_size)
+    state_elements = sum(t.numel() for t in rb.named_leaves(state).values()) // batch_size
+    seen: list[int] = []
+
+    def count(module, args, output) -> None:
+        seen.extend(t.numel() for t in _tensors(output))
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model(torch.empty(1, batch_size, *model.in_shape, device="meta"), state)
+    except Exception:  # values a meta tensor doesn't have: fall back to what the model shows outside
+        seen[:] = [batch_size * math.prod(model.out_shape)]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs + state_elements + sum(seen) // batch_size
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
 def work_bytes(elements_per_entry: int, timesteps: int, batch: int, training: bool) -> int:
     """Room a call on ``timesteps`` x ``batch`` needs for activations, in float32 bytes, for a
-    network with ``elements_per_entry`` input, state and output elements per batch entry."""
+    network through which one timestep of one batch entry passes ``elements_per_entry`` elements
+    (``activation_elements``)."""
     copies = TRAINING_COPIES if training else INFERENCE_COPIES
     return elements_per_entry * timesteps * batch * 4 * copies
 

@@ -81,6 +81,11 @@ class _SessionCollector:
         yield CounterMetricFamily(
             "rnnsim_restores", "Sessions loaded back from their checkpoints", value=self.manager.restores
         )
+        yield CounterMetricFamily(
+            "rnnsim_checkpoint_failures",
+            "Checkpoints that could not be written (logged; the session stayed in memory)",
+            value=self.manager.checkpoint_failures,
+        )
         queued = GaugeMetricFamily("rnnsim_queued_calls", "Calls waiting for a scheduler slot", labels=["tenant"])
         for tenant, count in sorted(self.scheduler.queued().items()):
             queued.add_metric([tenant], count)

@@ -4,7 +4,6 @@ the server's limits before anything is allocated; then building it. Knows nothin
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,7 +14,7 @@ from rnnbuilder import spec
 
 from .config import Limits
 from .errors import InvalidRequest, LimitExceeded, SessionExists, SessionMoving, is_out_of_memory
-from .memory import held_bytes
+from .memory import activation_elements, held_bytes
 from .session import SESSION_ID, Session
 from .training import GLOBAL_RNG, Training
 
@@ -54,6 +53,7 @@ def plan(
         initial = planned.get_initial_state(batch_size)
         state_size = sum(t.numel() for t in rb.named_leaves(initial).values())
         held = held_bytes(planned, initial)
+        activations = activation_elements(planned, batch_size)
     if size > limits.max_parameters_per_session:
         raise LimitExceeded(
             "max_parameters_per_session", size, limits.max_parameters_per_session, "parameters and buffers"
@@ -76,7 +76,7 @@ def plan(
         output_shape=planned.out_shape,
         parameter_count=sum(p.numel() for p in planned.parameters()),
         recordable_layers=planned.record_names(),
-        entry_elements=state_size // batch_size + math.prod(input_shape) + math.prod(planned.out_shape),
+        entry_elements=activations,
         bytes=held,
     )
 
