@@ -51,14 +51,14 @@ def creates(folder: str | None, neurons: int, count: int) -> list[float]:
 
 def reads(store: CheckpointStore, rounds: int) -> tuple[list[float], list[float]]:
     """Seconds to describe every stored session, and to read every one whole, in alternating rounds."""
-    index = store.index()
+    index = [key for key, _ in store.index()]
     described, whole = [], []
     for _ in range(rounds):
         started = time.perf_counter()
-        assert all(store.describe(session_id, owner) for session_id, owner, _ in index)
+        assert all(store.describe(*key) for key in index)
         described.append(time.perf_counter() - started)
         started = time.perf_counter()
-        assert all(store.read(session_id, owner) for session_id, owner, _ in index)
+        assert all(store.read(*key) for key in index)
         whole.append(time.perf_counter() - started)
     return described, whole
 

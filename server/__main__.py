@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     config = ServerConfig.from_arguments(args)
     server, port = create_server(args.address, config)
-    await server.start(config.metrics_port)
+    await server.start(config.metrics_port, config.metrics_host)
     host = args.address.rsplit(":", 1)[0]
     tenants = server.authenticator.tenants
     mode = "open single-tenant mode (no auth)" if tenants is None else f"{len(tenants)} tenants from {args.auth_file}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -59,11 +58,11 @@ class SimulatorServer:
         self.authenticator = authenticator
         self.metrics_port: int | None = None
 
-    async def start(self, metrics_port: int | None = None) -> None:
-        """Start serving; with ``metrics_port`` (0: a free one), also Prometheus' ``/metrics``."""
+    async def start(self, metrics_port: int | None = None, metrics_host: str = "0.0.0.0") -> None:
+        """Start serving; with ``metrics_port`` (0: a free one), also Prometheus' ``/metrics`` on ``metrics_host``."""
         await self.grpc_server.start()
         if metrics_port is not None:
-            self.metrics_port = self.metrics.serve(metrics_port)
+            self.metrics_port = self.metrics.serve(metrics_port, metrics_host)
         if self.sessions.store is not None:
             loop = asyncio.get_running_loop()
             self._leases = loop.create_task(self._every(LEASE_RENEW_S, self.sessions.tend_leases))
@@ -136,9 +135,7 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     ]
     grpc_server = grpc.aio.server(options=options)
     scheduler = FairScheduler(config.workers, config.scheduling)
-    # Training and evaluation loops wait on these threads between batches; each batch takes a scheduler turn.
-    loops = ThreadPoolExecutor(max_workers=config.limits.max_sessions, thread_name_prefix="rnnsim-loop")
-    placement = Placement(scheduler, loops)
+    placement = Placement(scheduler)
     metrics = Metrics(manager, scheduler)
     servicer = SimulatorServicer(manager, placement, metrics, authenticator, config.server_id)
     add_to_server(servicer, grpc_server)

@@ -78,8 +78,10 @@ class Authenticator:
         """The tenant whose token the call's metadata carries; Unauthenticated if none matches."""
         if self.tenants is None:
             return OPEN_TENANT
-        header = dict(metadata or ()).get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        headers = [value for key, value in metadata or () if key == "authorization"]
+        if len(headers) > 1:  # which one counts would depend on the proxies in between: refuse both
+            raise Unauthenticated(f"send one authorization header, not {len(headers)}")
+        scheme, _, token = (headers[0] if headers else "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("this server needs a bearer token: Client(address, token=...)")
         for tenant in self.tenants:

@@ -5,26 +5,32 @@ shutdown, and reads them when a session it doesn't hold is asked for, so session
 restarts (exactly, after SIGTERM), crashes (from the last checkpoint) and, with a folder shared by
 replicas, the loss of a replica.
 
-Replicas sharing the folder coordinate through two more files per session. ``<id>.lease`` names
-the replica that holds the session in memory; the holder renews it (its modification time) every
+Replicas sharing the folder coordinate through two more files per session. ``.lease`` names the
+replica that holds the session in memory; the holder renews it (its modification time) every
 ``LEASE_RENEW_S``, and one not renewed for ``LEASE_EXPIRES_S`` is from a replica that died.
-``<id>.wanted`` asks the holder to write the session's checkpoint and let go of it, so that the
+``.wanted`` asks the holder to write the session's checkpoint and let go of it, so that the
 replica that now gets its calls continues from its latest state rather than an older one.
+
+Every file is named ``<session id>.<owner, hex>.<kind>``: ids are per owner, so one tenant's
+session never collides with, reveals or moves another's of the same id. Anything else in the
+folder, or anything that isn't a regular file (a link, a FIFO), is skipped and logged; nothing is
+ever opened in a way that could wait.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
 from .convert import snapshot_from_message, snapshot_to_message
-from .session import SESSION_ID
+from .session import SESSION_ID, SessionKey
 from .snapshot import Snapshot
 
 __all__ = ["CheckpointStore", "LEASE_RENEW_S", "LEASE_EXPIRES_S"]
@@ -46,135 +52,150 @@ class CheckpointStore:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._unreadable: dict[Path, int | None] = {}
-        """Checkpoints that couldn't be described, by their modification time then."""
+        """Files that couldn't be read, by their modification time then (None: not a regular file)."""
 
     def write(self, session_id: str, owner: str, snapshot: Snapshot) -> None:
         """Replace the session's checkpoint, atomically."""
-        _replace(self._path(session_id, owner), snapshot_to_message(snapshot).SerializeToString())
+        _replace(self._path(session_id, owner, _SUFFIX), snapshot_to_message(snapshot).SerializeToString())
 
-    def read(self, session_id: str, owner: str | None) -> tuple[str, Snapshot] | None:
-        """``(owner, snapshot)`` of the session's checkpoint (only ``owner``'s, if given), or None
-        if there is none or it can't be read (logged: a corrupt checkpoint is never fatal)."""
-        for path in self._paths(session_id, owner):
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue
-            try:
-                return _owner(path), snapshot_from_message(pb.SessionSnapshot.FromString(data))
-            except Exception as error:  # a corrupt checkpoint must never stop the server
-                log.warning("skipping unreadable checkpoint %s: %s", path, error)
-        return None
+    def read(self, session_id: str, owner: str) -> Snapshot | None:
+        """The session's snapshot, or None if there is none or it can't be read (logged: a corrupt
+        checkpoint is never fatal)."""
+        path = self._path(session_id, owner, _SUFFIX)
+        try:
+            data, _ = _read_regular(path)
+            return snapshot_from_message(pb.SessionSnapshot.FromString(data))
+        except FileNotFoundError:
+            return None
+        except Exception as error:  # a corrupt checkpoint must never stop the server
+            self._skip(path, error)
+            return None
 
-    def describe(self, session_id: str, owner: str | None) -> tuple[str, Snapshot, int, int] | None:
-        """``(owner, snapshot, tensor bytes, modification time in ns)`` like ``read``, but without
-        reading the tensors: the snapshot's parameters, state, optimizer, carried state and
-        generator are empty, and the bytes their tensors take (about: their serialized size) come
-        instead. Listing stored sessions stays cheap however large they are."""
-        for path in self._paths(session_id, owner):
-            modified = None
-            try:
-                with path.open("rb") as file:
-                    modified = os.fstat(file.fileno()).st_mtime_ns
-                    if self._unreadable.get(path) == modified:  # logged already; every listing asks again
-                        continue
-                    message, tensor_bytes = skim(file)
-                return _owner(path), snapshot_from_message(message), tensor_bytes, modified
-            except FileNotFoundError:
-                continue
-            except Exception as error:  # a corrupt checkpoint must never stop the server
-                log.warning("skipping unreadable checkpoint %s: %s", path, error)
-                self._unreadable[path] = modified
-        return None
+    def describe(self, session_id: str, owner: str) -> tuple[Snapshot, int, int] | None:
+        """``(snapshot, tensor bytes, modification time in ns)`` like ``read``, but without reading
+        the tensors: the snapshot's parameters, state, optimizer, carried state and generator are
+        empty, and the bytes their tensors take (about: their serialized size) come instead.
+        Listing stored sessions stays cheap however large they are."""
+        path = self._path(session_id, owner, _SUFFIX)
+        modified = None
+        try:
+            with _open_regular(path) as file:
+                modified = os.fstat(file.fileno()).st_mtime_ns
+                if self._unreadable.get(path) == modified:  # logged already; every listing asks again
+                    return None
+                message, tensor_bytes = skim(file)
+            return snapshot_from_message(message), tensor_bytes, modified
+        except FileNotFoundError:
+            return None
+        except Exception as error:  # a corrupt checkpoint must never stop the server
+            self._skip(path, error, modified)
+            return None
 
-    def index(self) -> list[tuple[str, str, int]]:
-        """``(session id, owner, modification time in ns)`` of every checkpoint file, by name."""
+    def index(self) -> list[tuple[SessionKey, int]]:
+        """``(session, modification time in ns)`` of every checkpoint file, by name."""
         found = []
         with os.scandir(self.directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 if not entry.name.endswith(_SUFFIX):
                     continue
                 try:
-                    found.append((entry.name.split(".")[0], _owner(Path(entry.path)), entry.stat().st_mtime_ns))
+                    if not entry.is_file(follow_symlinks=False):
+                        raise ValueError("not a regular file")
+                    found.append((_key(entry.name, _SUFFIX), entry.stat(follow_symlinks=False).st_mtime_ns))
                 except FileNotFoundError:  # removed since the listing: the session was closed
                     continue
-                except ValueError as error:
-                    log.warning("skipping checkpoint %s: %s", entry.path, error)
+                except (OSError, ValueError) as error:
+                    self._skip(Path(entry.path), error)
         return found
 
-    def holds(self, session_id: str) -> bool:
-        """Whether the session has a checkpoint, whoever owns it."""
-        return bool(self._paths(session_id, None))
+    def holds(self, session_id: str, owner: str) -> bool:
+        """Whether the folder has something by the name of the session's checkpoint."""
+        return os.path.lexists(self._path(session_id, owner, _SUFFIX))
 
-    def remove(self, session_id: str) -> None:
+    def remove(self, session_id: str, owner: str) -> None:
         """Delete the session's checkpoint, lease and requests."""
-        for path in self._paths(session_id, None):
-            path.unlink(missing_ok=True)
-        if SESSION_ID.fullmatch(session_id):
-            for suffix in (_LEASE, _WANTED):
-                (self.directory / f"{session_id}{suffix}").unlink(missing_ok=True)
+        for suffix in (_SUFFIX, _LEASE, _WANTED):
+            self._path(session_id, owner, suffix).unlink(missing_ok=True)
 
-    def lease_holder(self, session_id: str) -> str | None:
-        """The replica holding the session in memory (an unexpired lease), or None."""
-        path = self._lease(session_id)
+    def lease_holder(self, session_id: str, owner: str) -> str | None:
+        """The replica holding the session in memory (an unexpired lease), or None. During a rolling
+        upgrade, replicas of the previous version hold sessions under ``<id>.lease``, named by id
+        alone (ids were global then): such a lease counts for the owner whose checkpoint the id is."""
+        holder = self._holder(self._path(session_id, owner, _LEASE))
+        if holder is None and self.holds(session_id, owner):
+            holder = self._holder(self._legacy(session_id, _LEASE))
+        return holder
+
+    def _holder(self, path: Path) -> str | None:
         try:
-            fresh = time.time() - path.stat().st_mtime < LEASE_EXPIRES_S
-            return path.read_text() if fresh else None
-        except (FileNotFoundError, ValueError):
+            holder, modified = _read_regular(path)
+            return holder.decode() if time.time_ns() - modified < LEASE_EXPIRES_S * 1e9 else None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            self._skip(path, error)
             return None
 
-    def take_lease(self, session_id: str, holder: str) -> None:
+    def take_lease(self, session_id: str, owner: str, holder: str) -> None:
         """Record that ``holder`` has the session in memory (atomically: others read it any time)."""
-        _replace(self._lease(session_id), holder.encode())
-        (self.directory / f"{session_id}{_WANTED}").unlink(missing_ok=True)
+        _replace(self._path(session_id, owner, _LEASE), holder.encode())
+        self._path(session_id, owner, _WANTED).unlink(missing_ok=True)
 
-    def renew_leases(self, session_ids: list[str], holder: str) -> tuple[list[str], list[str]]:
-        """Renew ``holder``'s leases of ``session_ids``. Returns the ids whose lease another replica
-        has taken meanwhile (after ours expired), which ``holder`` must let go of unwritten, and
-        those with no lease, which ``holder`` takes again for the sessions it still has (one
-        closed meanwhile has none, and must not get it back)."""
+    def renew_leases(self, keys: list[SessionKey], holder: str) -> tuple[list[SessionKey], list[SessionKey]]:
+        """Renew ``holder``'s leases of the sessions ``keys`` name. Returns the sessions whose lease
+        another replica has taken meanwhile (after ours expired), which ``holder`` must let go of
+        unwritten, and those with no lease (or something else by its name), which ``holder`` takes
+        again for the sessions it still has (one closed meanwhile has none, and must not get it back)."""
         lost, missing = [], []
-        for session_id in session_ids:
-            path = self._lease(session_id)
+        for key in keys:
+            path = self._path(*key, _LEASE)
             try:
-                if path.read_text() != holder:
-                    lost.append(session_id)
+                if _read_regular(path)[0] != holder.encode():
+                    lost.append(key)
                     continue
                 path.touch()
-            except FileNotFoundError:
-                missing.append(session_id)
+            except (OSError, ValueError):  # FileNotFoundError, or not a lease: take_lease replaces it
+                missing.append(key)
         return lost, missing
 
-    def drop_lease(self, session_id: str, holder: str) -> None:
+    def drop_lease(self, session_id: str, owner: str, holder: str) -> None:
         """Let go of the session (its checkpoint written): another replica may load it now."""
-        path = self._lease(session_id)
+        path = self._path(session_id, owner, _LEASE)
         try:
-            if path.read_text() == holder:
+            if _read_regular(path)[0] == holder.encode():
                 path.unlink(missing_ok=True)
-        except FileNotFoundError:
+        except (OSError, ValueError):  # gone, or not a lease: nothing of ours to drop
             pass
 
-    def want(self, session_id: str) -> None:
-        """Ask the session's holder to write its checkpoint and let go of it."""
-        (self.directory / f"{session_id}{_WANTED}").touch()
+    def want(self, session_id: str, owner: str) -> None:
+        """Ask the session's holder to write its checkpoint and let go of it (as the previous
+        version asks, too, if one of those holds it: see ``lease_holder``)."""
+        _replace(self._path(session_id, owner, _WANTED), b"")
+        if self._holder(self._path(session_id, owner, _LEASE)) is None and self.lease_holder(session_id, owner):
+            _replace(self._legacy(session_id, _WANTED), b"")
 
-    def wanted(self) -> set[str]:
-        """The ids of sessions some replica has asked for."""
-        return {path.name[: -len(_WANTED)] for path in self.directory.glob(f"*{_WANTED}")}
+    def wanted(self) -> set[SessionKey]:
+        """The sessions some replica has asked for."""
+        found = set()
+        for path in self.directory.glob(f"*{_WANTED}"):
+            try:
+                found.add(_key(path.name, _WANTED))
+            except ValueError as error:  # a request of an older version, <id>.wanted, names no owner
+                self._skip(path, error)
+        return found
 
-    def _lease(self, session_id: str) -> Path:
-        return self.directory / f"{session_id}{_LEASE}"
+    def _path(self, session_id: str, owner: str, suffix: str) -> Path:
+        return self.directory / f"{_checked(session_id)}.{owner.encode().hex()}{suffix}"
 
-    def _paths(self, session_id: str, owner: str | None) -> list[Path]:
-        """The session's checkpoint files: ``owner``'s, or anyone's."""
-        if not SESSION_ID.fullmatch(session_id):
-            return []
-        if owner is not None:
-            return [self._path(session_id, owner)]
-        return sorted(self.directory.glob(f"{session_id}.*{_SUFFIX}"))
+    def _legacy(self, session_id: str, suffix: str) -> Path:
+        """A lease or request of the previous version: ``<session id><suffix>``."""
+        return self.directory / f"{_checked(session_id)}{suffix}"
 
-    def _path(self, session_id: str, owner: str) -> Path:
-        return self.directory / f"{session_id}.{owner.encode().hex()}{_SUFFIX}"
+    def _skip(self, path: Path, error: Exception, modified: int | None = None) -> None:
+        """Log what can't be read, once per version of it: every listing meets it again."""
+        if path not in self._unreadable or self._unreadable[path] != modified:
+            log.warning("skipping unreadable checkpoint file %s: %s", path, error)
+        self._unreadable[path] = modified
 
 
 _TENSOR_FIELDS = frozenset(
@@ -243,8 +264,35 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def _owner(path: Path) -> str:
-    parts = path.name[: -len(_SUFFIX)].split(".")
-    if len(parts) != 2:
-        raise ValueError("not named <session id>.<owner hex>.snapshot")
-    return bytes.fromhex(parts[1]).decode()
+def _open_regular(path: Path) -> IO[bytes]:
+    """``path`` open for reading if it is a regular file; OSError for anything else. Never follows a
+    link (a loop, or a way out of the folder) and never waits: opening a FIFO for reading would
+    wait for a writer, and reading it for data."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"not a regular file: {path}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_regular(path: Path) -> tuple[bytes, int]:
+    """The contents of the regular file ``path`` and its modification time in ns (see ``_open_regular``)."""
+    with _open_regular(path) as file:
+        return file.read(), os.fstat(file.fileno()).st_mtime_ns
+
+
+def _checked(session_id: str) -> str:
+    if not SESSION_ID.fullmatch(session_id):  # never a path outside the folder
+        raise ValueError(f"not a session id: {session_id!r}")
+    return session_id
+
+
+def _key(name: str, suffix: str) -> SessionKey:
+    """The session a file's name is of, ``<session id>.<owner hex><suffix>``."""
+    parts = name[: -len(suffix)].split(".")
+    if len(parts) != 2 or not SESSION_ID.fullmatch(parts[0]):
+        raise ValueError(f"not named <session id>.<owner hex>{suffix}")
+    return SessionKey(parts[0], bytes.fromhex(parts[1]).decode())

@@ -26,6 +26,9 @@ class Limits:
     max_message_bytes: int = 256 * 1024 * 1024
     max_memory_mb: int = 0
     """Device memory all sessions and calls may hold; 0: 90% of a CUDA device's memory, none on the CPU."""
+    max_network_nodes: int = 10_000
+    """Factories and nodes a network description may hold: a huge one is refused before it is read
+    (100,000 chained nodes took a minute to build)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class ServerConfig:
     """Seconds between periodic checkpoints (there is always one on graceful shutdown)."""
     metrics_port: int | None = None
     """Where to expose Prometheus metrics (0: a free port); None exposes none."""
+    metrics_host: str = "0.0.0.0"
+    """The address the metrics endpoint listens on. It has no authentication and its labels name
+    tenants: keep it on a network only the operator's scraper reaches, or bind it to 127.0.0.1."""
     auth_file: str | None = None
     """A TOML file of tenants and their tokens; None runs open, single-tenant."""
     tls_cert: str | None = None
@@ -113,6 +119,12 @@ class ServerConfig:
             default=int(metrics) if metrics else None,
             help="port of the Prometheus /metrics endpoint (default 9464; -1 turns it off)",
         )
+        parser.add_argument(
+            "--metrics-host",
+            default=_env("metrics_host", cls.metrics_host),
+            help="address of the /metrics endpoint (default 0.0.0.0; it has no authentication and names tenants,"
+            " so keep it off networks tenants reach, or use 127.0.0.1)",
+        )
         for name, text in (
             ("auth_file", "a TOML file of tenants and bearer tokens; without it the server is open, single-tenant"),
             ("tls_cert", "PEM certificate chain; with --tls-key the server speaks TLS"),
@@ -141,6 +153,7 @@ class ServerConfig:
             checkpoint_dir=args.checkpoint_dir or None,
             checkpoint_interval_s=args.checkpoint_interval,
             metrics_port=None if args.metrics_port is None or args.metrics_port < 0 else args.metrics_port,
+            metrics_host=args.metrics_host,
             auth_file=args.auth_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,

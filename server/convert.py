@@ -8,6 +8,9 @@ through the converters the client shares (``rnnbuilder_sim.wire``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import math
+from collections.abc import Callable
 
 import torch
 from google.protobuf import message as protobuf_message
@@ -18,7 +21,7 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.wire import names, networks, tensors
 
 from .config import Limits
-from .errors import InvalidRequest
+from .errors import InvalidRequest, LimitExceeded
 from .operations import Simulation
 from .session import Session
 from .snapshot import Snapshot
@@ -96,11 +99,22 @@ def session_id(name: str) -> str:
     return found
 
 
-def network(session: pb.Session) -> dict:
+def network(session: pb.Session, limits: Limits) -> dict:
     """The description of the network a CreateSession request asks for."""
     if not session.HasField("network"):
         raise InvalidRequest("session.network is missing: describe the network to simulate")
-    return networks.from_message(session.network)
+    return _description(session.network, limits)
+
+
+def _description(message: pb.NetworkSpec, limits: Limits | None) -> dict:
+    """A network's description; with ``limits`` (a caller's network), its size is checked first,
+    before reading it takes time (100,000 chained nodes took 1.7 s to read)."""
+    if limits is not None:
+        most = limits.max_network_nodes
+        count = networks.node_count(message, stop=most)
+        if count > most:
+            raise LimitExceeded("max_network_nodes", count, most, "factories and nodes in the network (or more)")
+    return networks.from_message(message)
 
 
 def session_message(session: Session, device: str) -> pb.Session:
@@ -134,11 +148,14 @@ def server_info(
     )
 
 
-def required_tensor(request, field: str, hint: str = "") -> torch.Tensor:
-    """The tensor in ``request.<field>``; InvalidRequest if it is missing, with ``hint`` on what to send."""
+def required_tensor(request, field: str, fits: Callable[[tuple[int, ...]], None], hint: str = "") -> torch.Tensor:
+    """The tensor in ``request.<field>``, decoded once ``fits(shape)`` has accepted its shape (it
+    raises what doesn't fit); InvalidRequest if it is missing, with ``hint`` on what to send."""
     if not request.HasField(field):
         raise InvalidRequest(f"{field} is missing: {hint}" if hint else f"{field} is missing")
-    return tensors.decode_torch(getattr(request, field))
+    message = getattr(request, field)
+    fits(tensors.shape_of(message))
+    return tensors.decode_torch(message)
 
 
 def bitpacked(request: pb.RunRequest | pb.SimulateRequest) -> bool:
@@ -160,14 +177,18 @@ def named_tensors(values: dict[str, torch.Tensor], packed: bool = False) -> list
     return [pb.NamedTensor(name=name, tensor=tensors.encode(value, packed)) for name, value in values.items()]
 
 
-def decode_named(items) -> dict[str, torch.Tensor]:
-    """``NamedTensor`` messages by name; InvalidRequest if a name comes twice."""
-    decoded = {}
+def decode_named(items, most: int | None, what: str = "tensors") -> dict[str, torch.Tensor]:
+    """``NamedTensor`` messages by name; InvalidRequest if a name comes twice, or if they hold more
+    than ``most`` elements together (None: no bound), checked before anything is decoded."""
+    shapes = {}
     for item in items:
-        if item.name in decoded:
+        if item.name in shapes:
             raise InvalidRequest(f"tensor {item.name!r} is given twice")
-        decoded[item.name] = tensors.decode_torch(item.tensor)
-    return decoded
+        shapes[item.name] = tensors.shape_of(item.tensor)
+    count = sum(math.prod(shape) for shape in shapes.values())
+    if most is not None and count > most:
+        raise InvalidRequest(f"the {what} hold {count:,} elements, more than fit ({most:,} at most)")
+    return {item.name: tensors.decode_torch(item.tensor) for item in items}
 
 
 def carry(value: int) -> str:
@@ -183,15 +204,22 @@ def training_options(message: pb.TrainingConfig) -> TrainingOptions:
     return TrainingOptions(message.loss or "ce_count", _optimizer_config(message.optimizer), message.grad_clip_norm)
 
 
-def dataset(request, inputs: str = "inputs", targets: str = "targets") -> Dataset:
-    """The dataset in ``request``'s ``inputs`` and ``targets`` fields, both required."""
-    return Dataset(required_tensor(request, inputs), required_tensor(request, targets))
+def dataset(
+    request, fits: Callable[[tuple[int, ...], tuple[int, ...]], None], inputs: str = "inputs", targets: str = "targets"
+) -> Dataset:
+    """The dataset in ``request``'s ``inputs`` and ``targets`` fields, both required, decoded once
+    ``fits(inputs_shape, targets_shape)`` has accepted their shapes."""
+    for field in (inputs, targets):
+        if not request.HasField(field):
+            raise InvalidRequest(f"{field} is missing")
+    fits(tensors.shape_of(getattr(request, inputs)), tensors.shape_of(getattr(request, targets)))
+    return Dataset(tensors.decode_torch(getattr(request, inputs)), tensors.decode_torch(getattr(request, targets)))
 
 
-def validation(request: pb.TrainRequest) -> Dataset | None:
-    """A TrainRequest's validation set, if it has one (then it needs both halves)."""
+def validation(request: pb.TrainRequest, fits: Callable[[tuple[int, ...], tuple[int, ...]], None]) -> Dataset | None:
+    """A TrainRequest's validation set, if it has one (then it needs both halves); ``fits`` as in ``dataset``."""
     if request.HasField("validation_inputs") or request.HasField("validation_targets"):
-        return dataset(request, "validation_inputs", "validation_targets")
+        return dataset(request, fits, "validation_inputs", "validation_targets")
     return None
 
 
@@ -238,31 +266,69 @@ def snapshot_to_message(snapshot: Snapshot) -> pb.SessionSnapshot:
     )
 
 
-def snapshot_from_message(message: pb.SessionSnapshot) -> Snapshot:
+def snapshot_from_message(message: pb.SessionSnapshot, limits: Limits | None = None) -> Snapshot:
+    """The snapshot ``message`` holds. With ``limits`` (a snapshot from a caller, not the server's
+    own checkpoint), each part's elements are checked against what a session within them can hold
+    before anything is decoded: a bit-packed tensor is up to 64 times its message."""
     if not message.HasField("network"):
         raise InvalidRequest("the snapshot has no network: send what ExportSession gave")
+    most = _snapshot_bounds(message, limits)
+    rng = carried = None
+    if message.HasField("random_state"):
+        rng = required_tensor(message, "random_state", functools.partial(_rng_fits, most["random_state"]))
+    if message.carried_state:
+        carried = decode_named(message.carried_state, most["carried"], "carried state")
     return Snapshot(
-        description=networks.from_message(message.network),
+        description=_description(message.network, limits),
         input_shape=tuple(message.input_shape),
         batch_size=message.batch_size,
         seed=message.seed,
         timesteps=message.timesteps_simulated,
-        parameters=decode_named(message.parameters),
-        state=decode_named(message.state),
+        parameters=decode_named(message.parameters, most["parameters"], "parameters"),
+        state=decode_named(message.state, most["state"], "state tensors"),
         optimizer=None
         if not message.HasField("optimizer")
-        else OptimizerSnapshot(_optimizer_config(message.optimizer.config), decode_named(message.optimizer.tensors)),
-        rng=tensors.decode_torch(message.random_state) if message.HasField("random_state") else None,
-        carried=decode_named(message.carried_state) if message.carried_state else None,
+        else OptimizerSnapshot(
+            _optimizer_config(message.optimizer.config),
+            decode_named(message.optimizer.tensors, most["optimizer"], "optimizer tensors"),
+        ),
+        rng=rng,
+        carried=carried,
         carried_batch=message.carried_batch_size,
         create_time=message.create_time.ToDatetime(dt.UTC) if message.HasField("create_time") else None,
     )
 
 
-def imported_snapshot(request: pb.ImportSessionRequest) -> Snapshot:
+def imported_snapshot(request: pb.ImportSessionRequest, limits: Limits) -> Snapshot:
     if not request.HasField("snapshot") or not request.snapshot.HasField("network"):
         raise InvalidRequest("snapshot is missing or has no network: send what ExportSession gave")
-    return snapshot_from_message(request.snapshot)
+    return snapshot_from_message(request.snapshot, limits)
+
+
+_RNG_ELEMENTS = 1 << 16
+"""A random generator's state is a few kB (a CPU generator's: 5,056 bytes)."""
+
+
+def _snapshot_bounds(message: pb.SessionSnapshot, limits: Limits | None) -> dict[str, int | None]:
+    """The most elements each part of a snapshot may hold under ``limits`` (None: no bounds)."""
+    if limits is None:
+        return dict.fromkeys(("parameters", "state", "optimizer", "carried", "random_state"))
+    state = limits.max_state_elements_per_session
+    carried_batch = min(message.carried_batch_size, limits.max_batch_size)
+    return {
+        "parameters": limits.max_parameters_per_session,
+        "state": state,
+        # Adam's two moments per element, and a step count per parameter.
+        "optimizer": 3 * limits.max_parameters_per_session,
+        # The state per batch entry, at the batch size of the carried state.
+        "carried": state * carried_batch // max(message.batch_size, 1),
+        "random_state": _RNG_ELEMENTS,
+    }
+
+
+def _rng_fits(most: int | None, shape: tuple[int, ...]) -> None:
+    if most is not None and math.prod(shape) > most:
+        raise InvalidRequest(f"the random generator state holds {math.prod(shape):,} elements; at most {most:,} fit")
 
 
 def _timestamp(moment: dt.datetime | None) -> timestamp_pb2.Timestamp | None:

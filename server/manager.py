@@ -27,7 +27,7 @@ from .errors import LimitExceeded, SessionExists, SessionMoving, SessionNotFound
 from .memory import MB, MemoryLedger, Quota, work_bytes
 from .placement import WouldBlock
 from .planning import build, checked_request, network_errors, plan, summary
-from .session import SESSION_ID, Session, SessionStore
+from .session import SESSION_ID, Session, SessionKey, SessionStore
 from .snapshot import Snapshot, restore, take
 
 __all__ = ["SessionManager"]
@@ -75,7 +75,8 @@ class SessionManager:
         """Checkpoints that couldn't be written (logged; the session stays in memory, the others go on)."""
         self.closing = False
         """Shutting down: sessions are being handed over to their checkpoints, calls are refused."""
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[SessionKey, Session] = {}
+        """By id and owner: tenants' ids are their own (one's id never collides with nor reveals another's)."""
         self._lock = threading.Lock()
 
     # -- making and closing sessions --------------------------------------------------------------
@@ -109,12 +110,16 @@ class SessionManager:
             self.delete(session)
             raise
         self._save(session)
-        log.info("session %s imported from a snapshot", session.id, extra={"event": "session_imported"})
+        log.info(
+            "session %s imported from a snapshot",
+            session.id,
+            extra={"event": "session_imported", "session": session.id, "tenant": owner},
+        )
         return session
 
     def _create(self, description, input_shape, batch_size, seed, owner, session_id) -> Session:
         input_shape = checked_request(input_shape, batch_size, session_id, self.limits)
-        if session_id and self._exists(session_id):
+        if session_id and self._exists(session_id, owner):
             raise SessionExists(session_id)
         if self.closing:
             raise SessionMoving(session_id or "new", "can't be made here: this replica is shutting down")
@@ -133,11 +138,11 @@ class SessionManager:
             session.measure()
             with self._lock:
                 self._check_room(owner)
-                if session.id in self._sessions:
+                if session.key in self._sessions:
                     raise SessionExists(session.id)
-                self._sessions[session.id] = session
+                self._sessions[session.key] = session
             if self.store is not None:
-                self.store.take_lease(session.id, self.holder)
+                self.store.take_lease(session.id, owner, self.holder)
         log.info(
             "session %s created: %s, input %s, batch %d",
             session.id,
@@ -156,12 +161,12 @@ class SessionManager:
         if limit is not None and owned >= limit:
             raise LimitExceeded("tenant max_sessions", owned + 1, limit, f"sessions of {owner}")
 
-    def _exists(self, session_id: str) -> bool:
-        """Known here or in the store, whoever owns it."""
+    def _exists(self, session_id: str, owner: str) -> bool:
+        """``owner`` has a session of this id, here or in the store (other owners' don't count)."""
         with self._lock:
-            if session_id in self._sessions:
+            if SessionKey(session_id, owner) in self._sessions:
                 return True
-        return self.store is not None and self.store.holds(session_id)
+        return self.store is not None and self.store.holds(session_id, owner)
 
     def delete(self, session: Session) -> None:
         """Close the session and remove its checkpoint; a call running on it finishes first."""
@@ -170,21 +175,24 @@ class SessionManager:
         with session.lock:
             session.unload()
             if self.store is not None:
-                self.store.remove(session.id)
-        log.info("session %s deleted", session.id, extra={"event": "session_deleted", "session": session.id})
+                self.store.remove(session.id, session.owner)
+        log.info(
+            "session %s deleted",
+            session.id,
+            extra={"event": "session_deleted", "session": session.id, "tenant": session.owner},
+        )
 
     # -- finding sessions -------------------------------------------------------------------------
 
-    def get(self, session_id: str, owner: str | None = None, discover: bool = True) -> Session:
-        """The session, resident or not; ``owner``, if given, must own it: others get
-        SessionNotFound, so that a session's existence doesn't leak to other tenants. With
-        ``discover``, a session only the store has is registered here (and loaded by the first
-        call that needs it)."""
+    def get(self, session_id: str, owner: str = "default", discover: bool = True) -> Session:
+        """``owner``'s session of this id, resident or not, or SessionNotFound: another owner's of
+        the same id is another session, never found, asked for or moved. With ``discover``, a
+        session only the store has is registered here (and loaded by the first call that needs it)."""
         with self._lock:
-            session = self._sessions.get(session_id)
+            session = self._sessions.get(SessionKey(session_id, owner))
         if session is None and discover and self.store is not None:
             session = self._discover(session_id, owner)
-        if session is None or (owner is not None and session.owner != owner):
+        if session is None:
             raise SessionNotFound(session_name(session_id))
         return session
 
@@ -194,20 +202,20 @@ class SessionManager:
             sessions = [s for s in self._sessions.values() if owner is None or s.owner == owner]
         return sorted(sessions, key=lambda s: s.create_time)
 
-    def _discover(self, session_id: str, owner: str | None) -> Session | None:
+    def _discover(self, session_id: str, owner: str) -> Session | None:
         if not SESSION_ID.fullmatch(session_id):
             return None
-        self._check_free(session_id)
+        self._check_free(session_id, owner)
         return self._register(session_id, owner)
 
-    def _register(self, session_id: str, owner: str | None) -> Session | None:
+    def _register(self, session_id: str, owner: str) -> Session | None:
         """The session, registered from its checkpoint (not loaded) unless known; None if not stored."""
         found = self.store.describe(session_id, owner)
         if found is None:
             return None
-        session = self._stub(session_id, *found)
+        session = self._stub(session_id, owner, *found)
         with self._lock:
-            return self._sessions.setdefault(session_id, session)
+            return self._sessions.setdefault(session.key, session)
 
     def _stub(self, session_id: str, owner: str, snapshot: Snapshot, nbytes: int, modified: int) -> Session:
         """An evicted session for a stored snapshot (without its tensors, which take ``nbytes``):
@@ -231,25 +239,24 @@ class SessionManager:
         Unlike a call's lookup, this never asks another replica to hand a session over."""
         with self._lock:  # before reading the folder: a session evicted meanwhile is on disk by then
             unloaded = [s for s in self._sessions.values() if not s.resident and owner in (None, s.owner)]
-        stored = [(i, o, modified) for i, o, modified in self.store.index() if owner in (None, o)]
-        ids = {session_id for session_id, _, _ in stored}
+        stored = {key: modified for key, modified in self.store.index() if owner in (None, key.owner)}
         with self._lock:
             for session in unloaded:
-                if session.id not in ids and not session.resident and not session.lock.locked():
-                    self._sessions.pop(session.id, None)
+                if session.key not in stored and not session.resident and not session.lock.locked():
+                    self._sessions.pop(session.key, None)
             known = dict(self._sessions)
         registered = 0
-        for session_id, session_owner, modified in stored:
+        for key, modified in stored.items():
             try:
-                session = known.get(session_id)
+                session = known.get(key)
                 if session is None:
-                    registered += self._register(session_id, session_owner) is not None
+                    registered += self._register(*key) is not None
                     continue
-                registered += session.owner == session_owner
+                registered += 1
                 if not session.resident and session.described != modified:
                     self._redescribe(session)
             except Exception as error:  # a checkpoint this server can't rebuild is skipped, never fatal
-                log.warning("skipping stored session %s: %s", session_id, error)
+                log.warning("skipping stored session %s: %s", key.id, error)
         return registered
 
     def _redescribe(self, session: Session) -> None:
@@ -260,16 +267,16 @@ class SessionManager:
         try:
             found = None if session.resident else self.store.describe(session.id, session.owner)
             if found is not None:
-                _describe(session, *found[1:])
+                _describe(session, *found)
         finally:
             session.lock.release()
 
     def _forget(self, session: Session) -> bool:
         """Unregister the session; False if it wasn't registered (any more)."""
         with self._lock:
-            if self._sessions.get(session.id) is not session:
+            if self._sessions.get(session.key) is not session:
                 return False
-            del self._sessions[session.id]
+            del self._sessions[session.key]
             return True
 
     # -- holding a session for a call: residency and memory ---------------------------------------
@@ -301,7 +308,7 @@ class SessionManager:
 
     def _registered(self, session: Session) -> bool:
         """Still this manager's: a call that waited may find its session deleted or forgotten."""
-        return self._sessions.get(session.id) is session
+        return self._sessions.get(session.key) is session
 
     def resident_bytes(self, owner: str | None = None) -> int:
         """Bytes the resident sessions (of ``owner``, if given) hold on the device."""
@@ -392,20 +399,19 @@ class SessionManager:
 
     def _load(self, session: Session) -> None:
         """Bring an evicted session back from its checkpoint (the session's lock is held)."""
-        self._check_free(session.id)
-        self.store.take_lease(session.id, self.holder)
-        found = self.store.read(session.id, session.owner)
-        if found is None:
-            self.store.drop_lease(session.id, self.holder)
+        self._check_free(session.id, session.owner)
+        self.store.take_lease(session.id, session.owner, self.holder)
+        snapshot = self.store.read(session.id, session.owner)
+        if snapshot is None:
+            self.store.drop_lease(session.id, session.owner, self.holder)
             self._forget(session)
             raise SessionNotFound(session_name(session.id))
-        snapshot = found[1]
         build(spec.from_spec(snapshot.description, self.registry), session, self.device)
         try:
             restore(session, snapshot, self.limits.max_batch_size)
         except Exception:
             session.unload()
-            self.store.drop_lease(session.id, self.holder)
+            self.store.drop_lease(session.id, session.owner, self.holder)
             raise
         session.dirty = False
         self.restores += 1
@@ -417,11 +423,12 @@ class SessionManager:
 
     # -- replicas: leases, hand-over and checkpoints ----------------------------------------------
 
-    def _check_free(self, session_id: str) -> None:
-        """SessionMoving if another replica holds the session; that one is asked to let go of it."""
-        holder = self.store.lease_holder(session_id)
+    def _check_free(self, session_id: str, owner: str) -> None:
+        """SessionMoving if another replica holds ``owner``'s session; that one is asked to let go of
+        it (leases are per owner: naming another tenant's id never moves that tenant's session)."""
+        holder = self.store.lease_holder(session_id, owner)
         if holder is not None and holder != self.holder:
-            self.store.want(session_id)
+            self.store.want(session_id, owner)
             raise SessionMoving(session_id, f"is held by replica {holder!r}, which has been asked to hand it over")
 
     def begin_hand_over(self) -> None:
@@ -462,7 +469,7 @@ class SessionManager:
         if session.dirty and not self._write(session):
             return False
         session.unload()
-        self.store.drop_lease(session.id, self.holder)
+        self.store.drop_lease(session.id, session.owner, self.holder)
         return True
 
     def _held_here(self, session: Session) -> bool:
@@ -506,17 +513,17 @@ class SessionManager:
         and of those another replica took after our lease expired (unwritten: theirs is newer).
         Returns how many sessions were let go of."""
         resident = [s for s in self.list() if s.resident]
-        lost, missing = map(set, self.store.renew_leases([s.id for s in resident], self.holder))
+        lost, missing = map(set, self.store.renew_leases([s.key for s in resident], self.holder))
         wanted = self.store.wanted()
         released = 0
         for session in resident:
-            if session.id in missing and session.lock.acquire(timeout=0):  # busy: next round
+            if session.key in missing and session.lock.acquire(timeout=0):  # busy: next round
                 try:
                     if self._held_here(session):
-                        self.store.take_lease(session.id, self.holder)
+                        self.store.take_lease(session.id, session.owner, self.holder)
                 finally:
                     session.lock.release()
-            if session.id in lost:
+            if session.key in lost:
                 if not session.lock.acquire(timeout=0):  # busy: dropped next round; renewals never wait
                     continue
                 try:
@@ -526,14 +533,14 @@ class SessionManager:
                     session.lock.release()
                 log.warning("session %s was taken over by another replica; dropped this copy", session.id)
                 released += 1
-            elif session.id in wanted and session.lock.acquire(timeout=0):
+            elif session.key in wanted and session.lock.acquire(timeout=0):
                 try:
                     if self._release(session):
                         released += 1
                         log.info(
                             "session %s handed over to the replica that asked for it",
                             session.id,
-                            extra={"event": "session_handed_over", "session": session.id},
+                            extra={"event": "session_handed_over", "session": session.id, "tenant": session.owner},
                         )
                 finally:
                     session.lock.release()

@@ -4,6 +4,10 @@ read or replace its state and parameters. Knows nothing of gRPC.
 Each function takes the ``SessionManager`` and the session its caller found, checks the request,
 then works while ``manager.held`` has the session locked and loaded, with memory reserved for
 the call. A call that fails leaves its session as it was.
+
+Long calls (``fit``, ``evaluate``) are generators of jobs, one per batch: each job yielded is run
+by the caller (in the tenant's turn, see ``server.placement``), which sends its result back, and
+what the generator returns is the call's result. A caller that goes away stops asking for more.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,9 +25,10 @@ import torch
 import rnnbuilder as rb
 from rnnbuilder_sim.wire.names import session_name
 
+from .config import Limits
 from .errors import CallCancelled, InvalidRequest, LimitExceeded
 from .memory import work_bytes
-from .session import Session
+from .session import Session, Timing
 from .snapshot import Snapshot, assign_parameters, assign_state, finite, on_cpu, take
 from .training import (
     BatchProgress,
@@ -58,6 +63,9 @@ __all__ = [
     "set_state",
     "get_parameters",
     "set_parameters",
+    "input_fits",
+    "targets_fit",
+    "dataset_fits",
 ]
 
 log = logging.getLogger("rnnsim.sessions")
@@ -71,9 +79,9 @@ class Simulation:
     """What ``run`` gives back."""
 
     output: torch.Tensor
-    """(time, batch, *output_shape)"""
+    """(time, batch, *output_shape), on the host."""
     recordings: dict[str, torch.Tensor]
-    """By layer name."""
+    """By layer name, on the host."""
     first_timestep: int
     """The session's timestep count before the call."""
 
@@ -98,10 +106,15 @@ def run(
     work = work_bytes(session.entry_elements, x.shape[0], x.shape[1], training=False)
     limit = manager.limits.max_message_bytes
     with manager.held(session, work, wait=wait), torch.no_grad():
+        started = time.perf_counter()
         if record:
             out, state, recordings = session.model.record(x, record, session.state)
         else:
             (out, state), recordings = session.model(x, session.state), {}
+        # On the host here, so that neither the event loop (which encodes the reply) waits for the
+        # device, nor the timing misses the device's work.
+        out, recordings = out.cpu(), {name: t.cpu() for name, t in recordings.items()}
+        session.timing = Timing(time.perf_counter() - started, x.shape[0] * x.shape[1])
         replied = (out, *recordings.values())
         reply = sum(t.numel() * 4 for t in replied)
         if bitpacked and reply > limit:
@@ -157,23 +170,23 @@ def fit(
     validation: Dataset | None = None,
     tbptt_steps: int = 0,
     report: Callable[[Progress], None] = lambda progress: None,
-    cancelled: Callable[[], bool] = lambda: False,
-    schedule: Callable[[Callable], object] = lambda job: job(),
-) -> list[EpochSummary]:
-    """Train on ``data`` for ``epochs``; returns the epochs' summaries.
+) -> Generator[Callable, object, list[EpochSummary]]:
+    """Train on ``data`` for ``epochs``; returns the epochs' summaries. Its jobs (see above) take
+    the dataset onto the device, then each epoch's order and each batch.
 
     Each batch starts from a fresh state; the order is shuffled by the session's generator.
     ``report`` gets a ``BatchProgress`` after every batch and an ``EpochSummary`` after every
-    epoch. Stops at the next batch boundary once ``cancelled()``. ``schedule(job)`` runs each
-    batch's ``job()`` and returns its result: a scheduler's turn.
+    epoch.
     """
     objective = options.objective
     if epochs < 1 or batch_size < 1:
         raise InvalidRequest(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
     if tbptt_steps < 0:
         raise InvalidRequest(f"tbptt_steps must be 0 (whole sequences) or positive, got {tbptt_steps}")
-    x, y = _dataset(manager, session, data, objective, batch_size)
-    held_out = None if validation is None else _dataset(manager, session, validation, objective, batch_size)
+    x, y = yield functools.partial(_dataset, manager, session, data, objective, batch_size)
+    held_out = None
+    if validation is not None:
+        held_out = yield functools.partial(_dataset, manager, session, validation, objective, batch_size)
     history: list[EpochSummary] = []
     batches = math.ceil(x.shape[1] / batch_size)
     steps = min(tbptt_steps or x.shape[0], x.shape[0])
@@ -187,19 +200,15 @@ def fit(
 
     for epoch in range(epochs):
         started, totals = time.perf_counter(), Totals()
-        with manager.held(session, changes=shuffle):
-            order = torch.randperm(x.shape[1], generator=session.training.rng) if shuffle else torch.arange(x.shape[1])
-        for batch, index in enumerate(order.to(manager.device).split(batch_size)):
-            if cancelled():
-                log.info("session %s training cancelled at epoch %d, batch %d", session.id, epoch, batch)
-                return history
-            result = schedule(functools.partial(train, index))
+        order = yield functools.partial(_batches, manager, session, x.shape[1], batch_size, shuffle)
+        for batch, index in enumerate(order):
+            result = yield functools.partial(train, index)
             totals.add(result, len(index))
             report(BatchProgress(epoch, batch, batches, result.scores()))
         samples_per_second = x.shape[1] / (time.perf_counter() - started)  # the validation doesn't count
         validated = None
         if held_out is not None:
-            validated = _evaluate(manager, session, *held_out, objective, batch_size, schedule)
+            validated = yield from _evaluate(manager, session, *held_out, objective, batch_size)
         summary = EpochSummary(epoch, totals.scores(), samples_per_second, validated)
         history.append(summary)
         report(summary)
@@ -219,14 +228,13 @@ def evaluate(
     data: Dataset,
     loss: str,
     batch_size: int,
-    schedule: Callable[[Callable], object] = lambda job: job(),
-) -> Scores:
-    """Loss (and accuracy, for class losses) on ``data``, in eval mode; ``schedule`` as in ``fit``."""
+) -> Generator[Callable, object, Scores]:
+    """Loss (and accuracy, for class losses) on ``data``, in eval mode; its jobs as in ``fit``."""
     objective = get_loss(loss)
     if batch_size < 1:
         raise InvalidRequest(f"batch_size must be at least 1, got {batch_size}")
-    x, y = _dataset(manager, session, data, objective, batch_size)
-    return _evaluate(manager, session, x, y, objective, batch_size, schedule)
+    x, y = yield functools.partial(_dataset, manager, session, data, objective, batch_size)
+    return (yield from _evaluate(manager, session, x, y, objective, batch_size))
 
 
 def export(manager: SessionManager, session: Session) -> Snapshot:
@@ -267,7 +275,58 @@ def set_parameters(manager: SessionManager, session: Session, tensors: dict[str,
     log.info("session %s parameters set: %d tensors", session.id, len(tensors))
 
 
-def _evaluate(manager: SessionManager, session: Session, x, y, objective: Loss, batch_size: int, schedule) -> Scores:
+def input_fits(
+    limits: Limits, session: Session, shape: tuple[int, ...], batch: int | None = None, rows: int | None = None
+) -> None:
+    """Raise unless an input of ``shape`` (time, batch, *input_shape) fits the session and the limits:
+    checked on the shape alone, before the tensor is decoded, and again on the tensor.
+
+    ``batch``: the batch size the input must have, if fixed; ``rows``: how many sequences run at once
+    (for the work limit), if not all of its.
+    """
+    if (
+        len(shape) != len(session.input_shape) + 2
+        or tuple(shape[2:]) != session.input_shape
+        or (batch is not None and shape[1] != batch)
+    ):
+        want = ", ".join(map(str, (batch if batch is not None else "batch", *session.input_shape)))
+        raise rb.ShapeError(f"input must have shape (time, {want}), got {shape}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise InvalidRequest("input is empty; send at least one timestep and one sequence")
+    work = shape[0] * min(rows or shape[1], shape[1])
+    if work > limits.max_timesteps_times_batch:
+        raise LimitExceeded("max_timesteps_times_batch", work, limits.max_timesteps_times_batch, "timesteps x batch")
+
+
+def targets_fit(session: Session, timesteps: int, batch: int, shape: tuple[int, ...]) -> None:
+    """Raise unless targets of ``shape`` could be what a loss takes for ``batch`` sequences of
+    ``timesteps``: none takes more than an output per timestep and sequence. Checked before they
+    are decoded; the loss checks their exact shape after."""
+    most = timesteps * batch * math.prod(session.output_shape)
+    if math.prod(shape) > most:
+        raise InvalidRequest(
+            f"targets of shape {shape} are larger than any loss takes for {batch} sequences of {timesteps} "
+            f"timesteps with outputs {session.output_shape} ({most:,} elements at most)"
+        )
+
+
+def dataset_fits(
+    limits: Limits, session: Session, batch_size: int, inputs: tuple[int, ...], targets: tuple[int, ...]
+) -> None:
+    """Raise unless a dataset of ``inputs`` (samples, time, *input_shape) and ``targets`` (samples, ...)
+    shapes fits the session and the limits, run ``batch_size`` sequences at a time."""
+    if len(inputs) != len(session.input_shape) + 2 or tuple(inputs[2:]) != session.input_shape:
+        want = ", ".join(map(str, session.input_shape))
+        raise rb.ShapeError(f"inputs must have shape (samples, time, {want}), got {inputs}")
+    if len(targets) < 1 or inputs[0] != targets[0]:
+        raise InvalidRequest(f"sample and target counts differ: {inputs[0]} input sequences, targets {targets}")
+    input_fits(limits, session, (inputs[1], inputs[0], *inputs[2:]), rows=batch_size)
+    targets_fit(session, inputs[1], inputs[0], targets)
+
+
+def _evaluate(
+    manager: SessionManager, session: Session, x, y, objective: Loss, batch_size: int
+) -> Generator[Callable, object, Scores]:
     totals = Totals()
 
     def evaluate(index: torch.Tensor) -> BatchResult:
@@ -276,18 +335,21 @@ def _evaluate(manager: SessionManager, session: Session, x, y, objective: Loss, 
             return evaluate_batch(session.model, x[:, index], _of(y, index, objective), objective)
 
     for index in torch.arange(x.shape[1], device=manager.device).split(batch_size):
-        totals.add(schedule(functools.partial(evaluate, index)), len(index))
+        totals.add((yield functools.partial(evaluate, index)), len(index))
     return totals.scores()
+
+
+def _batches(manager: SessionManager, session: Session, samples: int, batch_size: int, shuffle: bool):
+    """An epoch's batches of sample indices, on the device, shuffled by the session's generator."""
+    with manager.held(session, changes=shuffle):
+        order = torch.randperm(samples, generator=session.training.rng) if shuffle else torch.arange(samples)
+    return order.to(manager.device).split(batch_size)
 
 
 def _dataset(manager: SessionManager, session: Session, data: Dataset, objective: Loss, batch_size: int):
     """The inputs (samples, time, ...) as (time, samples, ...) on the device, the targets checked for the loss."""
     x, y = data.inputs, data.targets
-    if x.dim() != len(session.input_shape) + 2 or tuple(x.shape[2:]) != session.input_shape:
-        want = ", ".join(map(str, session.input_shape))
-        raise rb.ShapeError(f"inputs must have shape (samples, time, {want}), got {tuple(x.shape)}")
-    if y.dim() < 1 or x.shape[0] != y.shape[0]:
-        raise InvalidRequest(f"sample and target counts differ: {x.shape[0]} input sequences, targets {tuple(y.shape)}")
+    dataset_fits(manager.limits, session, batch_size, tuple(x.shape), tuple(y.shape))
     x = _checked_input(manager, session, x.transpose(0, 1), rows=batch_size)
     if objective.per_step:
         y = y.transpose(0, 1)
@@ -302,24 +364,9 @@ def _of(y: torch.Tensor, index: torch.Tensor, objective: Loss) -> torch.Tensor:
 def _checked_input(
     manager: SessionManager, session: Session, x: torch.Tensor, batch: int | None = None, rows: int | None = None
 ) -> torch.Tensor:
-    """x (time, batch, *input_shape) on the device as float32, or an error that says what's wrong.
-
-    ``batch``: the batch size x must have, if fixed; ``rows``: how many sequences run at once
-    (for the work limit), if not all of x's.
-    """
-    if (
-        x.dim() != len(session.input_shape) + 2
-        or tuple(x.shape[2:]) != session.input_shape
-        or (batch is not None and x.shape[1] != batch)
-    ):
-        want = ", ".join(map(str, (batch if batch is not None else "batch", *session.input_shape)))
-        raise rb.ShapeError(f"input must have shape (time, {want}), got {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise InvalidRequest("input is empty; send at least one timestep and one sequence")
-    work = x.shape[0] * min(rows or x.shape[1], x.shape[1])
-    limit = manager.limits.max_timesteps_times_batch
-    if work > limit:
-        raise LimitExceeded("max_timesteps_times_batch", work, limit, "timesteps x batch")
+    """x (time, batch, *input_shape) on the device as float32, or an error that says what's wrong;
+    ``batch`` and ``rows`` as in ``input_fits``."""
+    input_fits(manager.limits, session, tuple(x.shape), batch, rows)
     if x.is_floating_point() and not finite(x):
         raise InvalidRequest("input contains NaN or infinity")
     return x.to(device=manager.device, dtype=torch.float32)

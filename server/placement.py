@@ -1,5 +1,5 @@
-"""Where a call's work runs: right here on the event loop, in its tenant's turn on a scheduler slot,
-or on a loop thread whose batches each take a turn. Knows nothing of gRPC.
+"""Where a call's work runs: right here on the event loop, or in its tenant's turn on a scheduler
+slot, a long call one turn per batch. Knows nothing of gRPC.
 
 ``run_soon`` holds the one rule for what may run on the event loop.
 """
@@ -7,10 +7,11 @@ or on a loop thread whose batches each take a turn. Knows nothing of gRPC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import threading
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
 import torch
@@ -18,12 +19,16 @@ import torch
 from .scheduler import FairScheduler
 from .session import Session
 
-__all__ = ["Placement", "WouldBlock", "RUN_HERE_ELEMENTS"]
+__all__ = ["Placement", "WouldBlock", "RUN_HERE_SECONDS"]
 
-RUN_HERE_ELEMENTS = 1 << 16
-"""A simulation this small (timesteps x batch x elements per batch entry) runs on the event loop
-when a slot is free and nobody waits: two thread hand-offs (0.3-0.5 ms) cost more than it does,
-and the loop is held no longer than such a call takes."""
+log = logging.getLogger("rnnsim.placement")
+
+RUN_HERE_SECONDS = 0.002
+"""A simulation expected to take no longer (from its session's latest, ``Timing.bound``) runs on
+the event loop when a slot is free and nobody waits: two thread hand-offs (0.3-0.5 ms) are a large
+part of such a call. The loop answers every tenant's calls and the health checks, so it is held no
+longer than this; what a call costs is known only from running it (a network's work isn't in the
+size of its tensors), so a session's first simulation always goes to a slot."""
 
 
 class WouldBlock(Exception):
@@ -32,12 +37,10 @@ class WouldBlock(Exception):
 
 
 class Placement:
-    """Runs calls' work on the ``scheduler``'s slots, fairly across tenants, and training and
-    evaluation loops on ``loops`` (threads that wait between batches; each batch takes a turn)."""
+    """Runs calls' work on the ``scheduler``'s slots, fairly across tenants."""
 
-    def __init__(self, scheduler: FairScheduler, loops: Executor):
+    def __init__(self, scheduler: FairScheduler):
         self.scheduler = scheduler
-        self.loops = loops
 
     async def in_turn(self, tenant: str, fn: Callable, *args) -> Any:
         """``fn(*args)`` in the tenant's turn on a scheduler slot, so the event loop keeps serving.
@@ -46,13 +49,13 @@ class Placement:
 
     async def run_soon(self, tenant: str, session: Session, x: torch.Tensor, run: Callable) -> Any:
         """``run(wait=..., wanted=...)`` on ``x``: right here on the event loop if the simulation is
-        small and a slot is free (``wait=False``: it never waits, WouldBlock instead), else in the
-        tenant's turn on a slot. ``wanted()`` turns false if the call goes away meanwhile, so that
-        its result isn't kept."""
+        known to be short (``RUN_HERE_SECONDS``) and a slot is free (``wait=False``: it never waits,
+        WouldBlock instead), else in the tenant's turn on a slot. ``wanted()`` turns false if the
+        call goes away meanwhile, so that its result isn't kept."""
         wanted = threading.Event()
         wanted.set()
-        elements = x.shape[0] * x.shape[1] * session.entry_elements if x.dim() >= 2 else 0
-        if elements <= RUN_HERE_ELEMENTS:
+        entry_steps = x.shape[0] * x.shape[1] if x.dim() >= 2 else 0
+        if session.timing is not None and session.timing.bound(entry_steps) <= RUN_HERE_SECONDS:
             try:
                 ran, result = self.scheduler.run_here(tenant, functools.partial(run, wait=False, wanted=wanted.is_set))
                 if ran:
@@ -65,28 +68,38 @@ class Placement:
             wanted.clear()
             raise
 
-    async def in_turns(self, tenant: str, loop: Callable, **kwargs) -> Any:
-        """``loop(..., schedule=...)`` on a loop thread, each of its batches in the tenant's turn."""
-        fn = functools.partial(loop, schedule=functools.partial(self.scheduler.call, tenant), **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self.loops, fn)
+    async def in_turns(self, tenant: str, steps: Generator[Callable[[], Any], Any, Any]) -> Any:
+        """What ``steps`` returns, each job it yields run in the tenant's turn and its result sent
+        back (a long call, as ``operations.fit``): one turn per batch, like any other call. Once
+        the caller goes (cancelled, or past its deadline), no job after the one running starts."""
+        turns = 0
+        with contextlib.closing(steps):
+            result = None
+            while True:
+                try:
+                    job = steps.send(result)
+                except StopIteration as done:
+                    return done.value
+                try:
+                    result = await self.in_turn(tenant, job)
+                except asyncio.CancelledError:
+                    log.info("a call of %s stopped after %d turns: its caller went away", tenant, turns)
+                    raise
+                turns += 1
 
-    async def reported(self, tenant: str, loop: Callable) -> AsyncIterator:
-        """What ``loop(report=..., cancelled=..., schedule=...)`` reports, as it reports it; it runs
-        as in ``in_turns``, and stops at its next batch boundary once the caller stops listening."""
+    async def reported(self, tenant: str, steps: Callable[..., Generator]) -> AsyncIterator:
+        """What ``steps(report=...)`` reports, as it reports it; its jobs run as in ``in_turns``,
+        and stop once the caller stops listening."""
         events: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-        running = asyncio.get_running_loop()
-        report = functools.partial(running.call_soon_threadsafe, events.put_nowait)
-        done = running.create_task(self.in_turns(tenant, loop, report=report, cancelled=cancel.is_set))
+        done = asyncio.get_running_loop().create_task(self.in_turns(tenant, steps(report=events.put_nowait)))
         done.add_done_callback(lambda _: events.put_nowait(None))
         try:
             while (event := await events.get()) is not None:
                 yield event
             await done
         finally:
-            cancel.set()
+            done.cancel()
 
     def close(self) -> None:
-        """Let the loops and queued calls finish, then stop the threads."""
-        self.loops.shutdown(wait=True)
+        """Let queued calls finish, then stop the slots."""
         self.scheduler.close()

@@ -100,10 +100,6 @@ class FairScheduler:
                 tenant_state.running -= 1
                 self._wake_waiting()
 
-    def call(self, tenant: str, fn: Callable[[], Any]) -> Any:
-        """``fn()`` run in turn, from a thread that may wait for it (a training loop's batches)."""
-        return self.submit(tenant, fn).result()
-
     def queued(self) -> dict[str, int]:
         """Jobs waiting, by tenant (those with none are left out)."""
         with self._work:
@@ -182,3 +178,5 @@ class FairScheduler:
                     tenant.device_seconds += time.perf_counter() - started
                     tenant.running -= 1
                     self._wake_waiting()
+            # A slot waits here for its next job: it mustn't keep this one's inputs and result alive.
+            job = fn = future = result = None

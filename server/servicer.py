@@ -9,6 +9,7 @@ import contextlib
 import functools
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator
 
 import grpc
@@ -36,33 +37,32 @@ log = logging.getLogger("rnnsim.rpc")
 _SERVICE = pb.DESCRIPTOR.services_by_name["SimulatorService"]
 
 
-class _Malformed:
-    """Request bytes that don't parse as the method's message: the method answers INVALID_ARGUMENT
-    (grpc's own deserializer would fail the call with UNKNOWN, naming an internal exception)."""
+class _Received:
+    """A request's bytes, parsed only once its caller is authenticated (an unauthenticated call
+    costs only the bytes received). Bytes that don't parse as the method's message get
+    INVALID_ARGUMENT (grpc's own deserializer would fail the call with UNKNOWN, naming an internal
+    exception)."""
 
-    def __init__(self, message: str, error: Exception):
-        self.problem = f"the request is not a valid {message} message: {error}"
+    def __init__(self, message_class, data: bytes):
+        self.message_class, self.data = message_class, data
 
-
-def _parser(message_class):
-    def parse(data: bytes):
+    def parsed(self):
+        message_class, data = self.message_class, self.data
+        self.data = None  # grpc holds the bytes until the call ends; the message is what the call keeps
         try:
             return message_class.FromString(data)
         except Exception as error:  # protobuf's DecodeError, and invalid UTF-8 in string fields
-            return _Malformed(message_class.DESCRIPTOR.full_name, error)
-
-    return parse
-
-
-def _checked(request):
-    if isinstance(request, _Malformed):
-        raise InvalidRequest(request.problem)
-    return request
+            problem = f"the request is not a valid {message_class.DESCRIPTOR.full_name} message: {error}"
+        raise InvalidRequest(problem)
 
 
-async def _each_checked(requests: AsyncIterator) -> AsyncIterator:
+def _parser(message_class):
+    return functools.partial(_Received, message_class)
+
+
+async def _each_parsed(requests: AsyncIterator[_Received]) -> AsyncIterator:
     async for request in requests:
-        yield _checked(request)
+        yield request.parsed()
 
 
 def add_to_server(servicer: SimulatorServicer, server: grpc.aio.Server) -> None:
@@ -93,25 +93,44 @@ def _handled(method):
     """
     name = method.__name__
     described = _SERVICE.methods_by_name[name]
-    requests = _each_checked if described.client_streaming else _checked
+    parsed = _each_parsed if described.client_streaming else _Received.parsed
+
+    # The wrappers below hand the request to a coroutine and drop it: a failed call's abort
+    # exception keeps the wrapper's frame (grpc holds that exception in a reference cycle until the
+    # garbage collector runs), and must not keep the request with it. Frames the error passed
+    # through are cleared in ``_answering``.
+    def authenticated(self, request, context):
+        tenant = self.authenticator.tenant_for(context.invocation_metadata())
+        return tenant, parsed(request)
 
     if described.server_streaming:
 
+        async def responses(self, request, context):
+            tenant, request = authenticated(self, request, context)
+            async for response in method(self, request, context, tenant):
+                yield response
+
         @functools.wraps(method)
         async def stream(self, request, context):
-            async with self._answering(context, name):
+            answers = responses(self, request, context)
+            del request
+            async with self._answering(context, name), contextlib.aclosing(answers):
                 await context.send_initial_metadata(self.identity)
-                tenant = self.authenticator.tenant_for(context.invocation_metadata())
-                async for response in method(self, requests(request), context, tenant):
+                async for response in answers:
                     yield response
 
         return stream
 
+    async def answer(self, request, context):
+        tenant, request = authenticated(self, request, context)
+        return await method(self, request, context, tenant)
+
     @functools.wraps(method)
     async def unary(self, request, context):
+        answered = answer(self, request, context)
+        del request
         async with self._answering(context, name):
-            tenant = self.authenticator.tenant_for(context.invocation_metadata())
-            response = await method(self, requests(request), context, tenant)
+            response = await answered
             await context.send_initial_metadata(self.identity)
             return response
 
@@ -167,6 +186,9 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
             yield
         except Exception as error:  # every error becomes a status, none takes the server down
             code = _code_name(error)
+            # What the failed call decoded is in the locals of the frames the error passed through;
+            # whoever keeps the error (a future, grpc) mustn't keep them too.
+            traceback.clear_frames(error.__traceback__)
             await _abort(context, error, method, self.identity)
         finally:
             self.metrics.observe(method, time.perf_counter() - started, code)
@@ -179,7 +201,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     @_handled
     async def CreateSession(self, request, context, tenant):
         requested = request.session
-        description = convert.network(requested)
+        description = convert.network(requested, self.manager.limits)
         session = await self.placement.in_turn(
             tenant.name,
             self.manager.create,
@@ -232,7 +254,9 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     @_handled
     async def SetState(self, request, context, tenant):
         session = await self._owned(request.name, tenant)
-        await self._in_turn(tenant, operations.set_state, session, convert.decode_named(request.tensors))
+        # No state holds more elements than the session has bytes: a bound known before decoding.
+        state = convert.decode_named(request.tensors, session.bytes, "state tensors")
+        await self._in_turn(tenant, operations.set_state, session, state)
         return pb.SetStateResponse()
 
     @_handled
@@ -243,7 +267,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     @_handled
     async def SetParameters(self, request, context, tenant):
         session = await self._owned(request.name, tenant)
-        await self._in_turn(tenant, operations.set_parameters, session, convert.decode_named(request.parameters))
+        parameters = convert.decode_named(request.parameters, session.bytes, "parameters")  # as in SetState
+        await self._in_turn(tenant, operations.set_parameters, session, parameters)
         return pb.SetParametersResponse()
 
     @_handled
@@ -268,19 +293,25 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         carry = convert.carry(request.carry)
         options = convert.training_options(request.config)
         session = await self._owned(request.name, tenant)
-        x, y = convert.required_tensor(request, "input"), convert.required_tensor(request, "targets")
+        limits = self.manager.limits
+        x = convert.required_tensor(request, "input", functools.partial(operations.input_fits, limits, session))
+        y = convert.required_tensor(
+            request, "targets", functools.partial(operations.targets_fit, session, x.shape[0], x.shape[1])
+        )
         result = await self._in_turn(tenant, operations.train_step, session, x, y, options, carry)
         return pb.TrainStepResponse(metrics=convert.scores_message(result.scores()))
 
     @_handled
     async def Train(self, request, context, tenant):
-        validation = convert.validation(request)
+        session = await self._owned(request.name, tenant)
+        fits = functools.partial(operations.dataset_fits, self.manager.limits, session, request.batch_size)
+        validation = convert.validation(request, fits)
         options = convert.training_options(request.config)
         fit = functools.partial(
             operations.fit,
             self.manager,
-            await self._owned(request.name, tenant),
-            convert.dataset(request),
+            session,
+            convert.dataset(request, fits),
             options,
             epochs=request.epochs,
             batch_size=request.batch_size,
@@ -294,15 +325,17 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def Evaluate(self, request, context, tenant):
+        session, batch_size = await self._owned(request.name, tenant), request.batch_size or 256
+        fits = functools.partial(operations.dataset_fits, self.manager.limits, session, batch_size)
         evaluate = functools.partial(
             operations.evaluate,
             self.manager,
-            await self._owned(request.name, tenant),
-            convert.dataset(request),
+            session,
+            convert.dataset(request, fits),
             request.loss or "ce_count",
-            request.batch_size or 256,
+            batch_size,
         )
-        scores = await self.placement.in_turns(tenant.name, evaluate)
+        scores = await self.placement.in_turns(tenant.name, evaluate())
         return pb.EvaluateResponse(metrics=convert.scores_message(scores))
 
     @_handled
@@ -312,7 +345,7 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def ImportSession(self, request, context, tenant):
-        snapshot = convert.imported_snapshot(request)
+        snapshot = convert.imported_snapshot(request, self.manager.limits)
         session_id = request.session_id or None
         session = await self.placement.in_turn(tenant.name, self.manager.import_, snapshot, tenant.name, session_id)
         return pb.ImportSessionResponse(session=self._message(session))
@@ -320,7 +353,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     async def _simulate(self, request: pb.RunRequest | pb.SimulateRequest, tenant: Tenant) -> operations.Simulation:
         """What Run and each chunk of Simulate do."""
         session = await self._owned(request.name, tenant)
-        x = convert.required_tensor(request, "input", "send a (time, batch, *input_shape) tensor")
+        fits = functools.partial(operations.input_fits, self.manager.limits, session, batch=session.batch_size)
+        x = convert.required_tensor(request, "input", fits, "send a (time, batch, *input_shape) tensor")
         record = list(request.record_layers)
         run = functools.partial(operations.run, self.manager, session, x, record, convert.bitpacked(request))
         simulation = await self.placement.run_soon(tenant.name, session, x, run)

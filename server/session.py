@@ -7,7 +7,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import rnnbuilder as rb
 
@@ -17,10 +17,32 @@ from .training import Training
 if TYPE_CHECKING:
     from .snapshot import Snapshot
 
-__all__ = ["Session", "SessionStore", "SESSION_ID"]
+__all__ = ["Session", "SessionKey", "SessionStore", "Timing", "SESSION_ID"]
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What a session id may be: safe in file names, URLs and metadata."""
+
+
+class SessionKey(NamedTuple):
+    """What tells sessions apart: ids are per owner, so that one tenant's ids never collide with,
+    nor reveal, another's (in memory, checkpoint files and leases alike)."""
+
+    id: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long a simulation of a session took: ``seconds`` for ``entry_steps`` (timesteps x batch)."""
+
+    seconds: float
+    entry_steps: int
+
+    def bound(self, entry_steps: int) -> float:
+        """Seconds a simulation of ``entry_steps`` takes at most, if a call's cost is a fixed part
+        (per call, per layer) plus a part that grows with its size: no more than this one for a
+        smaller call, and in proportion for a larger one."""
+        return self.seconds * max(1.0, entry_steps / self.entry_steps)
 
 
 @dataclass
@@ -47,6 +69,8 @@ class Session:
     state: object = None
     training: Training | None = None
     timesteps: int = 0
+    timing: Timing | None = None
+    """Its latest simulation's, to tell how long the next will take; None until one has run."""
     bytes: int = 0
     """Device bytes it holds while resident (measured), or will hold when loaded (from its checkpoint)."""
     last_used: float = field(default_factory=time.monotonic)
@@ -55,6 +79,10 @@ class Session:
     described: int = 0
     """The modification time (ns) of the checkpoint it was last described from, if unloaded."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def key(self) -> SessionKey:
+        return SessionKey(self.id, self.owner)
 
     @property
     def resident(self) -> bool:
@@ -70,17 +98,18 @@ class Session:
 
 
 class SessionStore(Protocol):
-    """Where sessions go when they leave memory: a checkpoint folder (see ``server.checkpoints``)."""
+    """Where sessions go when they leave memory: a checkpoint folder (see ``server.checkpoints``).
+    Everything in it is per ``(session id, owner)``: the same id of two owners is two sessions."""
 
     def write(self, session_id: str, owner: str, snapshot: Snapshot) -> None: ...
-    def read(self, session_id: str, owner: str | None) -> tuple[str, Snapshot] | None: ...
-    def describe(self, session_id: str, owner: str | None) -> tuple[str, Snapshot, int, int] | None: ...
-    def index(self) -> list[tuple[str, str, int]]: ...
-    def holds(self, session_id: str) -> bool: ...
-    def lease_holder(self, session_id: str) -> str | None: ...
-    def take_lease(self, session_id: str, holder: str) -> None: ...
-    def renew_leases(self, session_ids: list[str], holder: str) -> tuple[list[str], list[str]]: ...
-    def drop_lease(self, session_id: str, holder: str) -> None: ...
-    def want(self, session_id: str) -> None: ...
-    def wanted(self) -> set[str]: ...
-    def remove(self, session_id: str) -> None: ...
+    def read(self, session_id: str, owner: str) -> Snapshot | None: ...
+    def describe(self, session_id: str, owner: str) -> tuple[Snapshot, int, int] | None: ...
+    def index(self) -> list[tuple[SessionKey, int]]: ...
+    def holds(self, session_id: str, owner: str) -> bool: ...
+    def lease_holder(self, session_id: str, owner: str) -> str | None: ...
+    def take_lease(self, session_id: str, owner: str, holder: str) -> None: ...
+    def renew_leases(self, keys: list[SessionKey], holder: str) -> tuple[list[SessionKey], list[SessionKey]]: ...
+    def drop_lease(self, session_id: str, owner: str, holder: str) -> None: ...
+    def want(self, session_id: str, owner: str) -> None: ...
+    def wanted(self) -> set[SessionKey]: ...
+    def remove(self, session_id: str, owner: str) -> None: ...

@@ -382,24 +382,42 @@ def optimizer_snapshot(training: Training) -> OptimizerSnapshot | None:
     return OptimizerSnapshot(training.config, tensors)
 
 
+_OPTIMIZER_STATE = {"adam": ("step", "exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
+"""The state each optimizer keeps per parameter (AdamW's is Adam's); ``step`` is a count, the others
+have the parameter's shape."""
+
+_NONNEGATIVE = ("step", "exp_avg_sq")
+"""Adam takes the square root of ``exp_avg_sq`` and divides by a correction that a negative step
+count makes zero: below zero, each step would turn the parameters into NaN."""
+
+
 def restore_optimizer(training: Training, model: rb.Model, snapshot: OptimizerSnapshot) -> None:
-    """Rebuild the optimizer from ``optimizer_snapshot``'s output."""
+    """Rebuild the optimizer from ``optimizer_snapshot``'s output, checked first as parameters are
+    (InvalidRequest says what doesn't fit): a state the optimizer can't step with would fail every
+    later training step of the session."""
     optimizer = training.optimizer_for(model, snapshot.config)
     parameters = list(model.parameters())
+    keys = _OPTIMIZER_STATE["adam" if snapshot.config.name == "adamw" else snapshot.config.name]
     state: dict[int, dict] = {}
     for name, value in snapshot.tensors.items():
         index, _, key = name.partition(".")
-        if not index.isdigit() or not key or int(index) >= len(parameters):
+        if not index.isdigit() or key not in keys or int(index) >= len(parameters):
             raise InvalidRequest(
-                f"optimizer tensor {name!r} should be named '<parameter index>.<key>', "
-                f"with an index below {len(parameters)}"
+                f"optimizer tensor {name!r} should be named '<parameter index>.<key>', with an index below "
+                f"{len(parameters)} and a key of {snapshot.config.name}'s: {', '.join(keys)}"
             )
-        shape = tuple(parameters[int(index)].shape)
-        if value.dim() > 0 and tuple(value.shape) != shape:
-            raise InvalidRequest(
-                f"optimizer tensor {name!r} must have its parameter's shape {shape}, got {tuple(value.shape)}"
-            )
-        state.setdefault(int(index), {})[key] = value
+        shape = () if key == "step" else tuple(parameters[int(index)].shape)
+        if tuple(value.shape) != shape:
+            raise InvalidRequest(f"optimizer tensor {name!r} must have shape {shape}, got {tuple(value.shape)}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InvalidRequest(f"optimizer tensor {name!r} contains NaN or infinity")
+        if key in _NONNEGATIVE and bool((value < 0).any()):
+            raise InvalidRequest(f"optimizer tensor {name!r} must not be negative")
+        # The step count is a float32 scalar in torch's own state; the rest take the parameter's dtype.
+        state.setdefault(int(index), {})[key] = value.float() if key == "step" else value
+    partial = sorted(index for index, values in state.items() if len(values) != len(keys))
+    if partial:
+        raise InvalidRequest(f"the optimizer state of parameters {partial} is incomplete: each needs {', '.join(keys)}")
     try:
         optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
     except (ValueError, KeyError, RuntimeError) as e:

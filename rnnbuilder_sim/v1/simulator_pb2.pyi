@@ -239,7 +239,7 @@ class GetServerInfoResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., factory_types: _Optional[_Iterable[str]] = ..., surrogate_types: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., losses: _Optional[_Iterable[str]] = ..., optimizers: _Optional[_Iterable[str]] = ..., server_id: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_sessions", "max_parameters_per_session", "max_timesteps_times_batch", "max_batch_size", "max_message_bytes", "max_state_elements_per_session", "max_memory_mb")
+    __slots__ = ("max_sessions", "max_parameters_per_session", "max_timesteps_times_batch", "max_batch_size", "max_message_bytes", "max_state_elements_per_session", "max_memory_mb", "max_network_nodes")
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_PARAMETERS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TIMESTEPS_TIMES_BATCH_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,7 @@ class Limits(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_STATE_ELEMENTS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    MAX_NETWORK_NODES_FIELD_NUMBER: _ClassVar[int]
     max_sessions: int
     max_parameters_per_session: int
     max_timesteps_times_batch: int
@@ -254,7 +255,8 @@ class Limits(_message.Message):
     max_message_bytes: int
     max_state_elements_per_session: int
     max_memory_mb: int
-    def __init__(self, max_sessions: _Optional[int] = ..., max_parameters_per_session: _Optional[int] = ..., max_timesteps_times_batch: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_state_elements_per_session: _Optional[int] = ..., max_memory_mb: _Optional[int] = ...) -> None: ...
+    max_network_nodes: int
+    def __init__(self, max_sessions: _Optional[int] = ..., max_parameters_per_session: _Optional[int] = ..., max_timesteps_times_batch: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_state_elements_per_session: _Optional[int] = ..., max_memory_mb: _Optional[int] = ..., max_network_nodes: _Optional[int] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("session", "session_id")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rnnbuilder import ModuleFactory, SpecError, spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
-__all__ = ["to_message", "from_message", "factory_to_message"]
+__all__ = ["to_message", "from_message", "factory_to_message", "node_count"]
 
 _COMBINE = ("stack", "sum", "list")
 
@@ -34,6 +34,32 @@ def from_message(message: pb.NetworkSpec) -> dict:
     if not message.HasField("root"):
         raise SpecError("network.root", "missing: set the network's root factory")
     return {"format": spec.FORMAT, "root": _read_factory(message.root, "root")}
+
+
+def node_count(message: pb.NetworkSpec, stop: int) -> int:
+    """The factories and nodes a ``NetworkSpec`` holds, counted without converting it; the count
+    stops once it passes ``stop``, so that a huge network costs no more than a limit's worth.
+
+    >>> from rnnbuilder import nn, snn, Sequential
+    >>> node_count(factory_to_message(Sequential(nn.Linear(4), snn.LIF())), stop=100)  # + the surrogate
+    4
+    """
+    count, todo = 0, [message.root]
+    while todo and count <= stop:
+        factory = todo.pop()
+        count += 1 + len(factory.layers)
+        if count > stop:
+            break
+        todo.extend(factory.factories)
+        todo.extend(f for node in factory.layers if node.HasField("layer") for f in node.layer.factories)
+        values = list(factory.args.values())
+        while values:
+            value = values.pop()
+            if value.HasField("factory_value"):
+                todo.append(value.factory_value)
+            elif value.HasField("list_value"):
+                values.extend(value.list_value.values)
+    return count
 
 
 def _factory(description: dict) -> pb.Factory:

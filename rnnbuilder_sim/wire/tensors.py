@@ -12,7 +12,7 @@ import numpy as np
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
-__all__ = ["TensorError", "encode", "decode", "decode_torch", "is_binary", "to_numpy"]
+__all__ = ["TensorError", "encode", "shape_of", "decode", "decode_torch", "is_binary", "to_numpy"]
 
 _NUMPY = {
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
@@ -62,14 +62,15 @@ def encode(value, bitpacked: bool = False) -> pb.Tensor:
     return message
 
 
-def decode(message: pb.Tensor) -> np.ndarray:
-    """The numpy array a ``Tensor`` message holds (a fresh, writable array); bfloat16 becomes float32."""
-    if message.dtype not in _NUMPY and message.dtype != pb.DATA_TYPE_BFLOAT16:
-        names = ", ".join(pb.DataType.Name(code) for code in (*_NUMPY, pb.DATA_TYPE_BFLOAT16))
-        raise TensorError(f"unsupported tensor dtype {message.dtype}; use one of {names}")
-    # numpy has no bfloat16: read its 16 bits, which are the top half of a float32's.
-    bfloat16 = message.dtype == pb.DATA_TYPE_BFLOAT16
-    dtype = np.dtype("<u2") if bfloat16 else _NUMPY[message.dtype]
+def shape_of(message: pb.Tensor) -> tuple[int, ...]:
+    """The shape a ``Tensor`` message holds, once its dtype, encoding and byte count are found to
+    agree with it (TensorError if not), without expanding anything: what a receiver checks against
+    what it expects before ``decode`` makes the array (a bit-packed float64 is 64 times its message).
+
+    >>> shape_of(encode(np.ones((2, 3), dtype=np.float32), bitpacked=True))
+    (2, 3)
+    """
+    dtype = _dtype(message)
     shape = tuple(message.shape)
     if any(d < 0 for d in shape):
         raise TensorError(f"tensor shape must not be negative, got {list(shape)}")
@@ -79,8 +80,7 @@ def decode(message: pb.Tensor) -> np.ndarray:
             raise TensorError(
                 f"a bit-packed tensor of shape {list(shape)} needs {(count + 7) // 8} bytes, got {len(message.data)}"
             )
-        bits = np.unpackbits(np.frombuffer(message.data, dtype=np.uint8), count=count, bitorder="little")
-        return bits.astype(np.float32 if bfloat16 else dtype).reshape(shape)
+        return shape
     if message.encoding not in (pb.TENSOR_ENCODING_RAW, pb.TENSOR_ENCODING_UNSPECIFIED):
         raise TensorError(f"unknown tensor encoding {message.encoding}")
     if len(message.data) != count * dtype.itemsize:
@@ -88,10 +88,32 @@ def decode(message: pb.Tensor) -> np.ndarray:
             f"a {pb.DataType.Name(message.dtype)} tensor of shape {list(shape)} needs {count * dtype.itemsize} bytes, "
             f"got {len(message.data)}"
         )
+    return shape
+
+
+def decode(message: pb.Tensor) -> np.ndarray:
+    """The numpy array a ``Tensor`` message holds (a fresh, writable array); bfloat16 becomes float32."""
+    shape = shape_of(message)
+    dtype = _dtype(message)
+    bfloat16 = message.dtype == pb.DATA_TYPE_BFLOAT16
+    if message.encoding == pb.TENSOR_ENCODING_BITPACKED:
+        bits = np.unpackbits(np.frombuffer(message.data, dtype=np.uint8), count=math.prod(shape), bitorder="little")
+        return bits.astype(np.float32 if bfloat16 else dtype).reshape(shape)
     array = np.frombuffer(message.data, dtype=dtype).reshape(shape)
     if bfloat16:
         return (array.astype("<u4") << 16).view("<f4").astype(np.float32)
     return array.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _dtype(message: pb.Tensor) -> np.dtype:
+    """The wire dtype of ``message``'s elements; bfloat16's 16 bits (numpy has no bfloat16) are the
+    top half of a float32's."""
+    if message.dtype == pb.DATA_TYPE_BFLOAT16:
+        return np.dtype("<u2")
+    if message.dtype not in _NUMPY:
+        names = ", ".join(pb.DataType.Name(code) for code in (*_NUMPY, pb.DATA_TYPE_BFLOAT16))
+        raise TensorError(f"unsupported tensor dtype {message.dtype}; use one of {names}")
+    return _NUMPY[message.dtype]
 
 
 def decode_torch(message: pb.Tensor, device=None):

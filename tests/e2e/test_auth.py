@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 
+import grpc
 import numpy as np
 import pytest
 
@@ -10,6 +11,8 @@ import rnnbuilder as rb
 from client import Client, NotFoundError, ResourceExhaustedError, SimulatorError, UnauthenticatedError
 from client.__main__ import health
 from rnnbuilder import nn, snn
+from rnnbuilder_sim.v1 import simulator_pb2 as pb
+from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from server import ServerConfig
 from server.auth import Authenticator
 from tests.server_fixture import running_server
@@ -133,3 +136,14 @@ def test_mutual_tls_needs_a_client_certificate(certificate):
             assert c.info().device == "cpu"
         with Client(address, tls=cert) as anonymous, pytest.raises(SimulatorError):
             anonymous.info()
+
+
+def test_two_authorization_headers_are_unauthenticated(auth_server):
+    """A call with two bearer tokens is refused, whichever of them is valid: no header silently wins."""
+    with grpc.insecure_channel(auth_server) as channel:
+        stub = pb_grpc.SimulatorServiceStub(channel)
+        metadata = [("authorization", "Bearer alice-secret-token"), ("authorization", "Bearer bob-secret-token")]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListSessions(pb.ListSessionsRequest(), metadata=metadata, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "one authorization header" in caught.value.details()

@@ -12,6 +12,7 @@ from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from server import ServerConfig
 from server.checkpoints import CheckpointStore, skim
+from server.session import SessionKey
 from tests.helpers import recurrent_net
 from tests.server_fixture import running_server
 
@@ -131,7 +132,7 @@ def test_a_lease_written_by_several_threads_at_once_never_fails(tmp_path):
     def take(times):
         try:
             for _ in range(times):
-                store.take_lease("abc123", "replica-a")
+                store.take_lease("abc123", "alice", "replica-a")
         except OSError as error:
             failures.append(error)
 
@@ -141,16 +142,17 @@ def test_a_lease_written_by_several_threads_at_once_never_fails(tmp_path):
     for thread in threads:
         thread.join()
     assert failures == []
-    assert store.lease_holder("abc123") == "replica-a"
+    assert store.lease_holder("abc123", "alice") == "replica-a"
     assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_renewing_a_lease_that_is_gone_reports_it_and_leaves_it_gone(tmp_path):
     """A lease removed (its session closed) while being renewed isn't written back by the renewal."""
     store = CheckpointStore(tmp_path)
-    store.take_lease("kept", "replica-a")
-    store.take_lease("closed", "replica-a")
-    store.remove("closed")
-    assert store.renew_leases(["kept", "closed"], "replica-a") == ([], ["closed"])
-    assert store.lease_holder("closed") is None
-    assert store.lease_holder("kept") == "replica-a"
+    kept, closed = SessionKey("kept", "alice"), SessionKey("closed", "alice")
+    store.take_lease(*kept, "replica-a")
+    store.take_lease(*closed, "replica-a")
+    store.remove(*closed)
+    assert store.renew_leases([kept, closed], "replica-a") == ([], [closed])
+    assert store.lease_holder(*closed) is None
+    assert store.lease_holder(*kept) == "replica-a"

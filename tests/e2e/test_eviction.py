@@ -15,6 +15,9 @@ from server import ServerConfig
 from tests.helpers import recurrent_net, wait_until
 from tests.server_fixture import running_server
 
+LEASE = f"{b'default'.hex()}.lease"
+"""The name of an open server's leases after the session id: ``<id>.<owner, hex>.lease``."""
+
 
 def config(folder, server_id: str = "replica-a", **settings) -> ServerConfig:
     return ServerConfig(
@@ -139,9 +142,9 @@ def test_a_held_session_whose_lease_file_went_missing_takes_it_again(tmp_path):
     """The lease renewal restores the lease of a session this replica still holds."""
     with running_server(config(tmp_path)) as (address, server), Client(address) as c:
         s = c.create_session(recurrent_net(), input_shape=(3,))
-        (tmp_path / f"{s.id}.lease").unlink()
+        (tmp_path / f"{s.id}.{LEASE}").unlink()
         server.sessions.tend_leases()
-        assert (tmp_path / f"{s.id}.lease").read_text() == "replica-a"
+        assert (tmp_path / f"{s.id}.{LEASE}").read_text() == "replica-a"
 
 
 def test_a_new_session_is_checkpointed_as_it_is_made(tmp_path):
@@ -209,7 +212,7 @@ def test_a_session_another_replica_holds_moves_over_with_its_latest_state(tmp_pa
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and "replica-a" in caught.value.details()
         outputs.append(b.get_session(s.id).run(x[5:12]))  # retried until replica-a let go
         outputs.append(a.get_session(s.id).run(x[12:]))  # and back to replica-a
-        assert (tmp_path / f"{s.id}.lease").read_text() == "replica-a"
+        assert (tmp_path / f"{s.id}.{LEASE}").read_text() == "replica-a"
     with torch.no_grad():
         expected, _ = local(torch.from_numpy(x))
     assert np.array_equal(np.concatenate(outputs), expected.numpy())
@@ -220,7 +223,7 @@ def test_a_lease_another_replica_took_makes_the_holder_drop_its_copy(tmp_path):
     with running_server(config(tmp_path)) as (address, server), Client(address) as c:
         s = c.create_session(recurrent_net(), input_shape=(3,))
         s.run(inputs()[:3, :1])
-        server.sessions.store.take_lease(s.id, "replica-b")
+        server.sessions.store.take_lease(s.id, "default", "replica-b")
         assert server.sessions.tend_leases() == 1
         assert not server.sessions.get(s.id).resident
         assert server.sessions.checkpoint_all() == 0
@@ -232,7 +235,7 @@ def test_renewing_leases_never_waits_for_a_busy_session_another_replica_took(tmp
         s = c.create_session(recurrent_net(), input_shape=(3,))
         held = server.sessions.get(s.id)
         with held.lock:  # as a long call would
-            server.sessions.store.take_lease(s.id, "replica-b")
+            server.sessions.store.take_lease(s.id, "default", "replica-b")
             started = time.monotonic()
             assert server.sessions.tend_leases() == 0
             assert time.monotonic() - started < 1.0

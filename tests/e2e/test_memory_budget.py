@@ -94,7 +94,7 @@ def test_with_checkpoints_the_least_recently_used_session_is_evicted_instead(tmp
         alice.create_session(BIG, input_shape=(1000,))
         alice.create_session(BIG, input_shape=(1000,))  # over 10 MB: evicts the first
         assert server.sessions.evictions["memory"] == 1
-        assert not server.sessions.get(first.id).resident
+        assert not server.sessions.get(first.id, "alice").resident
         late = first.run(x[3:])  # loads it back, evicting the least recently used other
         assert server.sessions.restores == 1 and server.sessions.evictions["memory"] == 2
     with torch.no_grad():

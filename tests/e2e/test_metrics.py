@@ -1,8 +1,11 @@
 """Prometheus metrics: RPC latency and errors by method, timesteps, sessions per tenant, memory."""
 
+import argparse
 import re
+import socket
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +72,22 @@ def test_metrics_endpoint_serves_prometheus_text(served):
     port = server.metrics.serve(0)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "rnnsim_rpc_duration_seconds_bucket" in body
+
+
+def test_metrics_endpoint_can_listen_on_loopback_only(served):
+    """--metrics-host 127.0.0.1 binds /metrics to loopback, so tenants on the network can't read it."""
+    server, _ = served
+    port = server.metrics.serve(0, "127.0.0.1")
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        pass
+    listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    local = {(row[1], row[3]) for row in listening}
+    assert (f"0100007F:{port:04X}", "0A") in local  # 127.0.0.1:port in state LISTEN
+
+
+def test_metrics_host_is_a_flag():
+    """--metrics-host reaches the server's configuration."""
+    parser = argparse.ArgumentParser()
+    ServerConfig.add_arguments(parser)
+    config = ServerConfig.from_arguments(parser.parse_args(["--metrics-host", "127.0.0.1"]))
+    assert config.metrics_host == "127.0.0.1"

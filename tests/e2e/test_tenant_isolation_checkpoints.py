@@ -3,6 +3,8 @@ state: a real server with two tenants and a checkpoint folder, restarted between
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -101,3 +103,24 @@ def test_a_network_just_shallow_enough_is_accepted(config):
         session = alice.create_session(factory, input_shape=(3,))
         assert [s.id for s in alice.list_sessions()] == [session.id]
         assert alice.restore(session.save()).output_shape == (2,)
+
+
+def test_a_network_over_the_node_limit_is_refused_before_it_is_read(config):
+    """A network of 20,000 chained nodes is RESOURCE_EXHAUSTED at once (the limit is 10,000), naming the limit."""
+    n = rb.Network()
+    x = n.input
+    for _ in range(20_000):
+        x = x.apply(rb.nn.Identity())
+    n.output = x
+    request = pb.CreateSessionRequest(
+        session=pb.Session(network=networks.factory_to_message(n), input_shape=[3], batch_size=1)
+    )
+    with running_server(config) as (address, _), grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.SimulatorServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateSession(request, metadata=[("authorization", "Bearer mallory-secret-token")], timeout=60)
+        assert time.monotonic() - started < 1.0
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_network_nodes" in caught.value.details()
+        assert serving(address)

@@ -21,8 +21,8 @@ PUBLIC: dict[str, str] = {
     """,
     "rnnbuilder_sim.wire": "names networks tensors",
     "rnnbuilder_sim.wire.names": "SERVER_ID_HEADER SESSION_COLLECTION SESSION_HEADER session_id session_name",
-    "rnnbuilder_sim.wire.networks": "factory_to_message from_message to_message",
-    "rnnbuilder_sim.wire.tensors": "TensorError decode decode_torch encode is_binary to_numpy",
+    "rnnbuilder_sim.wire.networks": "factory_to_message from_message node_count to_message",
+    "rnnbuilder_sim.wire.tensors": "TensorError decode decode_torch encode is_binary shape_of to_numpy",
     "rnnbuilder": """
         GraphError INPUT_MODES Input Layer List Model ModuleFactory Network Node Placeholder RnnbuilderError
         Sequential ShapeError SpecError Stack Sum __version__ base custom initial last_state named_leaves nn porting

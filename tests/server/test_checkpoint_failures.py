@@ -41,7 +41,7 @@ def test_a_checkpoint_round_writes_the_others_and_counts_the_failure():
     """checkpoint_all writes every other changed session; the failure is counted, and its session stays in memory."""
     store, m, bad, good = stepped_pair()
     assert m.checkpoint_all() == 1
-    assert store.snapshots[good.id][1].timesteps == 3
+    assert store.snapshots[good.key].timesteps == 3
     assert m.checkpoint_failures == 1 and bad.resident and bad.dirty
 
 
@@ -50,7 +50,7 @@ def test_shutdown_hands_over_the_others_past_a_failing_session():
     store, m, bad, good = stepped_pair()
     m.begin_hand_over()
     assert m.hand_over(0) == 1 and m.end_hand_over() == 0
-    assert store.snapshots[good.id][1].timesteps == 3 and not good.resident
+    assert store.snapshots[good.key].timesteps == 3 and not good.resident
     assert bad.resident and m.checkpoint_failures == 3  # each try counts: hand_over's two passes, end_hand_over
 
 

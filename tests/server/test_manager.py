@@ -3,7 +3,7 @@ stands in for the checkpoint folder, and each test drives the manager directly."
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from dataclasses import replace
 
 import pytest
@@ -15,7 +15,9 @@ from server import Limits, SessionManager
 from server import operations as ops
 from server.errors import LimitExceeded, SessionExists, SessionMoving, SessionNotFound
 from server.memory import MB
-from server.placement import WouldBlock
+from server.placement import Placement, WouldBlock
+from server.scheduler import FairScheduler
+from server.session import SessionKey
 from server.snapshot import Snapshot
 from server.training import BatchProgress, Dataset, EpochSummary, OptimizerConfig, Scores, TrainingOptions
 from tests.helpers import recurrent_net
@@ -24,62 +26,60 @@ CPU = torch.device("cpu")
 
 
 class FakeStore:
-    """A ``SessionStore`` in memory: snapshots by session id, leases by session id, and what was asked for."""
+    """A ``SessionStore`` in memory: snapshots, leases and what was asked for, by session (id and owner)."""
 
     def __init__(self):
-        self.snapshots: dict[str, tuple[str, Snapshot]] = {}
-        self.modified: dict[str, int] = {}
-        self.leases: dict[str, str] = {}
-        self.asked: set[str] = set()
+        self.snapshots: dict[SessionKey, Snapshot] = {}
+        self.modified: dict[SessionKey, int] = {}
+        self.leases: dict[SessionKey, str] = {}
+        self.asked: set[SessionKey] = set()
         self.writes = 0
 
     def write(self, session_id: str, owner: str, snapshot: Snapshot) -> None:
-        self.snapshots[session_id] = (owner, snapshot)
+        self.snapshots[SessionKey(session_id, owner)] = snapshot
         self.writes += 1
-        self.modified[session_id] = self.writes
+        self.modified[SessionKey(session_id, owner)] = self.writes
 
-    def read(self, session_id: str, owner: str | None) -> tuple[str, Snapshot] | None:
-        found = self.snapshots.get(session_id)
-        return found if found is not None and owner in (None, found[0]) else None
+    def read(self, session_id: str, owner: str) -> Snapshot | None:
+        return self.snapshots.get(SessionKey(session_id, owner))
 
-    def describe(self, session_id: str, owner: str | None) -> tuple[str, Snapshot, int, int] | None:
-        found = self.read(session_id, owner)
-        if found is None:
+    def describe(self, session_id: str, owner: str) -> tuple[Snapshot, int, int] | None:
+        snapshot = self.read(session_id, owner)
+        if snapshot is None:
             return None
-        owner, snapshot = found
-        return owner, snapshot, sum(t.numel() * t.element_size() for t in snapshot.parameters.values()), 0
+        return snapshot, sum(t.numel() * t.element_size() for t in snapshot.parameters.values()), 0
 
-    def index(self) -> list[tuple[str, str, int]]:
-        return [(i, owner, self.modified.get(i, 0)) for i, (owner, _) in sorted(self.snapshots.items())]
+    def index(self) -> list[tuple[SessionKey, int]]:
+        return [(key, self.modified.get(key, 0)) for key in sorted(self.snapshots)]
 
-    def holds(self, session_id: str) -> bool:
-        return session_id in self.snapshots
+    def holds(self, session_id: str, owner: str) -> bool:
+        return SessionKey(session_id, owner) in self.snapshots
 
-    def lease_holder(self, session_id: str) -> str | None:
-        return self.leases.get(session_id)
+    def lease_holder(self, session_id: str, owner: str) -> str | None:
+        return self.leases.get(SessionKey(session_id, owner))
 
-    def take_lease(self, session_id: str, holder: str) -> None:
-        self.leases[session_id] = holder
-        self.asked.discard(session_id)
+    def take_lease(self, session_id: str, owner: str, holder: str) -> None:
+        self.leases[SessionKey(session_id, owner)] = holder
+        self.asked.discard(SessionKey(session_id, owner))
 
-    def renew_leases(self, session_ids: list[str], holder: str) -> tuple[list[str], list[str]]:
-        lost = [i for i in session_ids if self.leases.get(i) not in (None, holder)]
-        missing = [i for i in session_ids if i not in self.leases]
+    def renew_leases(self, keys: list[SessionKey], holder: str) -> tuple[list[SessionKey], list[SessionKey]]:
+        lost = [key for key in keys if self.leases.get(key) not in (None, holder)]
+        missing = [key for key in keys if key not in self.leases]
         return lost, missing
 
-    def drop_lease(self, session_id: str, holder: str) -> None:
-        if self.leases.get(session_id) == holder:
-            del self.leases[session_id]
+    def drop_lease(self, session_id: str, owner: str, holder: str) -> None:
+        if self.leases.get(SessionKey(session_id, owner)) == holder:
+            del self.leases[SessionKey(session_id, owner)]
 
-    def want(self, session_id: str) -> None:
-        self.asked.add(session_id)
+    def want(self, session_id: str, owner: str) -> None:
+        self.asked.add(SessionKey(session_id, owner))
 
-    def wanted(self) -> set[str]:
+    def wanted(self) -> set[SessionKey]:
         return set(self.asked)
 
-    def remove(self, session_id: str) -> None:
-        self.snapshots.pop(session_id, None)
-        self.leases.pop(session_id, None)
+    def remove(self, session_id: str, owner: str) -> None:
+        self.snapshots.pop(SessionKey(session_id, owner), None)
+        self.leases.pop(SessionKey(session_id, owner), None)
 
 
 def manager(store: FakeStore | None = None, holder: str = "here", **settings) -> SessionManager:
@@ -103,8 +103,8 @@ def test_a_new_session_is_registered_checkpointed_and_leased():
     store = FakeStore()
     m = manager(store)
     s = create(m, "alice")
-    assert m.get(s.id) is s and m.get(s.id, "alice") is s and m.list("alice") == [s]
-    assert store.snapshots[s.id][0] == "alice" and store.leases[s.id] == "here"
+    assert m.get(s.id, "alice") is s and m.list("alice") == [s]
+    assert (s.id, "alice") in store.snapshots and store.leases[s.id, "alice"] == "here"
     assert not s.dirty
 
 
@@ -123,6 +123,25 @@ def test_a_taken_id_is_refused():
     create(m, session_id="mine")
     with pytest.raises(SessionExists):
         create(m, session_id="mine")
+
+
+def test_ids_are_per_owner():
+    """The same id in two owners is two sessions, each found, stored and closed on its own."""
+    store = FakeStore()
+    m = manager(store)
+    mine, theirs = create(m, "alice", "same", seed=1), create(m, "bob", "same", seed=2)
+    assert m.get("same", "alice") is mine and m.get("same", "bob") is theirs
+    m.delete(theirs)
+    assert m.get("same", "alice") is mine and set(store.snapshots) == {("same", "alice")}
+
+
+def test_another_owners_id_held_elsewhere_is_not_found_and_not_asked_for():
+    """Naming another owner's session that another replica holds asks nothing of that replica."""
+    store = FakeStore()
+    create(manager(store, holder="there"), "alice", "same")
+    with pytest.raises(SessionNotFound):
+        manager(store).get("same", "bob")
+    assert store.wanted() == set()
 
 
 def test_a_call_finds_its_session_once(monkeypatch):
@@ -157,9 +176,9 @@ def test_an_evicted_session_comes_back_exactly_on_its_next_call():
     x = inputs(8)
     ops.run(m, s, x[:3], []), ops.run(m, twin, x[:3], [])
     assert m.evict_idle(0) == 2 and not s.resident and m.evictions["idle"] == 2
-    assert s.id not in store.leases
+    assert s.key not in store.leases
     assert torch.equal(ops.run(m, s, x[3:], []).output, ops.run(m, twin, x[3:], []).output)
-    assert m.restores == 2 and s.resident and store.leases[s.id] == "here"
+    assert m.restores == 2 and s.resident and store.leases[s.key] == "here"
 
 
 def test_without_a_store_nothing_is_evicted():
@@ -185,7 +204,7 @@ def test_a_session_deleted_while_a_call_waits_is_not_found():
     m = manager(store)
     s = create(m)
     m.delete(s)
-    assert s.id not in store.snapshots and not s.resident
+    assert s.key not in store.snapshots and not s.resident
     with pytest.raises(SessionNotFound):
         ops.run(m, s, inputs(2), [])
     with pytest.raises(SessionNotFound):
@@ -244,7 +263,7 @@ def test_a_stored_session_is_registered_unloaded_and_loaded_by_its_first_call():
     found = m.get(s.id)
     assert not found.resident and found.timesteps == 3
     assert ops.run(m, found, inputs(2), []).first_timestep == 3
-    assert m.restores == 1 and store.leases[s.id] == "here"
+    assert m.restores == 1 and store.leases[s.key] == "here"
 
 
 def test_a_session_another_replica_holds_is_asked_for_not_loaded():
@@ -253,7 +272,7 @@ def test_a_session_another_replica_holds_is_asked_for_not_loaded():
     m = manager(store)
     with pytest.raises(SessionMoving):
         m.get(s.id)
-    assert store.wanted() == {s.id}
+    assert store.wanted() == {s.key}
 
 
 def test_tending_leases_hands_a_wanted_session_over_with_its_latest_state():
@@ -261,10 +280,10 @@ def test_tending_leases_hands_a_wanted_session_over_with_its_latest_state():
     m = manager(store)
     s = create(m)
     ops.run(m, s, inputs(4), [])
-    store.want(s.id)
+    store.want(*s.key)
     assert m.tend_leases() == 1
-    assert not s.resident and s.id not in store.leases
-    assert store.snapshots[s.id][1].timesteps == 4
+    assert not s.resident and s.key not in store.leases
+    assert store.snapshots[s.key].timesteps == 4
 
 
 def test_a_session_taken_over_by_another_replica_is_dropped_unwritten():
@@ -272,9 +291,9 @@ def test_a_session_taken_over_by_another_replica_is_dropped_unwritten():
     m = manager(store)
     s = create(m)
     ops.run(m, s, inputs(4), [])
-    store.leases[s.id] = "there"
+    store.leases[s.key] = "there"
     assert m.tend_leases() == 1 and not s.resident
-    assert store.snapshots[s.id][1].timesteps == 0 and m.checkpoint_all() == 0
+    assert store.snapshots[s.key].timesteps == 0 and m.checkpoint_all() == 0
 
 
 def test_checkpoints_are_written_only_for_changed_sessions():
@@ -285,7 +304,7 @@ def test_checkpoints_are_written_only_for_changed_sessions():
     ops.get_state(m, s)
     assert m.checkpoint_all() == 0
     ops.run(m, s, inputs(2), [])
-    assert m.checkpoint_all() == 1 and store.snapshots[s.id][1].timesteps == 2
+    assert m.checkpoint_all() == 1 and store.snapshots[s.key].timesteps == 2
 
 
 def test_a_replica_handing_over_refuses_calls_and_writes_every_session():
@@ -299,7 +318,7 @@ def test_a_replica_handing_over_refuses_calls_and_writes_every_session():
     with pytest.raises(SessionMoving):
         create(m)
     assert m.hand_over(0) == 1 and m.end_hand_over() == 0
-    assert store.snapshots[s.id][1].timesteps == 2 and store.leases == {}
+    assert store.snapshots[s.key].timesteps == 2 and store.leases == {}
 
 
 def test_register_stored_adds_new_checkpoints_and_forgets_closed_ones():
@@ -309,7 +328,7 @@ def test_register_stored_adds_new_checkpoints_and_forgets_closed_ones():
     other.hand_over(0)
     m = manager(store)
     assert m.register_stored() == 2 and {s.id for s in m.list()} == {kept.id, closed.id}
-    store.remove(closed.id)
+    store.remove(*closed.key)
     assert m.register_stored("alice") == 1 and [s.id for s in m.list()] == [kept.id]
 
 
@@ -345,29 +364,38 @@ def test_fit_reports_typed_progress_and_returns_the_epochs():
     generator = torch.Generator().manual_seed(0)
     data = Dataset(torch.rand(10, 5, 4, generator=generator), torch.randint(0, 3, (10,), generator=generator))
     reported = []
-    history = ops.fit(m, s, data, TrainingOptions(), epochs=2, batch_size=4, validation=data, report=reported.append)
+    fit = ops.fit(m, s, data, TrainingOptions(), epochs=2, batch_size=4, validation=data, report=reported.append)
+    history = performed(fit)
     batches = [event for event in reported if isinstance(event, BatchProgress)]
     epochs = [event for event in reported if isinstance(event, EpochSummary)]
     assert [(b.epoch, b.batch, b.batches) for b in batches] == [(e, b, 3) for e in range(2) for b in range(3)]
     assert epochs == history and [e.epoch for e in history] == [0, 1]
     assert all(isinstance(e.validation, Scores) and e.validation.accuracy is not None for e in history)
-    evaluated = ops.evaluate(m, s, data, "ce_count", 4)
+    evaluated = performed(ops.evaluate(m, s, data, "ce_count", 4))
     assert evaluated.loss == pytest.approx(history[-1].validation.loss, abs=1e-6) and evaluated.grad_norm == 0.0
 
 
-def test_fit_stops_at_a_batch_boundary_once_cancelled():
+def performed(steps):
+    """What a long call returns, its jobs run in turns as the server runs them."""
+    placement = Placement(FairScheduler(1))
+    try:
+        return asyncio.run(placement.in_turns("tenant", steps))
+    finally:
+        placement.close()
+
+
+def test_fit_trains_no_more_once_its_runner_stops_between_batches():
+    """fit's jobs are one batch each: a caller that goes after the first batch costs one optimizer step."""
     m = manager()
     s = m.create(classifier(), (4,), 8, 0)
     data = Dataset(torch.rand(12, 5, 4), torch.randint(0, 3, (12,)))
-    stop = threading.Event()
     reported = []
-
-    def report(event):
-        reported.append(event)
-        stop.set()
-
-    assert ops.fit(m, s, data, TrainingOptions(), epochs=3, batch_size=4, report=report, cancelled=stop.is_set) == []
-    assert len(reported) == 1
+    steps = ops.fit(m, s, data, TrainingOptions(), epochs=3, batch_size=4, report=reported.append)
+    job = steps.send(None)
+    while not reported:
+        job = steps.send(job())
+    steps.close()
+    assert len(reported) == 1 and int(s.training.optimizer.state_dict()["state"][0]["step"]) == 1
 
 
 def test_a_failed_call_leaves_the_session_as_it_was():

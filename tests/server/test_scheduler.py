@@ -79,15 +79,15 @@ def test_errors_reach_the_caller():
     scheduler = FairScheduler(1)
     with pytest.raises(ZeroDivisionError):
         scheduler.submit("a", lambda: 1 / 0).result(10)
-    assert scheduler.call("a", lambda: 42) == 42
+    assert scheduler.submit("a", lambda: 42).result(10) == 42
     scheduler.close()
 
 
 def test_slot_time_is_counted_per_tenant():
     """Each tenant's slot time is what its jobs took."""
     scheduler = FairScheduler(2)
-    scheduler.call("a", lambda: time.sleep(0.1))
-    scheduler.call("b", lambda: None)
+    scheduler.submit("a", lambda: time.sleep(0.1)).result(10)
+    scheduler.submit("b", lambda: None).result(10)
     seconds = scheduler.device_seconds()
     scheduler.close()
     assert seconds["a"] >= 0.1 > seconds["b"]
@@ -117,11 +117,11 @@ def backlog(scheduler: FairScheduler, tenant: str, jobs: int):
 def test_a_tenant_holds_only_its_share_of_slots_while_another_is_active():
     """With 2 slots and 2 active tenants, a backlog of long jobs keeps one slot, so the other's calls find one free."""
     scheduler = FairScheduler(2)
-    scheduler.call("streamer", lambda: None)  # the streamer is active now
+    scheduler.submit("streamer", lambda: None).result(10)  # the streamer is active now
     with backlog(scheduler, "trainer", 3):
         assert scheduler.running() == {"trainer": 1}
         started = time.perf_counter()
-        scheduler.call("streamer", lambda: None)
+        scheduler.submit("streamer", lambda: None).result(10)
         assert time.perf_counter() - started < 0.5
 
 
