@@ -54,7 +54,7 @@ from client import Client  # noqa: E402
 from rnnbuilder import nn, snn  # noqa: E402
 from rnnbuilder_sim.v1 import simulator_pb2 as pb  # noqa: E402
 from rnnbuilder_sim.wire import tensors  # noqa: E402
-from server.background import in_background  # noqa: E402
+from server.background import in_background, listening_address  # noqa: E402
 
 NEURONS = 1000
 FEATURES = 100
@@ -117,24 +117,24 @@ def running_echo_server():
         yield address
 
 
-def _serve_forever(kind: str, device: str, workers: int) -> None:
-    """The child-process mode (``--serve``): start one server on 127.0.0.1:0, print its port, and
-    serve until stdin closes."""
+def _serve_forever(kind: str, device: str, workers: int, listen: str) -> None:
+    """The child-process mode (``--serve``): start one server on ``listen`` (127.0.0.1:0, or a
+    ``unix:/path`` socket), print where it listens, and serve until stdin closes."""
 
     async def serve():
         if kind == "echo":
             server = grpc.aio.server(options=CHANNEL_OPTIONS)
             server.add_generic_rpc_handlers((_echo_handler(),))
-            port = server.add_insecure_port("127.0.0.1:0")
+            port = server.add_insecure_port(listen)
             await server.start()
             stop = server.stop
         else:
             from server import ServerConfig, create_server
 
-            sim, port = create_server("127.0.0.1:0", ServerConfig(device=device, workers=workers))
+            sim, port = create_server(listen, ServerConfig(device=device, workers=workers))
             await sim.start()
             stop = sim.stop
-        print(f"port {port}", flush=True)
+        print(f"listening {listening_address(listen, port)}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
         await stop(1.0)
 
@@ -142,16 +142,16 @@ def _serve_forever(kind: str, device: str, workers: int) -> None:
 
 
 @contextmanager
-def child_server(kind: str, device: str, workers: int):
-    """A server of ``kind`` (``echo`` or ``sim``) in a child process; yields its address."""
+def child_server(kind: str, device: str, workers: int, listen: str = "127.0.0.1:0"):
+    """A server of ``kind`` (``echo`` or ``sim``) in a child process on ``listen``; yields its address."""
     command = [sys.executable, __file__, "--serve", kind, "--device", device, "--workers", str(workers)]
-    command += ["--torch-threads", str(torch.get_num_threads())]
+    command += ["--torch-threads", str(torch.get_num_threads()), "--listen", listen]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = child.stdout.readline()
-        if not line.startswith("port "):
+        if not line.startswith("listening "):
             raise RuntimeError(f"the {kind} server process did not start (it said {line!r})")
-        yield f"127.0.0.1:{int(line.split()[1])}"
+        yield line.split(maxsplit=1)[1].strip()
     finally:
         child.stdin.close()
         try:
@@ -440,11 +440,12 @@ def main(argv=None) -> None:
     parser.add_argument("--concurrent", type=int, default=CONCURRENT, help="sessions in the concurrent scenarios")
     parser.add_argument("--rounds", type=int, help="floor/ours alternations per scenario (default 2, quick 1)")
     parser.add_argument("--serve", choices=("echo", "sim"), help=argparse.SUPPRESS)  # the child-process mode
+    parser.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)  # where a child server listens
     args = parser.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     if args.serve:
-        _serve_forever(args.serve, args.device, args.workers)
+        _serve_forever(args.serve, args.device, args.workers, args.listen)
         return
 
     # per thread: (warmup, measured) counts; --quick is ~30 s on 2 CPUs, the default a few minutes

@@ -11,6 +11,7 @@ import signal
 from pythonjsonlogger.json import JsonFormatter
 
 from .app import create_server
+from .background import listening_address
 from .config import ServerConfig
 
 __all__ = ["parse_args", "serve", "main"]
@@ -21,7 +22,9 @@ log = logging.getLogger("rnnsim")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m server", description="The rnnbuilder-sim simulation server.")
     parser.add_argument(
-        "--address", default=os.environ.get("RNNSIM_ADDRESS", "127.0.0.1:50051"), help="HOST:PORT to listen on"
+        "--address",
+        default=os.environ.get("RNNSIM_ADDRESS", "127.0.0.1:50051"),
+        help="HOST:PORT to listen on, or unix:/path for a Unix domain socket (clients on this host)",
     )
     parser.add_argument(
         "--grace",
@@ -44,15 +47,13 @@ async def serve(args: argparse.Namespace) -> None:
     config = ServerConfig.from_arguments(args)
     server, port = create_server(args.address, config)
     await server.start(config.metrics_port, config.metrics_host)
-    host = args.address.rsplit(":", 1)[0]
     tenants = server.authenticator.tenants
     mode = "open single-tenant mode (no auth)" if tenants is None else f"{len(tenants)} tenants from {args.auth_file}"
     tls = "mutual TLS" if config.tls_client_ca else "TLS" if config.tls_cert else "plaintext"
     log.info(
-        "server %s serving on %s:%d (%s), device %s, %s, limits %s",
+        "server %s serving on %s (%s), device %s, %s, limits %s",
         config.server_id,
-        host,
-        port,
+        listening_address(args.address, port),
         tls,
         server.sessions.device,
         mode,

@@ -11,14 +11,17 @@ from typing import Any
 from .app import create_server
 from .config import ServerConfig
 
-__all__ = ["in_background", "running_server"]
+__all__ = ["in_background", "listening_address", "running_server"]
 
 
 @contextmanager
-def in_background(start: Callable[[], Awaitable[tuple[Any, int]]], name: str = "server") -> Iterator[tuple[str, Any]]:
+def in_background(
+    start: Callable[[], Awaitable[tuple[Any, int]]], name: str = "server", address: str = "127.0.0.1:0"
+) -> Iterator[tuple[str, Any]]:
     """Run ``await start() -> (server, port)`` on a new event loop in a daemon thread.
 
-    Yields ``("127.0.0.1:<port>", server)``; on exit the server gets ``stop(1.0)`` and the thread ends.
+    Yields ``(where to reach it, server)``: ``address`` with the port ``start`` bound (a
+    ``unix:/path`` address as it is); on exit the server gets ``stop(1.0)`` and the thread ends.
     """
     loop = asyncio.new_event_loop()
     started: dict = {}
@@ -40,7 +43,7 @@ def in_background(start: Callable[[], Awaitable[tuple[Any, int]]], name: str = "
     if not ready.wait(60) or "error" in started:
         raise RuntimeError(f"the {name} did not start") from started.get("error")
     try:
-        yield f"127.0.0.1:{started['port']}", started["server"]
+        yield listening_address(address, started["port"]), started["server"]
     finally:
         asyncio.run_coroutine_threadsafe(started["server"].stop(1.0), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
@@ -48,13 +51,26 @@ def in_background(start: Callable[[], Awaitable[tuple[Any, int]]], name: str = "
 
 
 @contextmanager
-def running_server(config: ServerConfig | None = None) -> Iterator[tuple[str, Any]]:
-    """A simulation server on 127.0.0.1 (a free port) in this process; yields ``(address, server)``."""
+def running_server(config: ServerConfig | None = None, address: str = "127.0.0.1:0") -> Iterator[tuple[str, Any]]:
+    """A simulation server in this process on ``address`` (by default 127.0.0.1 and a free port; or
+    ``unix:/path``, a Unix domain socket); yields ``(address, server)``."""
 
     async def start():
-        server, port = create_server("127.0.0.1:0", config or ServerConfig(device="cpu", workers=4))
+        server, port = create_server(address, config or ServerConfig(device="cpu", workers=4))
         await server.start()
         return server, port
 
-    with in_background(start, "simulation server") as running:
+    with in_background(start, "simulation server", address) as running:
         yield running
+
+
+def listening_address(address: str, port: int) -> str:
+    """Where a server asked to listen on ``address`` is reached, once it bound ``port``: a Unix
+    domain socket (``unix:/path``) as it is, else the host with the bound port (0 picks a free one).
+
+    >>> listening_address("127.0.0.1:0", 40123), listening_address("unix:/tmp/sim.sock", 1)
+    ('127.0.0.1:40123', 'unix:/tmp/sim.sock')
+    """
+    if address.startswith("unix:"):
+        return address
+    return f"{address.rsplit(':', 1)[0]}:{port}"
