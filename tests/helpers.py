@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 import rnnbuilder as rb
@@ -124,3 +125,13 @@ def defined_apart_from_topology() -> rb.Network:
     n.x = n.input.apply(nn.Linear(3))
     n.output = n.input.stack(n.output).apply(nn.Linear(2))
     return n
+
+
+def local_outputs(model: rb.Model, chunks, state=None) -> list[np.ndarray]:
+    """The local model's output for each chunk, the state carried from one to the next."""
+    outputs = []
+    with torch.no_grad():
+        for chunk in chunks:
+            out, state = model(torch.from_numpy(np.ascontiguousarray(chunk)), state)
+            outputs.append(out.numpy())
+    return outputs

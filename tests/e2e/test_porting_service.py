@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import rnnbuilder as rb
 from rnnbuilder import nn, snn
-from tests.helpers import CONV_IN, conv_input, defined_apart_from_topology, spiking_convolution
+from tests.helpers import CONV_IN, conv_input, defined_apart_from_topology, local_outputs, spiking_convolution
 
 
 def test_spiking_convolution_session_equals_local(client):
@@ -18,11 +17,7 @@ def test_spiking_convolution_session_equals_local(client):
         assert s.output_shape == (3,)
         x = conv_input(7).numpy()
         remote = [s.run(x[:4]), s.run(x[4:])]
-        model, state, local = s.to_local(), None, []
-        with torch.no_grad():
-            for chunk in (x[:4], x[4:]):
-                out, state = model(torch.from_numpy(chunk), state)
-                local.append(out.numpy())
+        local = local_outputs(s.to_local(), [x[:4], x[4:]])
         assert all(np.array_equal(r, want) for r, want in zip(remote, local))
     finally:
         s.close()

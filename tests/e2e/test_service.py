@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import rnnbuilder as rb
 from client import Client, NotFoundError
 from rnnbuilder import nn, snn
-from tests.helpers import interlocking_cycles
+from tests.helpers import interlocking_cycles, local_outputs
 
 SERVICE = "rnnbuilder_sim.v1.SimulatorService"
 T, B, IN_SHAPE = 24, 4, (16,)
@@ -62,16 +62,6 @@ def spiky_input(seed: int = 0, timesteps: int = T) -> np.ndarray:
 def split(x: np.ndarray, sizes) -> list[np.ndarray]:
     assert sum(sizes) == len(x)
     return np.split(x, np.cumsum(sizes)[:-1])
-
-
-def local_outputs(model: rb.Model, chunks, state=None) -> list[np.ndarray]:
-    """The local model's output for each chunk, the state carried from one to the next."""
-    outputs = []
-    with torch.no_grad():
-        for chunk in chunks:
-            out, state = model(torch.from_numpy(np.ascontiguousarray(chunk)), state)
-            outputs.append(out.numpy())
-    return outputs
 
 
 def assert_spiking(out: np.ndarray) -> None:

@@ -8,17 +8,16 @@ import time
 import grpc
 import numpy as np
 import pytest
-import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import rnnbuilder as rb
 from client import Client, InvalidArgumentError
+from client.__main__ import health
 from rnnbuilder import spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from rnnbuilder_sim.wire import networks
 from server import ServerConfig
-from tests.helpers import recurrent_net
+from tests.helpers import local_outputs, recurrent_net
 from tests.server_fixture import running_server
 
 AUTH = """
@@ -46,12 +45,6 @@ def config(tmp_path) -> ServerConfig:
     return ServerConfig(device="cpu", auth_file=str(auth), checkpoint_dir=str(tmp_path / "checkpoints"))
 
 
-def serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
 def test_a_network_too_deep_to_describe_is_refused_and_another_tenant_keeps_its_state(config):
     """The deep network is INVALID_ARGUMENT and leaves nothing; the other tenant's stepped session
     comes back after a restart with its last state, equal to its local model."""
@@ -64,18 +57,16 @@ def test_a_network_too_deep_to_describe_is_refused_and_another_tenant_keeps_its_
             with pytest.raises(InvalidArgumentError, match="nested too deeply"):
                 mallory.create_session(too_deep_to_describe(), input_shape=(3,))
             assert mallory.list_sessions() == []
-        assert serving(address)
+        assert health(address, "", 10.0) == "SERVING"
         local = session.to_local()
         session_id = session.id
     with running_server(config) as (address, _), Client(address, token="alice-secret-token") as alice:
         again = alice.get_session(session_id)
         assert again.timesteps_simulated == 20
         more = np.random.default_rng(1).random((5, 2, 3), dtype=np.float32) * 2
-        with torch.no_grad():
-            first, state = local(torch.from_numpy(x))
-            want, _ = local(torch.from_numpy(more), state)
-        assert np.array_equal(out, first.numpy())
-        assert np.array_equal(again.run(more), want.numpy())
+        first, want = local_outputs(local, [x, more])
+        assert np.array_equal(out, first)
+        assert np.array_equal(again.run(more), want)
 
 
 def test_a_raw_request_too_deep_to_describe_is_invalid_argument(config):
@@ -123,4 +114,4 @@ def test_a_network_over_the_node_limit_is_refused_before_it_is_read(config):
         assert time.monotonic() - started < 1.0
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_network_nodes" in caught.value.details()
-        assert serving(address)
+        assert health(address, "", 10.0) == "SERVING"

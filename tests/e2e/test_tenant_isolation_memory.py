@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import rnnbuilder as rb
 from client import Client, ResourceExhaustedError
 from rnnbuilder import nn
 from server import Limits, ServerConfig
-from tests.helpers import recurrent_net
+from tests.helpers import local_outputs, recurrent_net
 from tests.server_fixture import running_server
 
 AUTH = """
@@ -61,12 +60,9 @@ def budgets(tmp_path):
 
 def assert_untouched(session, x: np.ndarray, before: np.ndarray) -> None:
     """The session still continues its local model exactly from where it was."""
-    local = session.to_local()
-    with torch.no_grad():
-        first, state = local(torch.from_numpy(x))
-        want, _ = local(torch.from_numpy(x), state)
-    assert np.array_equal(before, first.numpy())
-    assert np.array_equal(session.run(x), want.numpy())
+    first, want = local_outputs(session.to_local(), [x, x])
+    assert np.array_equal(before, first)
+    assert np.array_equal(session.run(x), want)
 
 
 def test_hidden_activations_count_against_the_budget(budgets):
