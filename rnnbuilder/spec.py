@@ -291,11 +291,11 @@ class _Writer:
             return int(value)
         if isinstance(value, numbers.Real):
             return _number(float(value), path)
-        if callable(value) and path.endswith(".spike_function"):  # runs locally, unfused; can't travel
+        if callable(value):  # a custom spike function, say: it runs locally, but a description holds no code
             raise SpecError(
                 path,
-                f"a custom spike function ({value!r}) can't be described as data; use a registered surrogate: "
-                f"{', '.join(self.registry.surrogate_names())}",
+                f"a function or other callable ({value!r}) can't be described as data; the callables a "
+                f"description holds are registered surrogates: {', '.join(self.registry.surrogate_names())}",
             )
         raise SpecError(
             path,

@@ -478,11 +478,11 @@ class SessionManager:
         return session.resident and self._registered(session)
 
     def _write(self, session: Session) -> bool:
-        """(Lock held.) Write the resident session's checkpoint; it is clean until it changes. A
-        checkpoint that fails (a full disk, a session that can't be stored) is logged and counted,
-        and False: the session stays in memory, and whoever writes many goes on with the others."""
+        """(Lock held.) ``_checkpoint``, and True. A checkpoint that fails (a full disk, a session that
+        can't be stored) is logged and counted, and False: the session stays in memory, and whoever
+        writes many goes on with the others."""
         try:
-            self.store.write(session.id, session.owner, take(session))
+            self._checkpoint(session)
         except Exception:
             self.checkpoint_failures += 1
             log.exception(
@@ -491,8 +491,12 @@ class SessionManager:
                 extra={"event": "checkpoint_failed", "session": session.id, "tenant": session.owner},
             )
             return False
-        session.dirty = False
         return True
+
+    def _checkpoint(self, session: Session) -> None:
+        """(Lock held.) Write the session's checkpoint; it is clean until it changes."""
+        self.store.write(session.id, session.owner, take(session))
+        session.dirty = False
 
     def _save(self, session: Session) -> None:
         """Write a new session's checkpoint, if there is a folder and it is still open and here. A
@@ -502,8 +506,7 @@ class SessionManager:
         try:
             with session.lock:
                 if self._held_here(session):
-                    self.store.write(session.id, session.owner, take(session))
-                    session.dirty = False
+                    self._checkpoint(session)
         except BaseException:
             self.delete(session)
             raise

@@ -53,29 +53,29 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def activation_elements(model: rb.Model, batch_size: int) -> int:
+def activation_elements(model: rb.Model, state, batch_size: int) -> int:
     """The elements one timestep of one batch entry passes through ``model``, a model built on the
     meta device: its input, its state, and the output of every innermost module (each layer, and
     what a layer's own modules make: an ``Upsample``'s output before the pool that shrinks it).
 
-    The model runs one timestep of batch ``batch_size`` on the meta device, which computes shapes
-    and allocates nothing. A model that can't run there (a custom module that reads values) is
+    The model runs one timestep of batch ``batch_size`` from ``state`` (its initial state, on the
+    meta device too) on the meta device, which computes shapes and allocates nothing. A model that
+    can't run there (a custom module that reads values) is
     counted by its input, state and output only.
 
     >>> from rnnbuilder import nn
     >>> with torch.device("meta"):
     ...     model = rb.Sequential(nn.Upsample(scale_factor=4.0), nn.MaxPool1d(4)).make_model((1, 16))
-    >>> activation_elements(model, 2)       # 16 in, 64 upsampled, 16 pooled
+    ...     state = model.get_initial_state(2)
+    >>> activation_elements(model, state, 2)       # 16 in, 64 upsampled, 16 pooled
     96
     """
     inputs = math.prod(model.in_shape)
-    with torch.device("meta"):
-        state = model.get_initial_state(batch_size)
     state_elements = sum(t.numel() for t in rb.named_leaves(state).values()) // batch_size
     seen: list[int] = []
 
     def count(module, args, output) -> None:
-        seen.extend(t.numel() for t in _tensors(output))
+        seen.extend(t.numel() for t in rb.named_leaves(output).values())
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(count) for m in leaves]
@@ -88,14 +88,6 @@ def activation_elements(model: rb.Model, batch_size: int) -> int:
         for handle in handles:
             handle.remove()
     return inputs + state_elements + sum(seen) // batch_size
-
-
-def _tensors(value) -> list[torch.Tensor]:
-    if torch.is_tensor(value):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _tensors(item)]
-    return []
 
 
 def work_bytes(elements_per_entry: int, timesteps: int, batch: int, training: bool) -> int:

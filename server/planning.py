@@ -53,7 +53,7 @@ def plan(
         initial = planned.get_initial_state(batch_size)
         state_size = sum(t.numel() for t in rb.named_leaves(initial).values())
         held = held_bytes(planned, initial)
-        activations = activation_elements(planned, batch_size)
+        activations = activation_elements(planned, initial, batch_size)
     if size > limits.max_parameters_per_session:
         raise LimitExceeded(
             "max_parameters_per_session", size, limits.max_parameters_per_session, "parameters and buffers"
