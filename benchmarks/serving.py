@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serving.py --quick      # about 30 s
     .venv/bin/python benchmarks/serving.py              # a few minutes, tighter numbers
+    .venv/bin/python benchmarks/serving.py --closed-loop --quick   # closed-loop users, 1-2 minutes
 
 The floor is a raw grpcio echo: generic bytes handlers (no protobuf, no torch) on a grpc.aio
 server in a background event loop, driven by the same synchronous grpcio client the ``client``
@@ -23,21 +24,33 @@ Where the servers run:
   interpreter and its GIL, which slows the busier serving path more than the echo;
 - ``--processes``: each in a child process (this script with ``--serve``), as deployed;
 - ``--address HOST:PORT``: an external simulation server; the echo then runs in a child process.
+
+``--batching on|off`` sets the cross-session batching of a simulation server started here.
+
+``--closed-loop`` runs, instead, a scenario set of its own: K closed-loop users (``--users``, default
+1,8,32,64), each with its own client sending one timestep over one bidirectional stream and waiting
+for the reply before sending the next, spread over client processes (``--client-processes``), for
+a fixed window (``--seconds``), against three child-process servers alternating in rounds: the raw
+echo (K streams, the Simulate messages' sizes, with the faster of a sync and a grpc.aio client),
+ours with batching on and ours with batching off.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import platform
+import queue
 import struct
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,9 +130,12 @@ def running_echo_server():
         yield address
 
 
-def _serve_forever(kind: str, device: str, workers: int, listen: str) -> None:
+def _serve_forever(
+    kind: str, device: str, workers: int, listen: str, batching: bool = True, max_sessions: int | None = None
+) -> None:
     """The child-process mode (``--serve``): start one server on ``listen`` (127.0.0.1:0, or a
-    ``unix:/path`` socket), print where it listens, and serve until stdin closes."""
+    ``unix:/path`` socket), print where it listens, and serve until stdin closes. ``batching`` and
+    ``max_sessions`` (None: the default limit) set the simulation server's ``ServerConfig``."""
 
     async def serve():
         if kind == "echo":
@@ -130,8 +146,11 @@ def _serve_forever(kind: str, device: str, workers: int, listen: str) -> None:
             stop = server.stop
         else:
             from server import ServerConfig, create_server
+            from server.config import Limits
 
-            sim, port = create_server(listen, ServerConfig(device=device, workers=workers))
+            limits = Limits() if max_sessions is None else Limits(max_sessions=max_sessions)
+            config = ServerConfig(device=device, workers=workers, limits=limits, batching=batching)
+            sim, port = create_server(listen, config)
             await sim.start()
             stop = sim.stop
         print(f"listening {listening_address(listen, port)}", flush=True)
@@ -142,16 +161,41 @@ def _serve_forever(kind: str, device: str, workers: int, listen: str) -> None:
 
 
 @contextmanager
-def child_server(kind: str, device: str, workers: int, listen: str = "127.0.0.1:0"):
+def child_server(
+    kind: str,
+    device: str,
+    workers: int,
+    listen: str = "127.0.0.1:0",
+    batching: bool = True,
+    max_sessions: int | None = None,
+):
     """A server of ``kind`` (``echo`` or ``sim``) in a child process on ``listen``; yields its address."""
+    with child_server_process(kind, device, workers, listen, batching, max_sessions) as (address, _):
+        yield address
+
+
+@contextmanager
+def child_server_process(
+    kind: str,
+    device: str,
+    workers: int,
+    listen: str = "127.0.0.1:0",
+    batching: bool = True,
+    max_sessions: int | None = None,
+):
+    """Like ``child_server``; yields ``(address, pid)`` (the pid for its CPU time). The child exits
+    when its stdin closes, here on leaving (killed if it takes over 30 s)."""
     command = [sys.executable, __file__, "--serve", kind, "--device", device, "--workers", str(workers)]
     command += ["--torch-threads", str(torch.get_num_threads()), "--listen", listen]
+    command += ["--batching", "on" if batching else "off"]
+    if max_sessions is not None:
+        command += ["--max-sessions", str(max_sessions)]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = child.stdout.readline()
         if not line.startswith("listening "):
             raise RuntimeError(f"the {kind} server process did not start (it said {line!r})")
-        yield line.split(maxsplit=1)[1].strip()
+        yield line.split(maxsplit=1)[1].strip(), child.pid
     finally:
         child.stdin.close()
         try:
@@ -172,19 +216,19 @@ def echo_server(in_process: bool):
 
 
 @contextmanager
-def simulation_server(address: str | None, in_process: bool, device: str, workers: int):
+def simulation_server(address: str | None, in_process: bool, device: str, workers: int, batching: bool = True):
     """Yields the address of the simulation server: an external one, one in a child process, or
     one started in this process (``server.background.running_server``)."""
     if address:
         yield address
     elif not in_process:
-        with child_server("sim", device, workers) as child:
+        with child_server("sim", device, workers, batching=batching) as child:
             yield child
     else:
         from server import ServerConfig
         from server.background import running_server
 
-        with running_server(ServerConfig(device=device, workers=workers)) as (local, _):
+        with running_server(ServerConfig(device=device, workers=workers, batching=batching)) as (local, _):
             yield local
 
 
@@ -421,6 +465,491 @@ def _merge(samples: list[Sample]) -> Sample:
     )
 
 
+# -- closed-loop users (--closed-loop) ------------------------------------------------------------
+#
+# K users, each with its own client and one bidirectional stream, each sending one timestep and
+# waiting for its reply before sending the next. The users are spread over client processes
+# (threads in each; the grpc.aio echo client: coroutines on one event loop per process), which the
+# parent steers over pipes: "prepare" (sessions / channels, kept across rounds), "run" (streams
+# opened, then "ready"; the parent answers with the common window), "close".
+
+USERS = (1, 8, 32, 64)
+ECHO_CLIENTS = ("sync", "aio")
+
+
+class _Window:
+    """The measured window (``time.monotonic``, system-wide on Linux, so common to all processes);
+    None until the parent sends it. Users warm up until it starts and stop at its end."""
+
+    start: float | None = None
+    end: float | None = None
+
+
+def _count_replies(window: _Window, clock=time.monotonic) -> Callable[[], bool]:
+    """A per-user tally: call it after each reply; it returns False once the window has ended.
+    ``tally.count`` holds the replies received inside the window."""
+
+    def tally() -> bool:
+        now, end = clock(), window.end
+        if end is not None:
+            if now >= end:
+                return False
+            if now >= window.start:
+                tally.count += 1
+        return True
+
+    tally.count = 0
+    return tally
+
+
+def _sync_user(open_stream, item, window: _Window, opened: threading.Event, results: list, errors: list, i: int):
+    """A closed-loop user on a synchronous grpcio stream fed one request at a time by a queue."""
+    feed: queue.SimpleQueue = queue.SimpleQueue()
+
+    def requests():
+        while (request := feed.get()) is not None:
+            yield request
+
+    replies = open_stream(requests())
+    try:
+        tally = _count_replies(window)
+        feed.put(item)
+        next(replies)  # the stream is open: one round trip done
+        opened.set()
+        while True:
+            feed.put(item)
+            next(replies)
+            if not tally():
+                break
+        results[i] = tally.count
+    except BaseException as error:  # reported by the process
+        errors.append(error)
+        opened.set()
+    finally:
+        feed.put(None)  # the end of the requests: the stream ends once the server answered them
+        try:
+            for _ in replies:
+                pass
+        except Exception:  # already reported, or the stream is gone
+            pass
+
+
+async def _aio_user(
+    address: str, payload: bytes, window: _Window, opened: asyncio.Event, results: list, errors: list, i: int
+):
+    """A closed-loop echo user on grpc.aio: ``await call.write(); await call.read()``."""
+    try:
+        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            call = channel.stream_stream(f"/{ECHO_SERVICE}/Stream")()
+            tally = _count_replies(window)
+            await call.write(payload)
+            await call.read()
+            opened.set()
+            while True:
+                await call.write(payload)
+                await call.read()
+                if not tally():
+                    break
+            await call.done_writing()
+            while await call.read() is not grpc.aio.EOF:
+                pass
+            results[i] = tally.count
+    except BaseException as error:  # reported by the process
+        errors.append(error)
+        opened.set()
+        raise
+
+
+def _measure_window(conn, window: _Window, wait_done: Callable[[], None]) -> tuple[list, float]:
+    """Tell the parent the users are ready, take the window it sends, and this process's CPU time
+    within it; ``wait_done`` waits for the users to stop."""
+    conn.send(("ready", None))
+    _, (start, end) = conn.recv()
+    window.start, window.end = start, end
+    time.sleep(max(0.0, start - time.monotonic()))
+    cpu = time.process_time()
+    time.sleep(max(0.0, end - time.monotonic()))
+    cpu = time.process_time() - cpu
+    wait_done()
+    return cpu
+
+
+def _client_process(conn) -> None:
+    """A client process of the closed-loop scenario (multiprocessing, spawned): runs the parent's
+    commands until "close", then deletes its sessions and closes its channels."""
+    torch.set_num_threads(1)
+    net = rb.Sequential(nn.Linear(NEURONS), snn.LIF())
+    chunk = (np.random.default_rng(0).random((1, BATCH, FEATURES), dtype=np.float32) * np.float32(0.2)).copy()
+    sessions: dict[str, list] = {}  # address -> [(client, session)], user j of this process uses the j-th
+    channels: dict[str, list[grpc.Channel]] = {}  # address -> echo channels, one per user
+
+    def prepare(kind: str, address: str, users: int) -> None:
+        if kind == "sim":
+            entries = sessions.setdefault(address, [])
+            while len(entries) < users:
+                client = Client(address)
+                entries.append((client, client.create_session(net, (FEATURES,), batch_size=BATCH, seed=0)))
+        else:
+            entries = channels.setdefault(address, [])
+            while len(entries) < users:
+                channel = grpc.insecure_channel(address, CHANNEL_OPTIONS)
+                grpc.channel_ready_future(channel).result(timeout=10)
+                entries.append(channel)
+
+    def run(kind: str, address: str, client: str, users: int, sizes: tuple[int, int]):
+        prepare(kind, address, users)
+        window, results = _Window(), [0] * users
+        payload = echo_payload(*sizes)
+        if kind == "echo" and client == "aio":
+
+            async def main():
+                opened, errors = [asyncio.Event() for _ in range(users)], []
+                tasks = [
+                    asyncio.create_task(_aio_user(address, payload, window, opened[i], results, errors, i))
+                    for i in range(users)
+                ]
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in opened)), 60)
+                    if errors:
+                        raise errors[0]
+                    cpu = await asyncio.get_running_loop().run_in_executor(
+                        None, _measure_window, conn, window, lambda: None
+                    )
+                    await asyncio.gather(*tasks)
+                    return cpu
+                finally:
+                    for task in tasks:
+                        task.cancel()
+
+            return results, asyncio.run(main())
+        if kind == "sim":
+            streams = [session.stream for _, session in sessions[address][:users]]
+            item = chunk
+        else:
+            streams = [channel.stream_stream(f"/{ECHO_SERVICE}/Stream") for channel in channels[address][:users]]
+            item = payload
+        opened, errors = [threading.Event() for _ in range(users)], []
+        threads = [
+            threading.Thread(
+                target=_sync_user, args=(streams[i], item, window, opened[i], results, errors, i), name=f"user-{i}"
+            )
+            for i in range(users)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for event in opened:
+                event.wait(60)
+            if errors:
+                raise errors[0]
+
+            def done():
+                for thread in threads:
+                    thread.join()
+
+            cpu = _measure_window(conn, window, done)
+        finally:
+            if window.end is None:  # an error before the window: stop the users now
+                window.start = window.end = 0.0
+            for thread in threads:
+                thread.join(60)
+        if errors:
+            raise errors[0]
+        return results, cpu
+
+    try:
+        while True:
+            command, *args = conn.recv()
+            if command == "close":
+                break
+            try:
+                reply = prepare(*args) if command == "prepare" else run(*args)
+                conn.send(("ok", reply))
+            except BaseException:
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        closed = 0
+        for entries in sessions.values():
+            for client, session in entries:
+                try:
+                    session.close()
+                    closed += 1
+                except Exception as error:
+                    print(f"a session was not deleted: {error}", file=sys.stderr, flush=True)
+                client.close()
+        for entries in channels.values():
+            for channel in entries:
+                channel.close()
+        conn.send(("closed", closed))
+
+
+class ClientProcesses:
+    """The client processes of the closed-loop scenario; users are dealt out to them round-robin."""
+
+    def __init__(self, count: int, timeout: float):
+        context = multiprocessing.get_context("spawn")  # no forked grpc or torch state
+        self.timeout = timeout
+        self.conns, self.processes = [], []
+        for i in range(count):
+            parent, child = context.Pipe()
+            process = context.Process(target=_client_process, args=(child,), name=f"clients-{i}", daemon=True)
+            process.start()
+            self.conns.append(parent)
+            self.processes.append(process)
+        self.sessions_closed = 0
+        self.closed = False
+
+    def split(self, users: int) -> list[int]:
+        """Users per process (the first ``users % count`` get one more); zeros left out."""
+        count = len(self.conns)
+        return [n for n in (users // count + (p < users % count) for p in range(count)) if n]
+
+    def _reply(self, conn, expect: str = "ok"):
+        if not conn.poll(self.timeout):
+            raise RuntimeError(f"a client process did not answer within {self.timeout:.0f} s")
+        status, value = conn.recv()
+        if status == "error":
+            raise RuntimeError(f"a client process failed:\n{value}")
+        if status != expect:
+            raise RuntimeError(f"a client process said {status!r}, expected {expect!r}")
+        return value
+
+    def prepare(self, kind: str, address: str, users: int) -> None:
+        shares = self.split(users)
+        for conn, n in zip(self.conns, shares):
+            conn.send(("prepare", kind, address, n))
+        for conn in self.conns[: len(shares)]:
+            self._reply(conn)
+
+    def run(
+        self, kind: str, address: str, client: str, users: int, sizes, warmup: float, seconds: float, server_pid: int
+    ) -> LoopSample:
+        """One closed-loop run: every user's replies within a common window of ``seconds`` that
+        starts ``warmup`` s after the last stream opened; CPU time of clients and server in it."""
+        shares = self.split(users)
+        conns = self.conns[: len(shares)]
+        for conn, n in zip(conns, shares):
+            conn.send(("run", kind, address, client, n, sizes))
+        for conn in conns:
+            self._reply(conn, "ready")
+        start = time.monotonic() + warmup
+        end = start + seconds
+        for conn in conns:
+            conn.send(("go", (start, end)))
+        time.sleep(max(0.0, start - time.monotonic()))
+        server_cpu = _cpu_seconds(server_pid)
+        time.sleep(max(0.0, end - time.monotonic()))
+        server_cpu = _cpu_seconds(server_pid) - server_cpu
+        counts, client_cpu = [], 0.0
+        for conn in conns:
+            replies, cpu = self._reply(conn)
+            counts += replies
+            client_cpu += cpu
+        return LoopSample(counts, seconds, client_cpu, server_cpu)
+
+    def close(self) -> None:
+        """Each process deletes its sessions and exits (terminated if it hangs); once."""
+        if self.closed:
+            return
+        self.closed = True
+        for conn, process in zip(self.conns, self.processes):
+            try:
+                if process.is_alive():
+                    conn.send(("close",))
+                    self.sessions_closed += self._reply(conn, "closed")
+            except Exception as error:
+                print(f"a client process did not close cleanly: {error}", file=sys.stderr, flush=True)
+        for process in self.processes:
+            process.join(30)
+            if process.is_alive():
+                process.terminate()
+                process.join(10)
+
+
+@dataclass
+class LoopSample:
+    """One closed-loop run: replies per user within the window, and CPU seconds spent in it."""
+
+    counts: list[int]
+    seconds: float
+    client_cpu_s: float
+    server_cpu_s: float
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _loop_rate(samples: list[LoopSample]) -> float:
+    """Aggregate timesteps (messages) per second over the runs: all replies over all windows."""
+    return sum(sum(s.counts) for s in samples) / sum(s.seconds for s in samples)
+
+
+def _cores(samples: list[LoopSample], which: str) -> float:
+    return sum(getattr(s, which) for s in samples) / sum(s.seconds for s in samples)
+
+
+def closed_loop(args, argv) -> None:
+    """The closed-loop users scenario: echo, ours with batching on and ours with batching off,
+    each in a child process, K users each, alternating in rounds."""
+    users_list = sorted({int(u) for u in args.users.split(",")})
+    if not users_list or users_list[0] < 1:
+        raise SystemExit("--users: positive numbers, e.g. 1,8,32,64")
+    seconds = args.seconds or (1.5 if args.quick else 5.0)
+    warmup = 0.5 if args.quick else 1.0
+    rounds = args.rounds or (2 if args.quick else 3)
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    processes = args.client_processes or max(2, usable)
+    most = max(users_list)
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    rng = np.random.default_rng(0)
+    inputs = rng.random((200, BATCH, FEATURES), dtype=np.float32) * np.float32(0.2)
+    net = rb.Sequential(nn.Linear(NEURONS), snn.LIF())
+    began, load_start = time.perf_counter(), _load()
+    servers = ("echo", "on", "off")
+    samples: dict[tuple[str, int], list[LoopSample]] = {(s, k): [] for s in servers for k in users_list}
+    calibration: dict[int, dict[str, float]] = {}
+    echo_client: dict[int, str] = {}
+    with ExitStack() as stack:
+        progress(f"starting 3 servers and {processes} client processes")
+        clients = ClientProcesses(processes, timeout=warmup + seconds + 120)  # they start up meanwhile
+        stack.callback(clients.close)  # should a server not start
+        started = {
+            "echo": stack.enter_context(child_server_process("echo", "cpu", 1)),
+            "on": stack.enter_context(
+                child_server_process("sim", args.device, args.workers, batching=True, max_sessions=most + 8)
+            ),
+            "off": stack.enter_context(
+                child_server_process("sim", args.device, args.workers, batching=False, max_sessions=most + 8)
+            ),
+        }
+        stack.callback(clients.close)  # before the servers stop: the sessions are deleted first
+        bench = Bench(started["on"][0], started["echo"][0], inputs, net)
+        try:
+            device = bench.session(0).device
+            sizes = bench.stream_sizes(1)
+        finally:
+            bench.close()
+        progress(f"payloads (request, reply bytes) of a Simulate of 1 timestep: {sizes}; preparing {most} users")
+        for name in servers:
+            clients.prepare("echo" if name == "echo" else "sim", started[name][0], most)
+
+        def once(name: str, k: int, client: str = "sync", window: float = seconds) -> LoopSample:
+            address, pid = started[name]
+            kind = "echo" if name == "echo" else "sim"
+            sample = clients.run(kind, address, client, k, sizes, warmup, window, pid)
+            return sample
+
+        for k in users_list:  # the echo's cheapest closed-loop client, at each K
+            rates = {}
+            for client in ECHO_CLIENTS:
+                rates[client] = _loop_rate([once("echo", k, client, seconds / 2)])
+            calibration[k] = rates
+            echo_client[k] = max(rates, key=rates.get)
+            progress(
+                f"echo client, {k} users: sync stream {rates['sync']:,.0f}/s, grpc.aio {rates['aio']:,.0f}/s"
+                f" -> {echo_client[k]}"
+            )
+        for r in range(rounds):
+            for k in users_list:
+                line = []
+                for name in servers:
+                    sample = once(name, k, echo_client[k] if name == "echo" else "sync")
+                    samples[name, k].append(sample)
+                    line.append(f"{name} {_loop_rate([sample]):,.0f}/s")
+                progress(f"round {r + 1}/{rounds}, {k} users: " + ", ".join(line))
+    compute_1 = local_compute_us(net, inputs, 1, 2000)
+    load_end = _load()
+    elapsed = time.perf_counter() - began
+
+    command = "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print()
+    print(f"Closed-loop users: each sends 1 timestep and waits for its reply (`{command.strip()}`, {elapsed:.0f} s):")
+    print()
+    print("| users | echo msgs/s | ours, batching on | ours, batching off | on / echo | off / echo |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    rates = {key: _loop_rate(value) for key, value in samples.items()}
+    for k in users_list:
+        echo, on, off = rates["echo", k], rates["on", k], rates["off", k]
+        print(
+            f"| {k} | {_fmt_rate(echo)} | {_fmt_rate(on)} timesteps/s | {_fmt_rate(off)} timesteps/s "
+            f"| {on / echo:.2f}× | {off / echo:.2f}× |"
+        )
+    print()
+    print(
+        "Time per message per user (K / aggregate rate: one user's round trip) and our overhead: ours − echo − "
+        f"compute of 1 timestep ({compute_1:,.0f} µs):"
+    )
+    print()
+    print("| users | echo µs | on µs | off µs | overhead on µs | overhead off µs |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for k in users_list:
+        echo, on, off = (k / rates[name, k] * 1e6 for name in servers)
+        print(
+            f"| {k} | {echo:,.0f} | {on:,.0f} | {off:,.0f} | {on - echo - compute_1:,.0f} "
+            f"| {off - echo - compute_1:,.0f} |"
+        )
+    print()
+    print("Where the CPU went (cores busy during the windows: client processes / the server measured):")
+    print()
+    print("| users | echo: clients / server | on: clients / server | off: clients / server |")
+    print("| ---: | --- | --- | --- |")
+    for k in users_list:
+        cells = [
+            f"{_cores(samples[name, k], 'client_cpu_s'):.2f} / {_cores(samples[name, k], 'server_cpu_s'):.2f}"
+            for name in servers
+        ]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    print()
+    for line in machine_info(
+        device,
+        "echo, ours with batching on, ours with batching off: each in a child process on 127.0.0.1",
+        (load_start, load_end),
+    ):
+        print(line)
+    print(
+        f"- clients: {processes} client processes (multiprocessing, spawned), users dealt out round-robin "
+        f"(at {most} users: {', '.join(map(str, clients.split(most)))} per process), each user with its own "
+        "client (channel) and one bidirectional stream; ours through `client.Session.stream` fed one chunk "
+        "at a time by a queue-driven generator, one thread per user. Clients and the three servers share "
+        f"this machine's {usable} usable cores, so at many users the clients' own CPU (table above) is taken "
+        "from the server"
+    )
+    chosen = ", ".join(
+        f"{k}: {echo_client[k]} ({calibration[k]['sync']:,.0f} sync vs {calibration[k]['aio']:,.0f} aio msgs/s)"
+        for k in users_list
+    )
+    print(
+        "- echo floor: the same message sizes as a Simulate of 1 timestep "
+        f"({sizes[0]} B → {sizes[1]} B, raw bytes), K streams; its client is the faster of a sync grpcio "
+        "stream fed by a queue-driven generator and a grpc.aio client (`await call.write(); await call.read()`, "
+        f"all of a process's users on one event loop), measured first at each K: {chosen}"
+    )
+    print(
+        f"- {rounds} round(s) of {seconds:g} s windows per server and K after {warmup:g} s of warm-up with every "
+        "stream open, servers alternating echo, on, off; aggregate = all replies in the windows / their time"
+    )
+    print(
+        f"- compute alone: the model's forward of 1 timestep in this process, no server (best p50 of 5 rounds): "
+        f"{compute_1:,.0f} µs; at K > 1 a user's time per message also holds the other users' turns"
+    )
+    print(
+        f"- at the end the client processes deleted their {clients.sessions_closed} sessions and exited; "
+        "the child servers stopped"
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a ~30 s run with fewer samples")
@@ -438,14 +967,43 @@ def main(argv=None) -> None:
         "--torch-threads", type=int, help="torch intra-op threads here and in child servers (default: torch's)"
     )
     parser.add_argument("--concurrent", type=int, default=CONCURRENT, help="sessions in the concurrent scenarios")
-    parser.add_argument("--rounds", type=int, help="floor/ours alternations per scenario (default 2, quick 1)")
+    parser.add_argument(
+        "--rounds", type=int, help="floor/ours alternations per scenario (default 2, quick 1; closed loop: 3, quick 2)"
+    )
+    parser.add_argument(
+        "--batching",
+        choices=("on", "off"),
+        default="on",
+        help="cross-session batching of a simulation server started here (ServerConfig.batching; default on)",
+    )
+    parser.add_argument(
+        "--closed-loop",
+        action="store_true",
+        help="only the closed-loop users scenario: K users each sending 1 timestep and waiting for its reply, "
+        "against the echo, ours with batching on and ours with batching off, each in a child process",
+    )
+    parser.add_argument(
+        "--users", default=",".join(map(str, USERS)), help="closed loop: the numbers of users K (default 1,8,32,64)"
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        help="closed loop: client processes the users are spread over (default: the usable CPUs, at least 2)",
+    )
+    parser.add_argument(
+        "--seconds", type=float, help="closed loop: the measured window per server, K and round (default 5, quick 1.5)"
+    )
     parser.add_argument("--serve", choices=("echo", "sim"), help=argparse.SUPPRESS)  # the child-process mode
     parser.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)  # where a child server listens
+    parser.add_argument("--max-sessions", type=int, help=argparse.SUPPRESS)  # a child simulation server's limit
     args = parser.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     if args.serve:
-        _serve_forever(args.serve, args.device, args.workers, args.listen)
+        _serve_forever(args.serve, args.device, args.workers, args.listen, args.batching == "on", args.max_sessions)
+        return
+    if args.closed_loop:
+        closed_loop(args, argv)
         return
 
     # per thread: (warmup, measured) counts; --quick is ~30 s on 2 CPUs, the default a few minutes
@@ -480,7 +1038,7 @@ def main(argv=None) -> None:
     load_start = _load()
     with (
         echo_server(in_process) as echo_address,
-        simulation_server(args.address, in_process, args.device, args.workers) as sim_address,
+        simulation_server(args.address, in_process, args.device, args.workers, args.batching == "on") as sim_address,
     ):
         bench = Bench(sim_address, echo_address, inputs, net)
         try:

@@ -23,6 +23,7 @@ from ._graph.network import Network
 from ._graph.nodes import Input, Layer, List, Node, Placeholder, Sequential, Stack, Sum
 from ._tree import last_state, named_leaves, replace_leaves
 from .errors import GraphError, RnnbuilderError, ShapeError, SpecError
+from .stacked import Stacked
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "last_state",
     "named_leaves",
     "replace_leaves",
+    "Stacked",
     "Network",
     "Node",
     "Input",

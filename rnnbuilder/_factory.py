@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import torch
 
@@ -140,6 +141,29 @@ class Model(torch.nn.Module):
         full = self.full_state and self.input_mode == "sequence"
         out, state = self._run(x, state, full)
         return self._from_sequence(out), state
+
+    def stepper(self) -> Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]:
+        """A function for one timestep, ``(x_t, state) -> (y_t, new_state)`` with x_t (batch,
+        *in_shape) and y_t (batch, *out_shape) in every input mode, that gives the same numbers
+        as ``model(x_t[None], state)`` in ``'sequence'`` mode.
+
+        What stays the same from one call to the next (the layers, their order, their step
+        functions) is looked up once, here, and nothing is checked per call: the state must be
+        one this model gave (``get_initial_state`` or a call's), at x_t's batch size. For a
+        stream of single timesteps, where per-call work would outweigh the tensor operations.
+        Parameters are read at each call, so training and loading show; take a new stepper
+        after moving the model (``.to(...)``).
+
+        >>> from rnnbuilder import nn, snn
+        >>> import rnnbuilder as rb
+        >>> model = rb.Sequential(nn.Linear(4), snn.LIF()).make_model((3,))
+        >>> step, state = model.stepper(), model.get_initial_state(2)
+        >>> x = torch.rand(2, 3)
+        >>> y, state = step(x, state)
+        >>> tuple(y.shape)
+        (2, 4)
+        """
+        return self.net.stepper()
 
     def record(self, x: torch.Tensor, names, state: State = None) -> tuple[torch.Tensor, State, dict]:
         """Like ``model(x, state)``, and also the values of inner layers: ``(out, state, recordings)``.

@@ -16,6 +16,7 @@ from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
 from . import convert
 from .auth import Authenticator
+from .batching import Batcher
 from .checkpoints import LEASE_RENEW_S, CheckpointStore
 from .config import ServerConfig, resolve_device
 from .manager import SessionManager
@@ -137,7 +138,8 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     scheduler = FairScheduler(config.workers, config.scheduling)
     placement = Placement(scheduler)
     metrics = Metrics(manager, scheduler)
-    servicer = SimulatorServicer(manager, placement, metrics, authenticator, config.server_id)
+    batcher = Batcher(manager, placement, config.batch_window_us) if config.batching else None
+    servicer = SimulatorServicer(manager, placement, metrics, authenticator, config.server_id, batcher)
     add_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

@@ -65,6 +65,13 @@ class ServerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     """PEM root certificate for client certificates: mutual TLS."""
+    batching: bool = True
+    """Cross-session batching: simulation calls of sessions with the same network, shapes and device
+    that are ready at the same moment run as one batched computation (sessions that ask for exact
+    results never are). False runs every call on its own."""
+    batch_window_us: int = 0
+    """How long a ready call may wait for others of its cohort, in microseconds; 0 batches only what
+    is already waiting (a lone call runs at once)."""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -125,6 +132,20 @@ class ServerConfig:
             help="address of the /metrics endpoint (default 0.0.0.0; it has no authentication and names tenants,"
             " so keep it off networks tenants reach, or use 127.0.0.1)",
         )
+        parser.add_argument(
+            "--batching",
+            choices=("on", "off"),
+            default=_env("batching", "on"),
+            help="on: calls of sessions with the same network that are ready together run as one batched"
+            " computation (default); off: each call on its own",
+        )
+        parser.add_argument(
+            "--batch-window-us",
+            type=int,
+            default=int(_env("batch_window_us", cls.batch_window_us)),
+            help="microseconds a ready call may wait for others of its cohort (default 0: batch only what"
+            " is already waiting)",
+        )
         for name, text in (
             ("auth_file", "a TOML file of tenants and bearer tokens; without it the server is open, single-tenant"),
             ("tls_cert", "PEM certificate chain; with --tls-key the server speaks TLS"),
@@ -158,6 +179,8 @@ class ServerConfig:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
+            batching=args.batching == "on",
+            batch_window_us=args.batch_window_us,
         )
 
 

@@ -134,7 +134,7 @@ def session_message(session: Session, device: str) -> pb.Session:
 
 
 def server_info(
-    version: str, device: str, server_id: str, limits: Limits, registry: spec.Registry
+    version: str, device: str, server_id: str, limits: Limits, registry: spec.Registry, batching: bool
 ) -> pb.GetServerInfoResponse:
     return pb.GetServerInfoResponse(
         version=version,
@@ -145,6 +145,7 @@ def server_info(
         losses=loss_names(),
         optimizers=sorted(OPTIMIZERS),
         server_id=server_id,
+        batching=batching,
     )
 
 

@@ -290,7 +290,7 @@ class SessionManager:
         if not session.lock.acquire(blocking=wait):
             raise WouldBlock(session.id)
         try:
-            if not self._registered(session):  # deleted while this call waited
+            if not self.registered(session):  # deleted while this call waited
                 raise SessionNotFound(session_name(session.id))
             if self.closing:
                 raise SessionMoving(session.id, "is leaving this replica, which is shutting down")
@@ -306,7 +306,7 @@ class SessionManager:
         finally:
             session.lock.release()
 
-    def _registered(self, session: Session) -> bool:
+    def registered(self, session: Session) -> bool:
         """Still this manager's: a call that waited may find its session deleted or forgotten."""
         return self._sessions.get(session.key) is session
 
@@ -475,7 +475,7 @@ class SessionManager:
     def _held_here(self, session: Session) -> bool:
         """(Lock held.) In memory here and not closed: a call that waited for the lock may find it
         evicted, handed over or deleted meanwhile."""
-        return session.resident and self._registered(session)
+        return session.resident and self.registered(session)
 
     def _write(self, session: Session) -> bool:
         """(Lock held.) ``_checkpoint``, and True. A checkpoint that fails (a full disk, a session that

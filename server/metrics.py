@@ -29,6 +29,11 @@ class Metrics:
             "rnnsim_rpc_errors", "Failed RPCs by method and status code", ["method", "code"], registry=self.registry
         )
         self.timesteps = Counter("rnnsim_timesteps", "Timesteps simulated by Run and Simulate", registry=self.registry)
+        self.batched_timesteps = Counter(
+            "rnnsim_batched_timesteps",
+            "Timesteps simulated in one computation with other sessions' (cross-session batching)",
+            registry=self.registry,
+        )
         self.registry.register(_SessionCollector(manager, scheduler))
 
     def observe(self, method: str, seconds: float, code: str) -> None:

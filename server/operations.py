@@ -66,9 +66,15 @@ __all__ = [
     "input_fits",
     "targets_fit",
     "dataset_fits",
+    "checked_input",
+    "checked_reply",
 ]
 
 log = logging.getLogger("rnnsim.sessions")
+
+TIMED_EVERY = 16
+"""A session's single-timestep simulations are timed once in this many timesteps (and every
+longer one): enough to follow a change of cost, without a clock read per message."""
 
 CARRIES = ("none", "start", "continue")
 """What a TrainStep does with the state it ends in; see ``train_step``."""
@@ -84,6 +90,8 @@ class Simulation:
     """By layer name, on the host."""
     first_timestep: int
     """The session's timestep count before the call."""
+    batch: int = 1
+    """How many sessions' calls ran as one computation with it (1: alone; see ``server.batching``)."""
 
 
 def run(
@@ -102,30 +110,30 @@ def run(
     ``wanted()`` is false once the result is ready (its caller went away), CallCancelled and the
     state stays.
     """
-    x = _checked_input(manager, session, x, batch=session.batch_size)
+    x = checked_input(manager, session, x, batch=session.batch_size)
     work = work_bytes(session.entry_elements, x.shape[0], x.shape[1], training=False)
     limit = manager.limits.max_message_bytes
     # A CPU's work is the thread's CPU time: on a busy server the wall time also counts the waits
     # for a core, and would send calls off the loop just when hand-offs cost the most. A device's
-    # work is the wall time the thread waits for it.
+    # work is the wall time the thread waits for it. Reading a thread's CPU clock is a system call
+    # (15 us in a VM), so a session's calls are timed only now and then: TIMED_EVERY.
+    timed = session.timing is None or session.timesteps % TIMED_EVERY == 0 or x.shape[0] > 1
     clock = time.thread_time if manager.device.type == "cpu" else time.perf_counter
     with manager.held(session, work, wait=wait), torch.no_grad():
-        started = clock()
+        started = clock() if timed else 0.0
         if record:
             out, state, recordings = session.model.record(x, record, session.state)
+        elif x.shape[0] == 1:  # a stream's timestep: the stepper skips the whole-sequence bookkeeping
+            y, state = session.step_function()(x[0], session.state)
+            out, recordings = y.unsqueeze(0), {}
         else:
             (out, state), recordings = session.model(x, session.state), {}
         # On the host here, so that neither the event loop (which encodes the reply) waits for the
         # device, nor the timing misses the device's work.
         out, recordings = out.cpu(), {name: t.cpu() for name, t in recordings.items()}
-        session.timing = Timing(clock() - started, x.shape[0] * x.shape[1])
-        replied = (out, *recordings.values())
-        reply = sum(t.numel() * 4 for t in replied)
-        if bitpacked and reply > limit:
-            # The 0/1 check is a pass over the reply, and encoding makes it again: only when it decides.
-            reply = sum(_packed_bytes(t) for t in replied)
-        if reply > limit:
-            raise LimitExceeded("max_message_bytes", reply, limit, "reply bytes (send fewer timesteps)")
+        if timed:
+            session.timing = Timing(clock() - started, x.shape[0] * x.shape[1])
+        checked_reply((out, *recordings.values()), bitpacked, limit)
         if not wanted():
             raise CallCancelled(f"the call on {session_name(session.id)} was cancelled; its state is unchanged")
         first = session.timesteps
@@ -150,7 +158,7 @@ def train_step(
     if carry not in CARRIES:
         raise InvalidRequest(f"carry must be 'none', 'start' or 'continue', got {carry!r}")
     objective = options.objective
-    x = _checked_input(manager, session, x)
+    x = checked_input(manager, session, x)
     y = objective.check_targets(y.to(manager.device), x.shape[0], x.shape[1], session.output_shape)
     with manager.held(session, _training_work(session, x.shape[0], x.shape[1])):
         carried = session.training.carried if carry == "continue" else None
@@ -354,7 +362,7 @@ def _dataset(manager: SessionManager, session: Session, data: Dataset, objective
     """The inputs (samples, time, ...) as (time, samples, ...) on the device, the targets checked for the loss."""
     x, y = data.inputs, data.targets
     dataset_fits(manager.limits, session, batch_size, tuple(x.shape), tuple(y.shape))
-    x = _checked_input(manager, session, x.transpose(0, 1), rows=batch_size)
+    x = checked_input(manager, session, x.transpose(0, 1), rows=batch_size)
     if objective.per_step:
         y = y.transpose(0, 1)
     return x, objective.check_targets(y.to(manager.device), x.shape[0], x.shape[1], session.output_shape)
@@ -365,7 +373,7 @@ def _of(y: torch.Tensor, index: torch.Tensor, objective: Loss) -> torch.Tensor:
     return y[:, index] if objective.per_step else y[index]
 
 
-def _checked_input(
+def checked_input(
     manager: SessionManager, session: Session, x: torch.Tensor, batch: int | None = None, rows: int | None = None
 ) -> torch.Tensor:
     """x (time, batch, *input_shape) on the device as float32, or an error that says what's wrong;
@@ -380,6 +388,17 @@ def _training_work(session: Session, timesteps: int, batch: int) -> int:
     """Activations and gradients, plus room for an optimizer's moments if there is none yet."""
     moments = 0 if session.resident and session.training.optimizer is not None else 2 * 4 * session.parameter_count
     return work_bytes(session.entry_elements, timesteps, batch, training=True) + moments
+
+
+def checked_reply(replied: tuple[torch.Tensor, ...], bitpacked: bool, limit: int) -> None:
+    """Raise LimitExceeded unless a reply of ``replied`` (bit-packed where binary, if
+    ``bitpacked``) keeps within ``limit`` bytes."""
+    reply = sum(t.numel() * 4 for t in replied)
+    if bitpacked and reply > limit:
+        # The 0/1 check is a pass over the reply, and encoding makes it again: only when it decides.
+        reply = sum(_packed_bytes(t) for t in replied)
+    if reply > limit:
+        raise LimitExceeded("max_message_bytes", reply, limit, "reply bytes (send fewer timesteps)")
 
 
 def _packed_bytes(tensor: torch.Tensor) -> int:

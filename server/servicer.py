@@ -24,6 +24,7 @@ from rnnbuilder_sim.wire.names import SERVER_ID_HEADER
 
 from . import convert, operations
 from .auth import Authenticator, Tenant
+from .batching import Batcher
 from .errors import DOMAIN, InvalidRequest, SessionNotFound, status_of
 from .manager import SessionManager
 from .metrics import Metrics
@@ -170,12 +171,15 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         metrics: Metrics,
         authenticator: Authenticator,
         server_id: str,
+        batcher: Batcher | None = None,
     ):
         self.manager = manager
         self.placement = placement
         self.metrics = metrics
         self.authenticator = authenticator
         self.server_id = server_id
+        self.batcher = batcher
+        """Batches single timesteps of sessions alike; None: every call runs on its own."""
         self.device_name = str(manager.device)
         self.identity = ((SERVER_ID_HEADER, server_id),)
 
@@ -196,7 +200,9 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
     @_handled
     async def GetServerInfo(self, request, context, tenant):
         manager = self.manager
-        return convert.server_info(VERSION, self.device_name, self.server_id, manager.limits, manager.registry)
+        return convert.server_info(
+            VERSION, self.device_name, self.server_id, manager.limits, manager.registry, self.batcher is not None
+        )
 
     @_handled
     async def CreateSession(self, request, context, tenant):
@@ -273,19 +279,20 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def Run(self, request, context, tenant):
-        simulation = await self._simulate(request, tenant)
+        simulation = await self._simulate(request, tenant, await self._owned(request.name, tenant))
         return convert.run_response(simulation, convert.bitpacked(request))
 
     @_handled
     async def Simulate(self, requests, context, tenant):
-        name = None
+        name = session = None
         async for request in requests:
-            if name is not None and request.name != name:
+            if session is None:  # once per stream: later chunks name the same session
+                name, session = request.name, await self._owned(request.name, tenant)
+            elif request.name != name:
                 raise InvalidRequest(
                     f"every chunk of a stream must name the same session: {name!r}, then {request.name!r}"
                 )
-            name = request.name
-            simulation = await self._simulate(request, tenant)
+            simulation = await self._simulate(request, tenant, session)
             yield convert.simulate_response(simulation, convert.bitpacked(request))
 
     @_handled
@@ -350,15 +357,23 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         session = await self.placement.in_turn(tenant.name, self.manager.import_, snapshot, tenant.name, session_id)
         return pb.ImportSessionResponse(session=self._message(session))
 
-    async def _simulate(self, request: pb.RunRequest | pb.SimulateRequest, tenant: Tenant) -> operations.Simulation:
-        """What Run and each chunk of Simulate do."""
-        session = await self._owned(request.name, tenant)
+    async def _simulate(
+        self, request: pb.RunRequest | pb.SimulateRequest, tenant: Tenant, session: Session
+    ) -> operations.Simulation:
+        """What Run and each chunk of Simulate do, on the session the request names."""
         fits = functools.partial(operations.input_fits, self.manager.limits, session, batch=session.batch_size)
         x = convert.required_tensor(request, "input", fits, "send a (time, batch, *input_shape) tensor")
-        record = list(request.record_layers)
-        run = functools.partial(operations.run, self.manager, session, x, record, convert.bitpacked(request))
-        simulation = await self.placement.run_soon(tenant.name, session, x, run)
+        record, packed = list(request.record_layers), convert.bitpacked(request)
+        run = functools.partial(operations.run, self.manager, session, x, record, packed)
+        alone = functools.partial(self.placement.run_soon, tenant.name, session, x, run)
+        if self.batcher is not None and x.shape[0] == 1 and not record and not request.exact:
+            operations.checked_input(self.manager, session, x, batch=session.batch_size)  # before it waits
+            simulation = await self.batcher.run(tenant.name, session, x, packed, alone)
+        else:
+            simulation = await alone()
         self.metrics.timesteps.inc(x.shape[0])
+        if simulation.batch > 1:
+            self.metrics.batched_timesteps.inc()
         return simulation
 
     async def _operation(self, request, tenant: Tenant, operation, *args):

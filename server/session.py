@@ -45,7 +45,7 @@ class Timing:
         return self.seconds * max(1.0, entry_steps / self.entry_steps)
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
     """One simulation: the model with its parameters, and the state between calls.
 
@@ -79,6 +79,10 @@ class Session:
     described: int = 0
     """The modification time (ns) of the checkpoint it was last described from, if unloaded."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    cohort: tuple | None = None
+    """What sessions it can be batched with have in common (``server.batching``); None until asked."""
+    _stepper: tuple | None = field(default=None, repr=False)
+    """(model, its stepper): taken once per model, as a session loaded again has a new one."""
 
     @property
     def key(self) -> SessionKey:
@@ -92,9 +96,17 @@ class Session:
         """(Resident.) Count the bytes it holds now: parameters, state, optimizer, carried state."""
         self.bytes = held_bytes(self.model, self.state, self.training.optimizer, self.training.carried)
 
+    def step_function(self):
+        """(Resident.) One timestep of the model, ``(x_t, state) -> (y_t, state)``: its
+        ``stepper()``, looked up once for each model the session has."""
+        model = self.model
+        if self._stepper is None or self._stepper[0] is not model:
+            self._stepper = (model, model.stepper())
+        return self._stepper[1]
+
     def unload(self) -> None:
         """Let go of what a checkpoint holds: the model, its state and the training state."""
-        self.model = self.state = self.training = None
+        self.model = self.state = self.training = self._stepper = None
 
 
 class SessionStore(Protocol):

@@ -60,6 +60,33 @@ class NetworkRunner(Runner):
         y, state = self.sequence(x.unsqueeze(0), state)
         return y[0], state
 
+    def stepper(self):
+        """One timestep through the nodes in plan order, each layer's own stepper taken once: a
+        placeholder gives its layer's previous output and then holds this timestep's. The same
+        numbers as ``step``, without its per-call sequence bookkeeping."""
+        order = [self.nodes[i] for block in self.plan for i in block]
+        steps = {info.name: child_stepper(info.name, self.layers[info.name]) for info in order if info.kind == "layer"}
+        fed = [(info.name, info.layer) for info in order if info.kind == "placeholder"]
+        size, entry, output = len(self.nodes), self.input, self.output
+
+        def step(x, state):
+            values: list = [None] * size
+            values[entry] = x
+            layers = dict(state["layers"])
+            placeholders = state["placeholders"]
+            for info in order:
+                kind, i = info.kind, info.index
+                if kind == "layer":
+                    name = info.name
+                    values[i], layers[name] = steps[name](values[info.inputs[0]], layers[name])
+                elif kind == "placeholder":
+                    values[i] = placeholders[info.name]
+                elif kind != "input":
+                    values[i] = _combine(info, [values[j] for j in info.inputs], data_dim=1)
+            return values[output], {"layers": layers, "placeholders": {name: values[j] for name, j in fed}}
+
+        return step
+
     def sequence(self, x, state):
         return self._run(x, state, full=False)
 

@@ -219,7 +219,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "device", "factory_types", "surrogate_types", "limits", "losses", "optimizers", "server_id")
+    __slots__ = ("version", "device", "factory_types", "surrogate_types", "limits", "losses", "optimizers", "server_id", "batching")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     FACTORY_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,7 @@ class GetServerInfoResponse(_message.Message):
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZERS_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     version: str
     device: str
     factory_types: _containers.RepeatedScalarFieldContainer[str]
@@ -236,7 +237,8 @@ class GetServerInfoResponse(_message.Message):
     losses: _containers.RepeatedScalarFieldContainer[str]
     optimizers: _containers.RepeatedScalarFieldContainer[str]
     server_id: str
-    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., factory_types: _Optional[_Iterable[str]] = ..., surrogate_types: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., losses: _Optional[_Iterable[str]] = ..., optimizers: _Optional[_Iterable[str]] = ..., server_id: _Optional[str] = ...) -> None: ...
+    batching: bool
+    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., factory_types: _Optional[_Iterable[str]] = ..., surrogate_types: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., losses: _Optional[_Iterable[str]] = ..., optimizers: _Optional[_Iterable[str]] = ..., server_id: _Optional[str] = ..., batching: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_sessions", "max_parameters_per_session", "max_timesteps_times_batch", "max_batch_size", "max_message_bytes", "max_state_elements_per_session", "max_memory_mb", "max_network_nodes")
@@ -371,16 +373,18 @@ class SetParametersResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("name", "input", "record_layers", "output_encoding")
+    __slots__ = ("name", "input", "record_layers", "output_encoding", "exact")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     RECORD_LAYERS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     name: str
     input: Tensor
     record_layers: _containers.RepeatedScalarFieldContainer[str]
     output_encoding: TensorEncoding
-    def __init__(self, name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., record_layers: _Optional[_Iterable[str]] = ..., output_encoding: _Optional[_Union[TensorEncoding, str]] = ...) -> None: ...
+    exact: bool
+    def __init__(self, name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., record_layers: _Optional[_Iterable[str]] = ..., output_encoding: _Optional[_Union[TensorEncoding, str]] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class RunResponse(_message.Message):
     __slots__ = ("output", "recordings")
@@ -391,16 +395,18 @@ class RunResponse(_message.Message):
     def __init__(self, output: _Optional[_Union[Tensor, _Mapping]] = ..., recordings: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class SimulateRequest(_message.Message):
-    __slots__ = ("name", "input", "record_layers", "output_encoding")
+    __slots__ = ("name", "input", "record_layers", "output_encoding", "exact")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     RECORD_LAYERS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     name: str
     input: Tensor
     record_layers: _containers.RepeatedScalarFieldContainer[str]
     output_encoding: TensorEncoding
-    def __init__(self, name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., record_layers: _Optional[_Iterable[str]] = ..., output_encoding: _Optional[_Union[TensorEncoding, str]] = ...) -> None: ...
+    exact: bool
+    def __init__(self, name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., record_layers: _Optional[_Iterable[str]] = ..., output_encoding: _Optional[_Union[TensorEncoding, str]] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class SimulateResponse(_message.Message):
     __slots__ = ("output", "recordings", "first_timestep")

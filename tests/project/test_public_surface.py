@@ -25,8 +25,8 @@ PUBLIC: dict[str, str] = {
     "rnnbuilder_sim.wire.tensors": "TensorError decode decode_torch encode is_binary shape_of to_numpy",
     "rnnbuilder": """
         GraphError INPUT_MODES Input Layer List Model ModuleFactory Network Node Placeholder RnnbuilderError
-        Sequential ShapeError SpecError Stack Sum __version__ base custom initial last_state named_leaves nn porting
-        replace_leaves rnn snn spec
+        Sequential ShapeError SpecError Stack Stacked Sum __version__ base custom initial last_state named_leaves nn
+        porting replace_leaves rnn snn spec
     """,
     "rnnbuilder.base": "InputBase LayerBase LayerInput ModuleFactory OuterModule",
     "rnnbuilder.custom": "CustomFactory CustomModule register_non_recurrent register_recurrent",
