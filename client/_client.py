@@ -44,6 +44,8 @@ STREAM_RESUMES = 3
 its session (UNAVAILABLE) or stopped (CANCELLED)."""
 _RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _MAX_MESSAGE = 256 * 1024 * 1024
+_RAW, _BITPACKED = pb.TENSOR_ENCODING_RAW, pb.TENSOR_ENCODING_BITPACKED
+_FLOAT32 = np.dtype(np.float32)
 
 
 def _rpc(method):
@@ -259,29 +261,29 @@ class Session:
     @_rpc
     def step(self, x_t, bitpacked: bool = False) -> np.ndarray:
         """One timestep: x_t (batch, *input_shape) -> (batch, *output_shape)."""
-        return self._run(np.asarray(tensors.to_numpy(x_t))[None], (), bitpacked).output[0]
+        request = self._request(pb.RunRequest, tensors.to_numpy(x_t)[None], (), bitpacked)
+        return _output(self._call("Run", request))[0]
 
     def stream(self, chunks: Iterable, bitpacked: bool = False) -> Iterator[np.ndarray]:
         """Simulate chunks (each (time_i, batch, *input_shape)) over one bidirectional stream.
 
         Yields each chunk's outputs in order as they arrive; chunks are sent as the iterable gives them.
         """
-        return (recording.output for recording in self._stream(chunks, (), bitpacked))
+        return self._stream(chunks, (), bitpacked, _output)
 
     def stream_record(self, chunks: Iterable, layers: Iterable[str], bitpacked: bool = False) -> Iterator[Recording]:
         """Like ``stream``, and also each chunk's recorded layers, as ``record`` gives them."""
-        return self._stream(chunks, list(layers), bitpacked)
+        return self._stream(chunks, list(layers), bitpacked, _recording)
 
-    def _stream(self, chunks: Iterable, layers, bitpacked: bool) -> Iterator[Recording]:
-        """Over one stream, or more: a stream cut off with UNAVAILABLE or CANCELLED (its session moving
-        to another replica) is resumed where the session is, if that is where the last reply left it."""
-        encoding = pb.TENSOR_ENCODING_BITPACKED if bitpacked else pb.TENSOR_ENCODING_RAW
+    def _stream(self, chunks: Iterable, layers, bitpacked: bool, reading) -> Iterator:
+        """``reading(reply)`` of each reply, over one stream, or more: a stream cut off with UNAVAILABLE
+        or CANCELLED (its session moving to another replica) is resumed where the session is, if that
+        is where the last reply left it."""
+        fields = _request_fields(self.name, layers, bitpacked)
 
         def request(chunk) -> tuple[pb.SimulateRequest, int]:
-            x = _encode_input(chunk, bitpacked)
-            return pb.SimulateRequest(name=self.name, input=x, record_layers=layers, output_encoding=encoding), x.shape[
-                0
-            ]
+            x = _input_fields(chunk, bitpacked)
+            return pb.SimulateRequest(input=x, **fields), x["shape"][0]
 
         feed, expected = ChunkFeed(chunks, request), self.timesteps_simulated
         for resumes in range(STREAM_RESUMES + 1):
@@ -289,7 +291,7 @@ class Session:
                 for reply in self._call("Simulate", feed.requests()):
                     expected = reply.first_timestep + feed.answered()
                     self.timesteps_simulated = expected
-                    yield _recording(reply)
+                    yield reading(reply)
                 return
             except grpc.RpcError as error:
                 if error.code() not in _RESUMABLE or resumes == STREAM_RESUMES:
@@ -468,11 +470,11 @@ class Session:
         self._call("DeleteSession", pb.DeleteSessionRequest(name=self.name))
 
     def _run(self, x, layers, bitpacked: bool) -> Recording:
-        encoding = pb.TENSOR_ENCODING_BITPACKED if bitpacked else pb.TENSOR_ENCODING_RAW
-        request = pb.RunRequest(
-            name=self.name, input=_encode_input(x, bitpacked), record_layers=layers, output_encoding=encoding
-        )
-        return _recording(self._call("Run", request))
+        return _recording(self._call("Run", self._request(pb.RunRequest, x, layers, bitpacked)))
+
+    def _request(self, kind, x, layers, bitpacked: bool):
+        """A ``kind`` (RunRequest, SimulateRequest) of ``x`` for this session."""
+        return kind(input=_input_fields(x, bitpacked), **_request_fields(self.name, layers, bitpacked))
 
 
 def _new_id() -> str:
@@ -505,15 +507,35 @@ def _recording(reply: pb.RunResponse | pb.SimulateResponse) -> Recording:
     return Recording(tensors.decode(reply.output), _decoded(reply.recordings))
 
 
+def _output(reply: pb.RunResponse | pb.SimulateResponse) -> np.ndarray:
+    """The output alone, when no layer was asked for."""
+    return tensors.decode(reply.output)
+
+
+def _request_fields(name: str, layers, bitpacked: bool) -> dict:
+    """A RunRequest's or SimulateRequest's fields but its input; record_layers only if there are
+    any (an empty list costs a field conversion, per request)."""
+    fields = {"name": name, "output_encoding": _BITPACKED if bitpacked else _RAW}
+    if layers:
+        fields["record_layers"] = layers
+    return fields
+
+
 def _decoded(items) -> dict[str, np.ndarray]:
     return {item.name: tensors.decode(item.tensor) for item in items}
 
 
 def _encode_input(x, bitpacked: bool) -> pb.Tensor:
+    return pb.Tensor(**_input_fields(x, bitpacked))
+
+
+def _input_fields(x, bitpacked: bool) -> dict:
+    """An input's ``Tensor`` fields (``tensors.encode_fields``): a request made with them holds the
+    tensor without copying a message into it."""
     array = tensors.to_numpy(x)
-    if array.dtype.kind == "f" and array.dtype != np.float32:
+    if array.dtype.kind == "f" and array.dtype != _FLOAT32:
         array = array.astype(np.float32)  # the server simulates in float32
-    return tensors.encode(array, bitpacked)
+    return tensors.encode_fields(array, bitpacked)
 
 
 def _named(values: Mapping) -> list[pb.NamedTensor]:

@@ -28,9 +28,10 @@ class ChunkFeed:
         self._make = make
         self._unanswered: deque[tuple[Any, int]] = deque()
         self._answered = 0  # how many requests have been answered, ever
+        self._made = 0  # how many requests have been made, ever: _answered + len(_unanswered)
         self._attempt = 0
         self._lock = threading.Lock()  # the deque and the counters
-        self._reading = threading.Lock()  # one reader of the chunks at a time
+        self._reading = threading.Lock()  # one reader of the chunks at a time; only it changes _made
 
     def requests(self) -> Iterator:
         """This attempt's requests: the unanswered ones again, then new ones."""
@@ -43,20 +44,27 @@ class ChunkFeed:
     def _next(self, attempt: int, position: int):
         """The request at ``position`` (counted over all attempts): kept, or made from the next
         chunk; None at the end of the chunks or of the attempt."""
-        request = self._kept(attempt, position)
-        if request is not _NONE_KEPT:
-            return request
-        with self._reading:
-            request = self._kept(attempt, position)  # another attempt's reader may have kept one meanwhile
+        reading = self._reading
+        if not reading.acquire(blocking=False):  # another attempt's reader waits for a chunk
+            request = self._kept(attempt, position)  # what is kept needs no chunk: no waiting for it
             if request is not _NONE_KEPT:
                 return request
+            reading.acquire()
+        try:
+            if position < self._made:  # kept, by another attempt's reader maybe
+                return self._kept(attempt, position)
+            if attempt != self._attempt:  # read without the lock: checked again under it below
+                return None
             chunk = next(self._chunks, _END)
             if chunk is _END:
                 return None
             item = self._make(chunk)
             with self._lock:
                 self._unanswered.append(item)
+                self._made += 1
                 return item[0] if attempt == self._attempt else None
+        finally:
+            reading.release()
 
     def _kept(self, attempt: int, position: int):
         with self._lock:

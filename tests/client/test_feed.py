@@ -46,3 +46,38 @@ def test_a_chunk_read_for_an_attempt_that_ended_goes_to_the_next():
     release.set()
     reader.join(10)
     assert list(feed.requests()) == ["request 0", "request 1", "request 2"]
+
+
+def test_kept_requests_are_sent_while_another_reader_waits():
+    """A new attempt sends what is kept at once, while the old attempt's reader still waits for a chunk."""
+    release, waiting = threading.Event(), threading.Event()
+
+    def chunks():
+        yield 0
+        waiting.set()
+        release.wait(10)
+        yield 1
+
+    feed = feed_of(chunks())
+    old = feed.requests()
+    assert next(old) == "request 0"
+    reader = threading.Thread(target=lambda: list(old))
+    reader.start()
+    waiting.wait(10)
+    feed.restart()
+    new = feed.requests()
+    assert next(new) == "request 0"  # the old reader holds the chunks, waiting: this needs none
+    release.set()
+    reader.join(10)
+    assert list(new) == ["request 1"]
+
+
+def test_the_end_of_the_chunks_ends_every_attempt():
+    """After the last chunk, a restarted attempt sends the unanswered and ends."""
+    feed = feed_of(range(2))
+    assert list(feed.requests()) == ["request 0", "request 1"]
+    feed.restart()
+    assert list(feed.requests()) == ["request 0", "request 1"]
+    feed.answered()
+    feed.restart()
+    assert list(feed.requests()) == ["request 1"]

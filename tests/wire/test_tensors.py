@@ -4,6 +4,10 @@ networks as ``NetworkSpec`` messages."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -256,6 +260,142 @@ def test_malformed_messages_raise_tensor_error(case):
         tensors.decode(message)
     assert fragment in str(caught.value)
     assert isinstance(caught.value, ValueError)
+
+
+# Decoding into torch
+
+
+def address_of(blob: bytes) -> int:
+    return np.frombuffer(blob, dtype=np.uint8).ctypes.data
+
+
+def held(message: pb.Tensor, blob: bytes) -> SimpleNamespace:
+    """``message`` with ``blob`` as its bytes, the very object each read of ``data`` gives."""
+    return SimpleNamespace(dtype=message.dtype, shape=list(message.shape), encoding=message.encoding, data=blob)
+
+
+def test_decode_torch_makes_raw_tensors_from_the_bytes_without_a_copy():
+    """A raw tensor from decode_torch lies in the bytes read from the message, not in a copy of them."""
+    message = tensors.encode(np.arange(12, dtype=np.float32).reshape(3, 4))
+    blob = message.data
+    tensor = tensors.decode_torch(held(message, blob))
+    assert tensor.data_ptr() == address_of(blob)
+    assert tensor.tolist() == np.arange(12, dtype=np.float32).reshape(3, 4).tolist()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["raw", "bitpacked"])
+@dtypes
+def test_decode_torch_gives_decodes_values(dtype, packed):
+    """decode_torch gives the dtype, shape and bits decode gives, raw and bit-packed."""
+    array = binary((3, 5, 7), dtype) if packed else sample(dtype, (3, 5, 7))
+    message = pb.Tensor.FromString(tensors.encode(array, bitpacked=packed).SerializeToString())
+    decoded = tensors.decode_torch(message)
+    assert decoded.shape == array.shape
+    assert decoded.numpy().dtype == np.dtype(dtype) and decoded.numpy().tobytes() == array.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (4, 0, 3)], ids=["scalar", "empty", "empty_inner"])
+@pytest.mark.parametrize("packed", [False, True], ids=["raw", "bitpacked"])
+def test_decode_torch_of_scalars_and_empty_tensors(shape, packed):
+    """Zero-dimensional and zero-sized tensors keep their shape in decode_torch too."""
+    decoded = tensors.decode_torch(tensors.encode(np.ones(shape, dtype=np.float32), bitpacked=packed))
+    assert decoded.shape == shape and torch.equal(decoded, torch.ones(shape))
+
+
+def test_decode_torch_of_one_byte_shares_no_bytes_object():
+    """A one-byte tensor is a copy: Python shares bytes objects of one byte, which must never change."""
+    message = pb.Tensor(dtype=pb.DATA_TYPE_UINT8, shape=[1], data=b"\x05")
+    tensor = tensors.decode_torch(message)
+    tensor[0] = 9
+    assert b"\x05"[0] == 5 and message.data == b"\x05"
+
+
+def test_decode_torch_of_bfloat16_gives_float32():
+    """A raw BFLOAT16 message becomes a float32 tensor of exactly its values."""
+    values = torch.tensor([[1.0, -2.5], [0.15625, 3e38]], dtype=torch.bfloat16)
+    data = values.view(torch.int16).numpy().astype("<i2").tobytes()
+    message = pb.Tensor(dtype=pb.DATA_TYPE_BFLOAT16, shape=[2, 2], data=data, encoding=pb.TENSOR_ENCODING_RAW)
+    decoded = tensors.decode_torch(message)
+    assert decoded.dtype == torch.float32 and torch.equal(decoded, values.float())
+
+
+def test_decode_torch_moves_to_the_device():
+    """decode_torch(message, device) gives the tensor on that device."""
+    assert tensors.decode_torch(tensors.encode(np.ones(3, dtype=np.float32)), "meta").device.type == "meta"
+
+
+def test_decode_torch_does_not_warn():
+    """The first raw tensor made from read-only bytes raises no warning (torch's is silenced)."""
+    code = (
+        "import numpy as np\n"
+        "from rnnbuilder_sim.wire import tensors\n"
+        "tensors.decode_torch(tensors.encode(np.ones(4, dtype=np.float32)))\n"
+    )
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_decode_torch_refuses_malformed_messages(case):
+    """decode_torch raises decode's TensorError for each malformed message."""
+    message, fragment = MALFORMED[case]
+    with pytest.raises(TensorError, match=re.escape(fragment)):
+        tensors.decode_torch(message)
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_shape_of_refuses_malformed_messages(case):
+    """shape_of raises the same TensorError before anything is decoded."""
+    message, fragment = MALFORMED[case]
+    with pytest.raises(TensorError, match=re.escape(fragment)):
+        tensors.shape_of(message)
+
+
+# Encoding in one pass
+
+
+def test_encode_fields_make_encodes_message():
+    """A request given encode_fields' fields holds the very message encode makes."""
+    spikes = binary((2, 9))
+    for packed in (False, True):
+        request = pb.RunRequest(input=tensors.encode_fields(spikes, bitpacked=packed))
+        assert request.input == tensors.encode(spikes, bitpacked=packed)
+
+
+def test_non_contiguous_binary_arrays_bitpack_in_c_order():
+    """Transposed and strided 0/1 views pack as the array they show."""
+    base = binary((6, 10))
+    for view in (base.T, base[::2, 1::3], np.broadcast_to(base[:1], (3, 10))):
+        message = tensors.encode(view, bitpacked=True)
+        assert message.encoding == pb.TENSOR_ENCODING_BITPACKED
+        assert message.data == np.packbits(np.ascontiguousarray(view).astype(bool), bitorder="little").tobytes()
+
+
+def test_non_contiguous_torch_tensors_are_sent_in_c_order():
+    """A transposed torch tensor is sent as the tensor it shows."""
+    tensor = torch.arange(12, dtype=torch.float32).reshape(3, 4).T
+    assert tensors.encode(tensor).data == tensor.contiguous().numpy().tobytes()
+
+
+def test_negative_zero_bitpacks_as_zero():
+    """-0.0 counts as a 0 when bit-packing, as it compares equal to 0."""
+    message = tensors.encode(np.array([-0.0, 1.0, 0.0], dtype=np.float32), bitpacked=True)
+    assert message.encoding == pb.TENSOR_ENCODING_BITPACKED and message.data == b"\x02"
+
+
+def test_big_endian_binary_arrays_bitpack():
+    """A big-endian 0/1 array packs and decodes to native equal values."""
+    array = binary((3, 7), ">f4")
+    decoded = tensors.decode(tensors.encode(array, bitpacked=True))
+    assert decoded.dtype.isnative and np.array_equal(decoded, array)
+
+
+def test_bitpacked_decoded_arrays_are_writable_copies():
+    """decode of a bit-packed message also returns a fresh writable array."""
+    message = tensors.encode(binary((4, 9)), bitpacked=True)
+    decoded = tensors.decode(message)
+    decoded[...] = 7
+    assert set(np.unique(tensors.decode(message))) <= {0.0, 1.0}
 
 
 # Networks
