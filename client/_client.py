@@ -72,6 +72,9 @@ class ServerInfo:
     limits: dict[str, int]
     server_id: str = ""
     """Which replica answered: behind a proxy, each may differ."""
+    batching: bool = False
+    """Whether timesteps of sessions with the same network that are ready together may run as one
+    batched computation (a session asks not to be: ``Session.exact``)."""
 
 
 class Recording(dict):
@@ -155,12 +158,16 @@ class Client:
             list(reply.surrogate_types),
             limits,
             reply.server_id,
+            reply.batching,
         )
 
     @_rpc
-    def create_session(self, net: ModuleFactory | dict, input_shape, batch_size: int = 1, seed: int = 0) -> Session:
+    def create_session(
+        self, net: ModuleFactory | dict, input_shape, batch_size: int = 1, seed: int = 0, exact: bool = False
+    ) -> Session:
         """Build ``net`` (a factory, or a ``rnnbuilder.spec`` description) on the server for inputs of
-        ``input_shape`` (no time or batch dims), simulating ``batch_size`` sequences side by side."""
+        ``input_shape`` (no time or batch dims), simulating ``batch_size`` sequences side by side.
+        ``exact``: see ``Session.exact``."""
         description = net if isinstance(net, dict) else spec.to_spec(net)
         requested = pb.Session(
             network=networks.to_message(description),
@@ -171,7 +178,7 @@ class Client:
         session_id = _new_id()
         request = pb.CreateSessionRequest(session=requested, session_id=session_id)
         reply, server_id = self._routed("CreateSession", request, session_id)
-        return Session(self, reply.session, server_id)
+        return Session(self, reply.session, server_id, exact)
 
     @_rpc
     def get_session(self, session_id: str) -> Session:
@@ -210,10 +217,14 @@ class Session:
     Arrays in: numpy arrays or torch tensors, (time, batch, *input_shape). Arrays out: numpy.
     """
 
-    def __init__(self, client: Client, message: pb.Session, server_id: str = ""):
+    def __init__(self, client: Client, message: pb.Session, server_id: str = "", exact: bool = False):
         self._client = client
         self.server_id = server_id
         """The replica that answered this session's latest call (behind a proxy: the one that holds it)."""
+        self.exact = exact
+        """True: this handle's ``run``, ``step``, ``record`` and ``stream`` calls are never batched with
+        other sessions' (see ``ServerInfo.batching``), so that their results are bit for bit what
+        the session's model computes alone; batched matrix products may round differently."""
         self._update(message)
 
     def _call(self, name: str, request):
@@ -279,7 +290,7 @@ class Session:
         """``reading(reply)`` of each reply, over one stream, or more: a stream cut off with UNAVAILABLE
         or CANCELLED (its session moving to another replica) is resumed where the session is, if that
         is where the last reply left it."""
-        fields = _request_fields(self.name, layers, bitpacked)
+        fields = _request_fields(self.name, layers, bitpacked, self.exact)
 
         def request(chunk) -> tuple[pb.SimulateRequest, int]:
             x = _input_fields(chunk, bitpacked)
@@ -474,7 +485,7 @@ class Session:
 
     def _request(self, kind, x, layers, bitpacked: bool):
         """A ``kind`` (RunRequest, SimulateRequest) of ``x`` for this session."""
-        return kind(input=_input_fields(x, bitpacked), **_request_fields(self.name, layers, bitpacked))
+        return kind(input=_input_fields(x, bitpacked), **_request_fields(self.name, layers, bitpacked, self.exact))
 
 
 def _new_id() -> str:
@@ -512,12 +523,14 @@ def _output(reply: pb.RunResponse | pb.SimulateResponse) -> np.ndarray:
     return tensors.decode(reply.output)
 
 
-def _request_fields(name: str, layers, bitpacked: bool) -> dict:
-    """A RunRequest's or SimulateRequest's fields but its input; record_layers only if there are
-    any (an empty list costs a field conversion, per request)."""
+def _request_fields(name: str, layers, bitpacked: bool, exact: bool) -> dict:
+    """A RunRequest's or SimulateRequest's fields but its input; record_layers and exact only if
+    set (an empty list costs a field conversion, per request)."""
     fields = {"name": name, "output_encoding": _BITPACKED if bitpacked else _RAW}
     if layers:
         fields["record_layers"] = layers
+    if exact:
+        fields["exact"] = True
     return fields
 
 

@@ -30,6 +30,8 @@ __all__ = ["SimulatorServer", "create_server", "SERVICE_NAME"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SimulatorService"].full_name
 log = logging.getLogger("rnnsim")
+RELEASE_STACKS_S = 30.0
+"""How often batching's stacks let go of the parameters of sessions that left (``server.batching``)."""
 
 
 class SimulatorServer:
@@ -45,6 +47,7 @@ class SimulatorServer:
         placement: Placement,
         metrics: Metrics,
         authenticator: Authenticator,
+        batcher: Batcher | None = None,
     ):
         self._interval = config.checkpoint_interval_s
         self._idle = config.evict_idle_after_s
@@ -57,6 +60,7 @@ class SimulatorServer:
         self.scheduler = placement.scheduler
         self.metrics = metrics
         self.authenticator = authenticator
+        self.batcher = batcher
         self.metrics_port: int | None = None
 
     async def start(self, metrics_port: int | None = None, metrics_host: str = "0.0.0.0") -> None:
@@ -71,6 +75,9 @@ class SimulatorServer:
             if self._idle > 0:
                 evict = functools.partial(self.sessions.evict_idle, self._idle)
                 self._periodic.append(loop.create_task(self._every(min(self._idle / 2, 30.0), evict)))
+        if self.batcher is not None:
+            loop = asyncio.get_running_loop()
+            self._periodic.append(loop.create_task(self._every(RELEASE_STACKS_S, self.batcher.release_departed)))
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -161,6 +168,7 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
         placement=placement,
         metrics=metrics,
         authenticator=authenticator,
+        batcher=batcher,
     )
     return server, port
 

@@ -85,6 +85,24 @@ class Batcher:
         self.batched_calls = 0
         """Calls that ran in a batch of two or more."""
 
+    def release_departed(self) -> None:
+        """Let go of what sessions that left (deleted, evicted) still hold in a stack: a cohort
+        with such a member drops its stack (the next batch builds one of those present), and a
+        cohort none of whose sessions is left is forgotten. For a periodic task: a stack is
+        otherwise only rebuilt by its cohort's next batch."""
+        registered = self.manager.registered
+        for key, cohort in list(self._cohorts.items()):
+            with cohort.lock:
+                cohort.sessions = [s for s in cohort.sessions if registered(s)]
+                if any(not (m.resident and registered(m)) for m in cohort.members):
+                    cohort.members, cohort.models, cohort.stacked = [], [], None
+                if not cohort.sessions and not cohort.waiting:
+                    del self._cohorts[key]
+
+    def stacked_sessions(self) -> int:
+        """How many sessions' parameters the stacks hold a copy of."""
+        return sum(len(cohort.members) for cohort in list(self._cohorts.values()))
+
     def cohort_key(self, session: Session) -> tuple:
         return json.dumps(session.description, sort_keys=True), session.input_shape, session.batch_size
 
@@ -144,7 +162,8 @@ class Batcher:
     async def _run_batch(self, cohort: _Cohort, calls: list[_Call]) -> None:
         tenant = calls[0].tenant
         try:
-            if cohort.timing is not None and cohort.timing.bound(len(calls)) <= RUN_HERE_SECONDS:
+            # The loop would have run each of these calls alone if short: the batch may take as long.
+            if cohort.timing is not None and cohort.timing.bound(len(calls)) <= RUN_HERE_SECONDS * len(calls):
                 ran, results = self.placement.scheduler.run_here(tenant, lambda: self._step(cohort, calls))
                 if not ran:
                     results = await self.placement.in_turn(tenant, self._step, cohort, calls)
@@ -212,8 +231,11 @@ class Batcher:
         and copied again where parameters changed."""
         members = cohort.members
         moved = (s not in members or s.model is not cohort.models[members.index(s)] for s in sessions)
-        if cohort.stacked is None or any(moved):
-            members = [s for s in cohort.sessions if s.resident and self.manager.registered(s)]
+        # A member gone (deleted, evicted) leaves the stack, which would hold its parameters on.
+        gone = (not (m.resident and self.manager.registered(m)) for m in members)
+        if cohort.stacked is None or any(moved) or any(gone):
+            cohort.sessions = [s for s in cohort.sessions if self.manager.registered(s)]
+            members = [s for s in cohort.sessions if s.resident]
             members += [s for s in sessions if s not in members]
             cohort.members, cohort.models = members, [s.model for s in members]
             cohort.stacked = rb.Stacked(cohort.models)

@@ -140,3 +140,48 @@ def test_batching_is_on_by_default_and_announced():
     """GetServerInfo tells clients that calls may be batched."""
     with running_server() as (address, _), Client(address) as c:
         assert c.info().batching is True
+
+
+def test_exact_sessions_are_never_batched(batching_server):
+    """Sessions created with exact=True run alone, bit for bit their own model, however they meet."""
+    clients, server = batching_server
+    sessions = [
+        c.create_session(NET, input_shape=IN, batch_size=BATCH, seed=i, exact=True) for i, c in enumerate(clients)
+    ]
+    inputs = [_inputs(i) for i in range(SESSIONS)]
+    outputs = _streamed(sessions, inputs)
+    assert _batched(server) == 0
+    for session, x, out in zip(sessions, inputs, outputs, strict=True):
+        np.testing.assert_array_equal(out, _local(session, x))
+
+
+def test_unary_steps_of_a_cohort_batch_too(batching_server):
+    """Concurrent Session.step calls batch like stream chunks, each with its own result."""
+    clients, server = batching_server
+    sessions = [c.create_session(NET, input_shape=IN, batch_size=BATCH, seed=i) for i, c in enumerate(clients)]
+    inputs = [_inputs(i) for i in range(SESSIONS)]
+    outputs: list = [None] * SESSIONS
+
+    def steps(i):
+        outputs[i] = np.stack([sessions[i].step(x) for x in inputs[i]])
+
+    threads = [threading.Thread(target=steps, args=(i,)) for i in range(SESSIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _batched(server) > 0
+    for session, x, out in zip(sessions, inputs, outputs, strict=True):
+        np.testing.assert_array_equal(out, _local(session, x))
+
+
+def test_stacks_let_go_of_deleted_sessions(batching_server):
+    """Once its sessions are deleted, a cohort's stacked parameters are released."""
+    clients, server = batching_server
+    sessions = [c.create_session(NET, input_shape=IN, batch_size=BATCH, seed=i) for i, c in enumerate(clients)]
+    _streamed(sessions, [_inputs(i) for i in range(SESSIONS)])
+    assert _batched(server) > 0 and server.batcher.stacked_sessions() == SESSIONS
+    for s in sessions:
+        s.close()
+    server.batcher.release_departed()
+    assert server.batcher.stacked_sessions() == 0
