@@ -34,6 +34,7 @@ from .session import Session
 __all__ = ["SimulatorServicer", "VERSION", "add_to_server"]
 
 VERSION = rb.__version__
+_END = object()
 log = logging.getLogger("rnnsim.rpc")
 _SERVICE = pb.DESCRIPTOR.services_by_name["SimulatorService"]
 
@@ -284,16 +285,34 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def Simulate(self, requests, context, tenant):
+        # The next chunk is read and simulated while the previous reply is being sent: one ahead.
+        replies: asyncio.Queue = asyncio.Queue(maxsize=1)
+        ahead = asyncio.get_running_loop().create_task(self._simulate_stream(requests, tenant, replies))
+        try:
+            while (reply := await replies.get()) is not _END:
+                if isinstance(reply, Exception):
+                    raise reply
+                yield reply
+        finally:
+            ahead.cancel()
+
+    async def _simulate_stream(self, requests, tenant: Tenant, replies: asyncio.Queue) -> None:
+        """Each chunk's reply into ``replies``, then _END; or the error that ended the stream."""
         name = session = None
-        async for request in requests:
-            if session is None:  # once per stream: later chunks name the same session
-                name, session = request.name, await self._owned(request.name, tenant)
-            elif request.name != name:
-                raise InvalidRequest(
-                    f"every chunk of a stream must name the same session: {name!r}, then {request.name!r}"
-                )
-            simulation = await self._simulate(request, tenant, session)
-            yield convert.simulate_response(simulation, convert.bitpacked(request))
+        try:
+            async for request in requests:
+                if session is None:  # once per stream: later chunks name the same session
+                    name, session = request.name, await self._owned(request.name, tenant)
+                elif request.name != name:
+                    raise InvalidRequest(
+                        f"every chunk of a stream must name the same session: {name!r}, then {request.name!r}"
+                    )
+                simulation = await self._simulate(request, tenant, session)
+                await replies.put(convert.simulate_response(simulation, convert.bitpacked(request)))
+                del request, simulation  # while waiting for room, hold no chunk
+            await replies.put(_END)
+        except Exception as error:  # the stream's status: raised where the replies are sent
+            await replies.put(error)
 
     @_handled
     async def TrainStep(self, request, context, tenant):

@@ -36,7 +36,7 @@ class Answering:
 def session() -> Session:
     session = Session.__new__(Session)
     session._client, session.server_id = Answering(), ""
-    session.name, session.id, session.timesteps_simulated = "sessions/abc", "abc", 0
+    session.name, session.id, session.timesteps_simulated, session.exact = "sessions/abc", "abc", 0, False
     return session
 
 
@@ -84,3 +84,11 @@ def test_stream_record_asks_for_the_layers_and_yields_recordings(session):
     assert list(session._client.requests[0].record_layers) == ["hidden"]
     assert isinstance(recording, Recording) and recording.output.tolist() == SPIKES.tolist()
     assert recording["hidden"].tolist() == SPIKES.tolist()
+
+
+def test_exact_session_marks_its_requests_exact(session):
+    """A handle with exact=True asks for every step and stream chunk not to be batched."""
+    session.exact = True
+    session.step(np.zeros((1, 2), dtype=np.float32))
+    list(session.stream([np.zeros((1, 1, 2), dtype=np.float32)]))
+    assert [r.exact for r in session._client.requests] == [True, True]

@@ -22,12 +22,13 @@ PUBLIC: dict[str, str] = {
     "rnnbuilder_sim.wire": "names networks tensors",
     "rnnbuilder_sim.wire.names": "SERVER_ID_HEADER SESSION_COLLECTION SESSION_HEADER session_id session_name",
     "rnnbuilder_sim.wire.networks": "factory_to_message from_message node_count to_message",
-    "rnnbuilder_sim.wire.tensors": "TensorError decode decode_torch encode is_binary shape_of to_numpy",
+    "rnnbuilder_sim.wire.tensors": "TensorError decode decode_torch encode encode_fields is_binary shape_of to_numpy",
     "rnnbuilder": """
         GraphError INPUT_MODES Input Layer List Model ModuleFactory Network Node Placeholder RnnbuilderError
         Sequential ShapeError SpecError Stack Stacked Sum __version__ base custom initial last_state named_leaves nn
         porting replace_leaves rnn snn spec
     """,
+    "rnnbuilder.stacked": "Stacked",
     "rnnbuilder.base": "InputBase LayerBase LayerInput ModuleFactory OuterModule",
     "rnnbuilder.custom": "CustomFactory CustomModule register_non_recurrent register_recurrent",
     "rnnbuilder.errors": "GraphError RnnbuilderError ShapeError SpecError",
