@@ -145,7 +145,8 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     scheduler = FairScheduler(config.workers, config.scheduling)
     placement = Placement(scheduler)
     metrics = Metrics(manager, scheduler)
-    batcher = Batcher(manager, placement, config.batch_window_us) if config.batching else None
+    batching = config.batching if config.batching is not None else device.type == "cuda"
+    batcher = Batcher(manager, placement, config.batch_window_us) if batching else None
     servicer = SimulatorServicer(manager, placement, metrics, authenticator, config.server_id, batcher)
     add_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()

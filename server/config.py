@@ -65,10 +65,11 @@ class ServerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     """PEM root certificate for client certificates: mutual TLS."""
-    batching: bool = True
-    """Cross-session batching: simulation calls of sessions with the same network, shapes and device
-    that are ready at the same moment run as one batched computation (sessions that ask for exact
-    results never are). False runs every call on its own."""
+    batching: bool | None = None
+    """Cross-session batching: single timesteps of sessions with the same network, shapes and device
+    that are ready at the same moment run as one batched computation (calls that ask to be exact
+    never do). None (auto): on with a CUDA device; off on the CPU, where it measured no faster
+    (docs/batching.md). False runs every call on its own."""
     batch_window_us: int = 0
     """How long a ready call may wait for others of its cohort, in microseconds; 0 batches only what
     is already waiting (a lone call runs at once)."""
@@ -134,10 +135,10 @@ class ServerConfig:
         )
         parser.add_argument(
             "--batching",
-            choices=("on", "off"),
-            default=_env("batching", "on"),
-            help="on: calls of sessions with the same network that are ready together run as one batched"
-            " computation (default); off: each call on its own",
+            choices=("auto", "on", "off"),
+            default=_env("batching", "auto"),
+            help="on: single timesteps of sessions with the same network that are ready together run as one"
+            " batched computation; off: each call on its own; auto (default): on with a CUDA device, off on the CPU",
         )
         parser.add_argument(
             "--batch-window-us",
@@ -179,7 +180,7 @@ class ServerConfig:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
-            batching=args.batching == "on",
+            batching={"on": True, "off": False}.get(args.batching),
             batch_window_us=args.batch_window_us,
         )
 

@@ -35,10 +35,14 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_SessionCollector(manager, scheduler))
+        self._rpc_seconds_of: dict = {}
 
     def observe(self, method: str, seconds: float, code: str) -> None:
         """Record one finished RPC; ``code`` is its status code name (``"OK"`` when it succeeded)."""
-        self.rpc_seconds.labels(method).observe(seconds)
+        by_method = self._rpc_seconds_of.get(method)
+        if by_method is None:  # a label lookup takes a lock and checks the names: once per method
+            by_method = self._rpc_seconds_of[method] = self.rpc_seconds.labels(method)
+        by_method.observe(seconds)
         if code != "OK":
             self.errors.labels(method, code).inc()
 

@@ -141,6 +141,8 @@ def _checked(message: pb.Tensor, data: bytes) -> tuple[int, tuple[int, ...], int
             f"a {pb.DataType.Name(code)} tensor of shape {list(shape)} needs {count * wire.itemsize} bytes, "
             f"got {len(data)}"
         )
+    if code == pb.DATA_TYPE_BOOL and data and max(data) > 1:  # any other byte is no bool (torch's would be invalid)
+        raise TensorError("a BOOL tensor's bytes must each be 0 or 1")
     return code, shape, count, False
 
 

@@ -3,6 +3,7 @@ computation, and each still gets what its own model computes."""
 
 from __future__ import annotations
 
+import argparse
 import threading
 
 import numpy as np
@@ -50,7 +51,8 @@ def _streamed(sessions, inputs, **stream_options) -> list[np.ndarray]:
 
 @pytest.fixture
 def batching_server():
-    with running_server(ServerConfig(device="cpu", workers=4, batch_window_us=WINDOW_US)) as (address, server):
+    config = ServerConfig(device="cpu", workers=4, batching=True, batch_window_us=WINDOW_US)
+    with running_server(config) as (address, server):
         clients = [Client(address) for _ in range(SESSIONS)]
         try:
             yield clients, server
@@ -136,9 +138,15 @@ def test_batching_off_runs_every_call_alone():
             c.close()
 
 
-def test_batching_is_on_by_default_and_announced():
-    """GetServerInfo tells clients that calls may be batched."""
-    with running_server() as (address, _), Client(address) as c:
+def test_batching_is_off_by_default_on_a_cpu_server_and_announced():
+    """By default a CPU server runs every call alone (batching measured no faster there), and says so."""
+    with running_server(ServerConfig(device="cpu")) as (address, server), Client(address) as c:
+        assert c.info().batching is False and server.batcher is None
+
+
+def test_batching_on_is_announced():
+    """GetServerInfo tells clients when calls may be batched."""
+    with running_server(ServerConfig(device="cpu", batching=True)) as (address, _), Client(address) as c:
         assert c.info().batching is True
 
 
@@ -185,3 +193,12 @@ def test_stacks_let_go_of_deleted_sessions(batching_server):
         s.close()
     server.batcher.release_departed()
     assert server.batcher.stacked_sessions() == 0
+
+
+@pytest.mark.parametrize(("flag", "value"), [("auto", None), ("on", True), ("off", False)])
+def test_batching_flag_reaches_the_configuration(flag, value):
+    """--batching auto|on|off and --batch-window-us reach the server's configuration."""
+    parser = argparse.ArgumentParser()
+    ServerConfig.add_arguments(parser)
+    config = ServerConfig.from_arguments(parser.parse_args(["--batching", flag, "--batch-window-us", "250"]))
+    assert config.batching is value and config.batch_window_us == 250

@@ -209,6 +209,7 @@ MALFORMED_TENSORS = {
     "negative_dim": ({"shape": [-T, B, 16]}, "negative"),
     "unknown_encoding": ({"encoding": 7}, "encoding"),
     "bitpacked_wrong_length": ({"encoding": pb.TENSOR_ENCODING_BITPACKED}, "bit-packed"),
+    "bool_byte_not_0_or_1": ({"dtype": pb.DATA_TYPE_BOOL, "data": b"\2" * (T * B * 16)}, "0 or 1"),
 }
 
 

@@ -533,3 +533,11 @@ def test_missing_root_names_it():
     """A NetworkSpec without its root factory raises SpecError for network.root."""
     error = spec_error(pb.NetworkSpec())
     assert error.path == "network.root"
+
+
+def test_raw_bool_bytes_other_than_0_or_1_are_refused():
+    """A BOOL tensor whose bytes aren't each 0 or 1 is malformed, for numpy and torch alike."""
+    message = pb.Tensor(dtype=pb.DATA_TYPE_BOOL, shape=[3], data=bytes([0, 2, 1]), encoding=pb.TENSOR_ENCODING_RAW)
+    for decoder in (tensors.shape_of, tensors.decode, tensors.decode_torch):
+        with pytest.raises(tensors.TensorError, match="0 or 1"):
+            decoder(message)
