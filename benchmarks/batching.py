@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from neurons import cpu_name  # noqa: E402 (this folder is on the path of a script run from it)
 
 import rnnbuilder as rb  # noqa: E402
 from rnnbuilder import nn, snn  # noqa: E402
@@ -160,16 +161,6 @@ def speed(count: int, rounds: int, steps: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps per round")
@@ -181,7 +172,7 @@ def main(argv=None) -> None:
     steps = 20 if args.quick else 50
 
     print(
-        f"Device: {cpu_model()}, nproc {os.cpu_count()}, torch {torch.__version__}, "
+        f"Device: {cpu_name()}, nproc {os.cpu_count()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s). Command: python benchmarks/batching.py{' --quick' if args.quick else ''}"
     )
     print()

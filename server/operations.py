@@ -116,7 +116,7 @@ def run(
     # A CPU's work is the thread's CPU time: on a busy server the wall time also counts the waits
     # for a core, and would send calls off the loop just when hand-offs cost the most. A device's
     # work is the wall time the thread waits for it. Reading a thread's CPU clock is a system call
-    # (15 us in a VM), so a session's calls are timed only now and then: TIMED_EVERY.
+    # (0.7 us here, against 0.05 for perf_counter), so single timesteps are timed now and then.
     timed = session.timing is None or session.timesteps % TIMED_EVERY == 0 or x.shape[0] > 1
     clock = time.thread_time if manager.device.type == "cpu" else time.perf_counter
     with manager.held(session, work, wait=wait), torch.no_grad():
