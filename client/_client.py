@@ -109,6 +109,9 @@ class Client:
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.service_config", json.dumps({"methodConfig": RETRY_POLICY})),
+            # A connection of its own: grpcio would otherwise share one among a process's clients of
+            # the same address, which puts them all on one of a server's processes (--processes).
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if tls:
             roots = None if tls is True else (tls if isinstance(tls, bytes) else Path(tls).read_bytes())

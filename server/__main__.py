@@ -7,12 +7,15 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
 from .app import create_server
 from .background import listening_address
 from .config import ServerConfig
+from .processes import supervise
 
 __all__ = ["parse_args", "serve", "main"]
 
@@ -38,6 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("json", "text"),
         default=os.environ.get("RNNSIM_LOG_FORMAT", "json"),
         help="json: one JSON object per line and event, for log collectors (default); text: for people",
+    )
+    parser.add_argument(
+        "--process-index",
+        type=int,
+        default=None,
+        help="which of --processes this process is (set by the process that starts them)",
     )
     ServerConfig.add_arguments(parser)
     return parser.parse_args(argv)
@@ -85,6 +94,11 @@ def main(argv=None) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    if args.processes > 1 and args.process_index is None:
+        metrics = None if args.metrics_port is None or args.metrics_port < 0 else args.metrics_port
+        server_id = args.server_id or socket.gethostname()
+        argv = sys.argv[1:] if argv is None else list(argv)
+        sys.exit(supervise(argv, args.processes, args.address, args.checkpoint_dir, server_id, metrics))
     asyncio.run(serve(args))
 
 

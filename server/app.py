@@ -127,11 +127,24 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
     authenticator = Authenticator.from_file(config.auth_file) if config.auth_file else Authenticator()
-    quotas = {t.name: Quota(t.max_sessions, t.max_memory_mb) for t in authenticator.tenants or ()}
+    share = max(1, config.processes)  # each of N processes gets 1/N of the memory budgets
+    quotas = {
+        t.name: Quota(t.max_sessions, None if t.max_memory_mb is None else t.max_memory_mb / share)
+        for t in authenticator.tenants or ()
+    }
     store = CheckpointStore(config.checkpoint_dir) if config.checkpoint_dir else None
     budget = _budget(config, device)
+    budget = None if budget is None else budget // share
     manager = SessionManager(
-        device, config.limits, None, store, quotas, budget, holder=config.server_id, describable=convert.describable
+        device,
+        config.limits,
+        None,
+        store,
+        quotas,
+        budget,
+        holder=config.server_id,
+        describable=convert.describable,
+        shared_store=config.processes > 1,
     )
     if store is not None:
         log.info("%d sessions in %s, each loaded on its first call", manager.register_stored(), store.directory)

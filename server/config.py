@@ -70,6 +70,10 @@ class ServerConfig:
     that are ready at the same moment run as one batched computation (calls that ask to be exact
     never do). None (auto): on with a CUDA device; off on the CPU, where it measured no faster
     (docs/batching.md). False runs every call on its own."""
+    processes: int = 1
+    """Server processes on this one's address and checkpoint folder, this one among them
+    (``server.processes``): they share the session limits, and each has 1/processes of the
+    memory budgets."""
     batch_window_us: int = 0
     """How long a ready call may wait for others of its cohort, in microseconds; 0 batches only what
     is already waiting (a lone call runs at once)."""
@@ -141,6 +145,13 @@ class ServerConfig:
             " batched computation; off: each call on its own; auto (default): on with a CUDA device, off on the CPU",
         )
         parser.add_argument(
+            "--processes",
+            type=int,
+            default=int(_env("processes", cls.processes)),
+            help="server processes on the same address, each with sessions of its own, so that a busy server"
+            " uses that many cores (default 1; more need --checkpoint-dir)",
+        )
+        parser.add_argument(
             "--batch-window-us",
             type=int,
             default=int(_env("batch_window_us", cls.batch_window_us)),
@@ -182,6 +193,7 @@ class ServerConfig:
             tls_client_ca=args.tls_client_ca,
             batching={"on": True, "off": False}.get(args.batching),
             batch_window_us=args.batch_window_us,
+            processes=args.processes,
         )
 
 

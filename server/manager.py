@@ -56,12 +56,15 @@ class SessionManager:
         memory_budget_bytes: int | None = None,
         holder: str = "local",
         describable: Callable[[dict], None] | None = None,
+        shared_store: bool = False,
     ):
         self.device = device
         self.describable = describable
         """Raises InvalidRequest for a description that can't be sent or stored (the wire's limits);
         None: no such limits (a manager used without a server)."""
         self.holder = holder
+        self.shared_store = shared_store and store is not None
+        """Other processes of this server share the store: its sessions count for the limits too."""
         self.limits = limits
         self.registry = registry or spec.default_registry
         self.store = store
@@ -128,7 +131,7 @@ class SessionManager:
         session = plan(factory, input_shape, batch_size, seed, owner, session_id, self.limits, self.registry)
         if self.describable is not None:
             self.describable(session.description)  # else it could be made but never listed or stored
-        self._check_room(owner)  # before allocating; again when inserting: others may be faster
+        self._check_room(owner, everywhere=True)  # before allocating; again when inserting: others may be faster
         # The trial step's activations too: a huge input must be refused before it is allocated.
         need = session.bytes + work_bytes(session.entry_elements, 1, 1, training=False)
         with self._reserved(session, need, evict=True):
@@ -153,10 +156,15 @@ class SessionManager:
         )
         return session
 
-    def _check_room(self, owner: str) -> None:
-        if len(self._sessions) >= self.limits.max_sessions:
-            raise LimitExceeded("max_sessions", len(self._sessions) + 1, self.limits.max_sessions, "open sessions")
-        owned = sum(s.owner == owner for s in self._sessions.values())
+    def _check_room(self, owner: str, everywhere: bool = False) -> None:
+        """LimitExceeded if ``owner`` or the server has as many sessions as allowed: those here, and
+        with ``everywhere`` and a ``shared_store``, those of the other processes too (from the store)."""
+        keys = set(self._sessions)
+        if everywhere and self.shared_store:
+            keys.update(key for key, _ in self.store.index())
+        if len(keys) >= self.limits.max_sessions:
+            raise LimitExceeded("max_sessions", len(keys) + 1, self.limits.max_sessions, "open sessions")
+        owned = sum(key.owner == owner for key in keys)
         limit = self._quota(owner).max_sessions
         if limit is not None and owned >= limit:
             raise LimitExceeded("tenant max_sessions", owned + 1, limit, f"sessions of {owner}")
