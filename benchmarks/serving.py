@@ -32,7 +32,14 @@ Where the servers run:
 for the reply before sending the next, spread over client processes (``--client-processes``), for
 a fixed window (``--seconds``), against three child-process servers alternating in rounds: the raw
 echo (K streams, the Simulate messages' sizes, with the faster of a sync and a grpc.aio client),
-ours with batching on and ours with batching off.
+ours with batching on and ours with batching off. ``--server-processes N`` (N > 1) adds a fourth,
+in the same rounds and tables ("off, N processes"): ours with batching off as deployed on several
+cores, ``python -m server --processes N`` (a supervisor starting N server processes on one port
+with SO_REUSEPORT, each client connection, so each user's sessions, going to one of them, and a
+temporary checkpoint folder), started and stopped (SIGTERM) here; its CPU is the sum over its N
+server processes (the supervisor only waits).
+
+    .venv/bin/python benchmarks/serving.py --closed-loop --quick --server-processes 2 --users 1,8,32
 """
 
 from __future__ import annotations
@@ -43,14 +50,18 @@ import multiprocessing
 import os
 import platform
 import queue
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +214,102 @@ def child_server_process(
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (as ``tests/e2e/test_server_process.py`` picks them)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc: its threads' ``children`` lists, else a scan of
+    every process's parent)."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        found = []
+    if found:
+        return sorted(set(found))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return sorted(found)
+
+
+@contextmanager
+def server_processes_process(
+    processes: int,
+    device: str,
+    workers: int,
+    checkpoint_dir: str,
+    batching: bool = False,
+    max_sessions: int | None = None,
+    timeout: float = 120.0,
+):
+    """``python -m server --processes N`` on 127.0.0.1 at a free port, with ``checkpoint_dir``, as
+    deployed; yields ``(address, pids)``: the pids of its N server processes (the supervisor's
+    children: the supervisor itself only waits), once each has logged "serving on". On leaving, the
+    supervisor gets SIGTERM, which it passes on, and is waited for (killed, with them, after 60 s)."""
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "server", "--processes", str(processes), "--address", address]
+    command += ["--checkpoint-dir", checkpoint_dir, "--device", device, "--batching", "on" if batching else "off"]
+    command += ["--checkpoint-interval", "3600"]  # the other servers write no periodic checkpoints either
+    command += ["--metrics-port", "-1", "--workers", str(workers), "--torch-threads", str(torch.get_num_threads())]
+    if max_sessions is not None:
+        command += ["--max-sessions", str(max_sessions)]
+    command += ["--log-format", "text", "--log-level", "INFO"]
+    supervisor = subprocess.Popen(
+        command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: queue.SimpleQueue = queue.SimpleQueue()
+    tail: deque[str] = deque(maxlen=20)  # the last lines the processes logged, for errors
+
+    def drain() -> None:  # always read their output, so that no process blocks on a full pipe
+        for line in supervisor.stdout:
+            tail.append(line.rstrip())
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, name="server-processes-log", daemon=True).start()
+    pids: list[int] = []
+    try:
+        ready, deadline = 0, time.monotonic() + timeout
+        while ready < processes:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = ""
+            if not line:
+                said = "\n".join(tail)
+                why = "exited" if line is None else f"did not log 'serving on' {processes} times in {timeout:.0f} s"
+                raise RuntimeError(f"the server with --processes {processes} {why}; it said:\n{said}")
+            ready += "serving on" in line
+        pids = _children(supervisor.pid)
+        if len(pids) != processes:
+            raise RuntimeError(f"the supervisor {supervisor.pid} has {len(pids)} child processes, not {processes}")
+        yield address, pids
+    finally:
+        if supervisor.poll() is None:
+            supervisor.send_signal(signal.SIGTERM)
+        try:
+            code = supervisor.wait(60)
+            if code:
+                said = "\n".join(tail)
+                print(f"the server with --processes {processes} exited with {code}:\n{said}", file=sys.stderr)
+        except subprocess.TimeoutExpired:
+            for pid in pids or _children(supervisor.pid):
+                with suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            supervisor.kill()
+            supervisor.wait()
 
 
 @contextmanager
@@ -722,10 +829,19 @@ class ClientProcesses:
             self._reply(conn)
 
     def run(
-        self, kind: str, address: str, client: str, users: int, sizes, warmup: float, seconds: float, server_pid: int
+        self,
+        kind: str,
+        address: str,
+        client: str,
+        users: int,
+        sizes,
+        warmup: float,
+        seconds: float,
+        server_pids: Sequence[int],
     ) -> LoopSample:
         """One closed-loop run: every user's replies within a common window of ``seconds`` that
-        starts ``warmup`` s after the last stream opened; CPU time of clients and server in it."""
+        starts ``warmup`` s after the last stream opened; CPU time of clients and server in it (the
+        sum over ``server_pids``, the server's processes)."""
         shares = self.split(users)
         conns = self.conns[: len(shares)]
         for conn, n in zip(conns, shares):
@@ -737,9 +853,9 @@ class ClientProcesses:
         for conn in conns:
             conn.send(("go", (start, end)))
         time.sleep(max(0.0, start - time.monotonic()))
-        server_cpu = _cpu_seconds(server_pid)
+        server_cpu = sum(_cpu_seconds(pid) for pid in server_pids)
         time.sleep(max(0.0, end - time.monotonic()))
-        server_cpu = _cpu_seconds(server_pid) - server_cpu
+        server_cpu = sum(_cpu_seconds(pid) for pid in server_pids) - server_cpu
         counts, client_cpu = [], 0.0
         for conn in conns:
             replies, cpu = self._reply(conn)
@@ -796,10 +912,14 @@ def _cores(samples: list[LoopSample], which: str) -> float:
 
 def closed_loop(args, argv) -> None:
     """The closed-loop users scenario: echo, ours with batching on and ours with batching off,
-    each in a child process, K users each, alternating in rounds."""
+    each in a child process, and with ``--server-processes N`` ours with batching off as
+    ``python -m server --processes N``; K users each, alternating in rounds."""
     users_list = sorted({int(u) for u in args.users.split(",")})
     if not users_list or users_list[0] < 1:
         raise SystemExit("--users: positive numbers, e.g. 1,8,32,64")
+    if args.server_processes < 0:
+        raise SystemExit("--server-processes: 0 (off) or a number of server processes above 1")
+    multi = args.server_processes if args.server_processes > 1 else 0  # N > 1: the fourth server
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     warmup = 0.5 if args.quick else 1.0
     rounds = args.rounds or (2 if args.quick else 3)
@@ -817,23 +937,33 @@ def closed_loop(args, argv) -> None:
     inputs = rng.random((200, BATCH, FEATURES), dtype=np.float32) * np.float32(0.2)
     net = rb.Sequential(nn.Linear(NEURONS), snn.LIF())
     began, load_start = time.perf_counter(), _load()
-    servers = ("echo", "on", "off")
+    servers = ("echo", "on", "off") + (("multi",) if multi else ())
+    short = {"echo": "echo", "on": "on", "off": "off", "multi": f"off ×{multi}"}  # in progress lines
+    label = {"echo": "echo", "on": "on", "off": "off", "multi": f"off, {multi} processes"}  # in the tables
     samples: dict[tuple[str, int], list[LoopSample]] = {(s, k): [] for s in servers for k in users_list}
     calibration: dict[int, dict[str, float]] = {}
     echo_client: dict[int, str] = {}
     with ExitStack() as stack:
-        progress(f"starting 3 servers and {processes} client processes")
+        progress(f"starting {len(servers)} servers and {processes} client processes")
         clients = ClientProcesses(processes, timeout=warmup + seconds + 120)  # they start up meanwhile
         stack.callback(clients.close)  # should a server not start
-        started = {
-            "echo": stack.enter_context(child_server_process("echo", "cpu", 1)),
-            "on": stack.enter_context(
-                child_server_process("sim", args.device, args.workers, batching=True, max_sessions=most + 8)
-            ),
-            "off": stack.enter_context(
-                child_server_process("sim", args.device, args.workers, batching=False, max_sessions=most + 8)
-            ),
+        started = {  # name -> (address, the pids of its server processes)
+            name: (address, [pid])
+            for name, (address, pid) in {
+                "echo": stack.enter_context(child_server_process("echo", "cpu", 1)),
+                "on": stack.enter_context(
+                    child_server_process("sim", args.device, args.workers, batching=True, max_sessions=most + 8)
+                ),
+                "off": stack.enter_context(
+                    child_server_process("sim", args.device, args.workers, batching=False, max_sessions=most + 8)
+                ),
+            }.items()
         }
+        if multi:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="rnnsim-bench-"))
+            started["multi"] = stack.enter_context(
+                server_processes_process(multi, args.device, args.workers, folder, False, max_sessions=most + 8)
+            )
         stack.callback(clients.close)  # before the servers stop: the sessions are deleted first
         bench = Bench(started["on"][0], started["echo"][0], inputs, net)
         try:
@@ -846,9 +976,9 @@ def closed_loop(args, argv) -> None:
             clients.prepare("echo" if name == "echo" else "sim", started[name][0], most)
 
         def once(name: str, k: int, client: str = "sync", window: float = seconds) -> LoopSample:
-            address, pid = started[name]
+            address, pids = started[name]
             kind = "echo" if name == "echo" else "sim"
-            sample = clients.run(kind, address, client, k, sizes, warmup, window, pid)
+            sample = clients.run(kind, address, client, k, sizes, warmup, window, pids)
             return sample
 
         for k in users_list:  # the echo's cheapest closed-loop client, at each K
@@ -867,7 +997,7 @@ def closed_loop(args, argv) -> None:
                 for name in servers:
                     sample = once(name, k, echo_client[k] if name == "echo" else "sync")
                     samples[name, k].append(sample)
-                    line.append(f"{name} {_loop_rate([sample]):,.0f}/s")
+                    line.append(f"{short[name]} {_loop_rate([sample]):,.0f}/s")
                 progress(f"round {r + 1}/{rounds}, {k} users: " + ", ".join(line))
     compute_1 = local_compute_us(net, inputs, 1, 2000)
     load_end = _load()
@@ -877,34 +1007,40 @@ def closed_loop(args, argv) -> None:
     print()
     print(f"Closed-loop users: each sends 1 timestep and waits for its reply (`{command.strip()}`, {elapsed:.0f} s):")
     print()
-    print("| users | echo msgs/s | ours, batching on | ours, batching off | on / echo | off / echo |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    ours = servers[1:]
+    heads = ["ours, batching on", "ours, batching off"] + ([f"ours, {label['multi']}"] if multi else [])
+    heads += [f"{label[name]} / echo" for name in ours]
+    print("| users | echo msgs/s | " + " | ".join(heads) + " |")
+    print("| ---: | ---: | " + " | ".join("---:" for _ in heads) + " |")
     rates = {key: _loop_rate(value) for key, value in samples.items()}
     for k in users_list:
-        echo, on, off = rates["echo", k], rates["on", k], rates["off", k]
-        print(
-            f"| {k} | {_fmt_rate(echo)} | {_fmt_rate(on)} timesteps/s | {_fmt_rate(off)} timesteps/s "
-            f"| {on / echo:.2f}× | {off / echo:.2f}× |"
-        )
+        echo = rates["echo", k]
+        cells = [f"{_fmt_rate(rates[name, k])} timesteps/s" for name in ours]
+        cells += [f"{rates[name, k] / echo:.2f}×" for name in ours]
+        print(f"| {k} | {_fmt_rate(echo)} | " + " | ".join(cells) + " |")
     print()
     print(
         "Time per message per user (K / aggregate rate: one user's round trip) and our overhead: ours − echo − "
         f"compute of 1 timestep ({compute_1:,.0f} µs):"
     )
     print()
-    print("| users | echo µs | on µs | off µs | overhead on µs | overhead off µs |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    heads = [f"{label[name]} µs" for name in servers] + [f"overhead {label[name]} µs" for name in ours]
+    print("| users | " + " | ".join(heads) + " |")
+    print("| ---: | " + " | ".join("---:" for _ in heads) + " |")
     for k in users_list:
-        echo, on, off = (k / rates[name, k] * 1e6 for name in servers)
-        print(
-            f"| {k} | {echo:,.0f} | {on:,.0f} | {off:,.0f} | {on - echo - compute_1:,.0f} "
-            f"| {off - echo - compute_1:,.0f} |"
-        )
+        per_user = {name: k / rates[name, k] * 1e6 for name in servers}
+        cells = [f"{per_user[name]:,.0f}" for name in servers]
+        cells += [f"{per_user[name] - per_user['echo'] - compute_1:,.0f}" for name in ours]
+        print(f"| {k} | " + " | ".join(cells) + " |")
     print()
-    print("Where the CPU went (cores busy during the windows: client processes / the server measured):")
+    print(
+        "Where the CPU went (cores busy during the windows: client processes / the server measured"
+        + (f"; for off, {multi} processes: the sum over its {multi} server processes" if multi else "")
+        + "):"
+    )
     print()
-    print("| users | echo: clients / server | on: clients / server | off: clients / server |")
-    print("| ---: | --- | --- | --- |")
+    print("| users | " + " | ".join(f"{label[name]}: clients / server" for name in servers) + " |")
+    print("| ---: | " + " | ".join("---" for _ in servers) + " |")
     for k in users_list:
         cells = [
             f"{_cores(samples[name, k], 'client_cpu_s'):.2f} / {_cores(samples[name, k], 'server_cpu_s'):.2f}"
@@ -912,17 +1048,21 @@ def closed_loop(args, argv) -> None:
         ]
         print(f"| {k} | " + " | ".join(cells) + " |")
     print()
-    for line in machine_info(
-        device,
-        "echo, ours with batching on, ours with batching off: each in a child process on 127.0.0.1",
-        (load_start, load_end),
-    ):
+    where = "echo, ours with batching on, ours with batching off: each in a child process on 127.0.0.1"
+    if multi:
+        where += (
+            f"; off, {multi} processes: ours with batching off as `python -m server --processes {multi}` on "
+            f"127.0.0.1 (a supervisor, idle, and {multi} server processes on one port with SO_REUSEPORT, each "
+            "client connection, so each user's sessions, in one of them; a temporary checkpoint folder)"
+        )
+    for line in machine_info(device, where, (load_start, load_end)):
         print(line)
     print(
         f"- clients: {processes} client processes (multiprocessing, spawned), users dealt out round-robin "
         f"(at {most} users: {', '.join(map(str, clients.split(most)))} per process), each user with its own "
         "client (channel) and one bidirectional stream; ours through `client.Session.stream` fed one chunk "
-        "at a time by a queue-driven generator, one thread per user. Clients and the three servers share "
+        "at a time by a queue-driven generator, one thread per user. Clients and the "
+        f"{'three' if not multi else 'four'} servers share "
         f"this machine's {usable} usable cores, so at many users the clients' own CPU (table above) is taken "
         "from the server"
     )
@@ -938,7 +1078,8 @@ def closed_loop(args, argv) -> None:
     )
     print(
         f"- {rounds} round(s) of {seconds:g} s windows per server and K after {warmup:g} s of warm-up with every "
-        "stream open, servers alternating echo, on, off; aggregate = all replies in the windows / their time"
+        f"stream open, servers alternating {', '.join(short[name] for name in servers)}; aggregate = all replies "
+        "in the windows / their time"
     )
     print(
         f"- compute alone: the model's forward of 1 timestep in this process, no server (best p50 of 5 rounds): "
@@ -980,7 +1121,8 @@ def main(argv=None) -> None:
         "--closed-loop",
         action="store_true",
         help="only the closed-loop users scenario: K users each sending 1 timestep and waiting for its reply, "
-        "against the echo, ours with batching on and ours with batching off, each in a child process",
+        "against the echo, ours with batching on and ours with batching off, each in a child process "
+        "(and see --server-processes)",
     )
     parser.add_argument(
         "--users", default=",".join(map(str, USERS)), help="closed loop: the numbers of users K (default 1,8,32,64)"
@@ -992,6 +1134,15 @@ def main(argv=None) -> None:
     )
     parser.add_argument(
         "--seconds", type=float, help="closed loop: the measured window per server, K and round (default 5, quick 1.5)"
+    )
+    parser.add_argument(
+        "--server-processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="closed loop: with N > 1, a fourth server, ours with batching off as `python -m server --processes N` "
+        "(N server processes on one port, a temporary checkpoint folder; its CPU: the sum over the N), "
+        "alternating with the others (default 0: off)",
     )
     parser.add_argument("--serve", choices=("echo", "sim"), help=argparse.SUPPRESS)  # the child-process mode
     parser.add_argument("--listen", default="127.0.0.1:0", help=argparse.SUPPRESS)  # where a child server listens

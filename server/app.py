@@ -127,9 +127,9 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
     authenticator = Authenticator.from_file(config.auth_file) if config.auth_file else Authenticator()
-    share = max(1, config.processes)  # each of N processes gets 1/N of the memory budgets
+    share = max(1, config.processes)  # each of N processes gets 1/N of the memory budgets (whole MB)
     quotas = {
-        t.name: Quota(t.max_sessions, None if t.max_memory_mb is None else t.max_memory_mb / share)
+        t.name: Quota(t.max_sessions, None if t.max_memory_mb is None else max(1, t.max_memory_mb // share))
         for t in authenticator.tenants or ()
     }
     store = CheckpointStore(config.checkpoint_dir) if config.checkpoint_dir else None

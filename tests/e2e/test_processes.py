@@ -17,7 +17,10 @@ import rnnbuilder as rb
 from client import Client
 from client.errors import ResourceExhaustedError
 from rnnbuilder import nn, snn
+from server import Limits, ServerConfig
+from server.memory import MB
 from tests.e2e.test_server_process import free_port
+from tests.server_fixture import running_server
 
 NET = rb.Sequential(nn.Linear(4), snn.LIF())
 X = np.ones((1, 3), dtype=np.float32)
@@ -135,3 +138,10 @@ def test_processes_refuse_what_they_cannot_share(tmp_path, flags, problem):
     assert server.process.wait(60) != 0
     server._reader.join(10)
     assert problem in "".join(server.lines)
+
+
+def test_each_process_has_its_share_of_the_memory_budget(tmp_path):
+    """With --processes 2, each process may hold half of --max-memory-mb."""
+    config = ServerConfig(device="cpu", processes=2, checkpoint_dir=str(tmp_path), limits=Limits(max_memory_mb=100))
+    with running_server(config) as (_, server):
+        assert server.sessions.ledger.server_budget == 50 * MB
