@@ -23,6 +23,7 @@ from .manager import SessionManager
 from .memory import MB, Quota
 from .metrics import Metrics
 from .placement import Placement
+from .planning import warm_up
 from .scheduler import FairScheduler
 from .servicer import SimulatorServicer, add_to_server
 
@@ -65,6 +66,7 @@ class SimulatorServer:
 
     async def start(self, metrics_port: int | None = None, metrics_host: str = "0.0.0.0") -> None:
         """Start serving; with ``metrics_port`` (0: a free one), also Prometheus' ``/metrics`` on ``metrics_host``."""
+        await asyncio.to_thread(warm_up)
         await self.grpc_server.start()
         if metrics_port is not None:
             self.metrics_port = self.metrics.serve(metrics_port, metrics_host)

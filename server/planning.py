@@ -18,7 +18,7 @@ from .memory import activation_elements, held_bytes
 from .session import SESSION_ID, Session
 from .training import GLOBAL_RNG, Training
 
-__all__ = ["checked_request", "plan", "build", "network_errors", "summary"]
+__all__ = ["checked_request", "plan", "build", "network_errors", "summary", "warm_up"]
 
 
 def checked_request(input_shape, batch_size: int, session_id: str | None, limits: Limits) -> tuple[int, ...]:
@@ -79,6 +79,15 @@ def plan(
         entry_elements=activations,
         bytes=held,
     )
+
+
+def warm_up() -> None:
+    """Plan a small network once. A process's first plan imports torch's meta-device machinery,
+    which took 1.9 s here: done at start-up, before the server says it serves, no client waits
+    for it in its first CreateSession."""
+    from rnnbuilder import nn, snn
+
+    plan(rb.Sequential(nn.Linear(2), snn.LIF()), (2,), 1, 0, "", "warm-up", Limits(), spec.default_registry)
 
 
 def build(factory, session: Session, device: torch.device) -> None:
