@@ -33,6 +33,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SimulatorService"].full_name
 log = logging.getLogger("rnnsim")
 RELEASE_STACKS_S = 30.0
 """How often batching's stacks let go of the parameters of sessions that left (``server.batching``)."""
+EXPIRY_ROUND_S = 30.0
+"""How often, at most, unused sessions are looked for and the last uses recorded (``--session-ttl``)."""
 
 
 class SimulatorServer:
@@ -77,6 +79,10 @@ class SimulatorServer:
             if self._idle > 0:
                 evict = functools.partial(self.sessions.evict_idle, self._idle)
                 self._periodic.append(loop.create_task(self._every(min(self._idle / 2, 30.0), evict)))
+        ttl = self.sessions.shortest_ttl()
+        if ttl > 0:  # a quarter of the shortest TTL: sessions go within 1.25 TTL of their last use
+            loop = asyncio.get_running_loop()
+            self._periodic.append(loop.create_task(self._every(min(ttl / 4, EXPIRY_ROUND_S), self.sessions.expire)))
         if self.batcher is not None:
             loop = asyncio.get_running_loop()
             self._periodic.append(loop.create_task(self._every(RELEASE_STACKS_S, self.batcher.release_departed)))
@@ -100,6 +106,8 @@ class SimulatorServer:
                 self.grpc_server.stop(grace), asyncio.to_thread(self.sessions.hand_over, grace or 0.0)
             )
             late = await asyncio.to_thread(self.sessions.end_hand_over)
+            if self.sessions.shortest_ttl() > 0:  # the last uses, for the restarted server's expiry
+                await asyncio.to_thread(self.sessions.record_use)
             self._leases.cancel()
             log.info(
                 "checkpointed %d sessions to %s",
@@ -131,7 +139,9 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
     authenticator = Authenticator.from_file(config.auth_file) if config.auth_file else Authenticator()
     share = max(1, config.processes)  # each of N processes gets 1/N of the memory budgets (whole MB)
     quotas = {
-        t.name: Quota(t.max_sessions, None if t.max_memory_mb is None else max(1, t.max_memory_mb // share))
+        t.name: Quota(
+            t.max_sessions, None if t.max_memory_mb is None else max(1, t.max_memory_mb // share), t.session_ttl_s
+        )
         for t in authenticator.tenants or ()
     }
     store = CheckpointStore(config.checkpoint_dir) if config.checkpoint_dir else None
@@ -147,6 +157,7 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
         holder=config.server_id,
         describable=convert.describable,
         shared_store=config.processes > 1,
+        session_ttl_s=config.session_ttl_s,
     )
     if store is not None:
         log.info("%d sessions in %s, each loaded on its first call", manager.register_stored(), store.directory)

@@ -6,6 +6,7 @@ The file is TOML::
     token = "..."
     max_sessions = 4          # optional
     max_memory_mb = 8000      # optional: device memory its sessions and calls may hold
+    session_ttl_s = 604800    # optional: seconds unused before a session expires (0: never)
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Tenant:
     token: str
     max_sessions: int | None = None
     max_memory_mb: int | None = None
+    session_ttl_s: float | None = None
+    """Seconds its sessions may go unused before they expire (0: never; None: ``--session-ttl``)."""
 
 
 OPEN_TENANT = Tenant("default", "")
@@ -63,15 +66,28 @@ class Authenticator:
                 raise ValueError(f"auth file {path}: tenants.{name}.token must be a string of 8 or more characters")
             if token in tokens:
                 raise ValueError(f"auth file {path}: tenants.{name} reuses another tenant's token")
-            unknown = set(entry) - {"token", "max_sessions", "max_memory_mb"}
+            unknown = set(entry) - {"token", "max_sessions", "max_memory_mb", "session_ttl_s"}
             if unknown:
                 raise ValueError(f"auth file {path}: tenants.{name} has unknown keys {sorted(unknown)}")
             for key in ("max_sessions", "max_memory_mb"):
                 limit = entry.get(key)
                 if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
                     raise ValueError(f"auth file {path}: tenants.{name}.{key} must be a positive integer")
+            ttl = entry.get("session_ttl_s")
+            if ttl is not None and not (isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl >= 0):
+                raise ValueError(
+                    f"auth file {path}: tenants.{name}.session_ttl_s must be a number of seconds, 0 or more"
+                )
             tokens.add(token)
-            tenants.append(Tenant(name, token, entry.get("max_sessions"), entry.get("max_memory_mb")))
+            tenants.append(
+                Tenant(
+                    name,
+                    token,
+                    entry.get("max_sessions"),
+                    entry.get("max_memory_mb"),
+                    None if ttl is None else float(ttl),
+                )
+            )
         return cls(tenants)
 
     def tenant_for(self, metadata) -> Tenant:

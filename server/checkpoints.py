@@ -11,6 +11,11 @@ replica that holds the session in memory; the holder renews it (its modification
 ``.wanted`` asks the holder to write the session's checkpoint and let go of it, so that the
 replica that now gets its calls continues from its latest state rather than an older one.
 
+Two more record expiry (``--session-ttl``): ``.used``, whose modification time is the session's last
+use (written at most once per expiry round, never per call), and ``.expired``, a tombstone left
+for ``EXPIRED_KEPT_S`` where an expired session was, so that every replica, and a restarted one,
+answers its id with SESSION_EXPIRED rather than SESSION_NOT_FOUND.
+
 Every file is named ``<session id>.<owner, hex>.<kind>``: ids are per owner, so one tenant's
 session never collides with, reveals or moves another's of the same id. Anything else in the
 folder, or anything that isn't a regular file (a link, a FIFO), is skipped and logged; nothing is
@@ -33,16 +38,22 @@ from .convert import snapshot_from_message, snapshot_to_message
 from .session import SESSION_ID, SessionKey
 from .snapshot import Snapshot
 
-__all__ = ["CheckpointStore", "LEASE_RENEW_S", "LEASE_EXPIRES_S"]
+__all__ = ["CheckpointStore", "LEASE_RENEW_S", "LEASE_EXPIRES_S", "EXPIRED_KEPT_S"]
 
 log = logging.getLogger("rnnsim.checkpoints")
 _SUFFIX = ".snapshot"
 _LEASE = ".lease"
 _WANTED = ".wanted"
+_USED = ".used"
+_EXPIRED = ".expired"
 LEASE_RENEW_S = 1.0
 """How often a replica renews its leases and looks for sessions others want."""
 LEASE_EXPIRES_S = 10.0
 """A lease not renewed for this long is from a replica that died: others may take the session."""
+EXPIRED_KEPT_S = 86400.0
+"""How long an expired session's id answers SESSION_EXPIRED (then SESSION_NOT_FOUND)."""
+_ORPHAN_USED_S = 60.0
+"""A use record older than this without a checkpoint is left over from a closed session."""
 
 
 class CheckpointStore:
@@ -113,8 +124,8 @@ class CheckpointStore:
         return os.path.lexists(self._path(session_id, owner, _SUFFIX))
 
     def remove(self, session_id: str, owner: str) -> None:
-        """Delete the session's checkpoint, lease and requests."""
-        for suffix in (_SUFFIX, _LEASE, _WANTED):
+        """Delete the session's checkpoint, lease, requests and use record."""
+        for suffix in (_SUFFIX, _LEASE, _WANTED, _USED):
             self._path(session_id, owner, suffix).unlink(missing_ok=True)
 
     def lease_holder(self, session_id: str, owner: str) -> str | None:
@@ -182,6 +193,69 @@ class CheckpointStore:
                 found.add(_key(path.name, _WANTED))
             except ValueError as error:  # a request of an older version, <id>.wanted, names no owner
                 self._skip(path, error)
+        return found
+
+    def mark_used(self, session_id: str, owner: str, when: float) -> None:
+        """Record that the session was last used at ``when``, in seconds since the epoch (its
+        ``.used`` file's modification time)."""
+        _touch(self._path(session_id, owner, _USED), when)
+
+    def last_used(self) -> dict[SessionKey, float]:
+        """Every checkpointed session's last use, in seconds since the epoch: the later of its
+        checkpoint's modification time (a checkpoint is written after calls that change the
+        session) and its ``.used`` record's."""
+        times = self._times()
+        used = times.get(_USED, {})
+        return {key: max(modified, used.get(key, 0.0)) for key, modified in times.get(_SUFFIX, {}).items()}
+
+    def mark_expired(self, session_id: str, owner: str) -> None:
+        """Leave the tombstone of an expired session (before its files are removed)."""
+        _replace(self._path(session_id, owner, _EXPIRED), b"")
+
+    def expired(self, session_id: str, owner: str, within_s: float) -> bool:
+        """Whether the session expired within the last ``within_s`` seconds (its tombstone says so)."""
+        try:
+            info = os.lstat(self._path(session_id, owner, _EXPIRED))
+        except (OSError, ValueError):
+            return False
+        return stat.S_ISREG(info.st_mode) and time.time() - info.st_mtime < within_s
+
+    def clear_expired(self, session_id: str, owner: str) -> None:
+        """Remove the session's tombstone: a new session has its id."""
+        self._path(session_id, owner, _EXPIRED).unlink(missing_ok=True)
+
+    def prune_marks(self, expired_kept_s: float) -> None:
+        """Remove tombstones older than ``expired_kept_s`` and use records left without a
+        checkpoint (of sessions closed as they were recorded): the folder never fills with them."""
+        times, now = self._times(), time.time()
+        checkpoints = times.get(_SUFFIX, {})
+        old = [(key, _EXPIRED) for key, t in times.get(_EXPIRED, {}).items() if now - t > expired_kept_s]
+        old += [
+            (key, _USED)
+            for key, t in times.get(_USED, {}).items()
+            if key not in checkpoints and now - t > _ORPHAN_USED_S
+        ]
+        for key, suffix in old:
+            self._path(*key, suffix).unlink(missing_ok=True)
+
+    def _times(self) -> dict[str, dict[SessionKey, float]]:
+        """Modification times (seconds since the epoch) of the regular files in the folder named
+        ``<session id>.<owner hex>.<kind>``, by kind (``.snapshot``, ``.used``, ``.expired``)."""
+        found: dict[str, dict[SessionKey, float]] = {}
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                suffix = next((s for s in (_SUFFIX, _USED, _EXPIRED) if entry.name.endswith(s)), None)
+                if suffix is None:
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        raise ValueError("not a regular file")
+                    modified = entry.stat(follow_symlinks=False).st_mtime
+                    found.setdefault(suffix, {})[_key(entry.name, suffix)] = modified
+                except FileNotFoundError:  # removed since the listing
+                    continue
+                except (OSError, ValueError) as error:
+                    self._skip(Path(entry.path), error)
         return found
 
     def _path(self, session_id: str, owner: str, suffix: str) -> Path:
@@ -262,6 +336,18 @@ def _replace(path: Path, data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+def _touch(path: Path, when: float) -> None:
+    """Set ``path``'s modification time to ``when``, creating it empty if need be; never follows a
+    link nor waits (a FIFO without a reader is an OSError)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"not a regular file: {path}")
+        os.utime(fd, (when, when))
+    finally:
+        os.close(fd)
 
 
 def _open_regular(path: Path) -> IO[bytes]:

@@ -47,6 +47,9 @@ class ServerConfig:
     """``fair`` across tenants by device time, or ``fifo`` (arrival order)."""
     evict_idle_after_s: float = 0.0
     """Sessions unused this long leave device memory for their checkpoint (0: never; needs checkpoint_dir)."""
+    session_ttl_s: float = 0.0
+    """Sessions no call has named for this long are deleted with their checkpoint (0: never); a
+    tenant's ``session_ttl_s`` in the auth file overrides it."""
     torch_threads: int = 0
     """Torch's intra-op threads; 0 keeps torch's default. 1 suits many small sessions on a CPU."""
     checkpoint_dir: str | None = None
@@ -106,6 +109,13 @@ class ServerConfig:
             default=float(_env("evict_idle_after", 900)),
             help="seconds after which an unused session leaves device memory for its checkpoint and comes"
             " back on its next call (default 900; 0: never)",
+        )
+        parser.add_argument(
+            "--session-ttl",
+            type=float,
+            default=float(_env("session_ttl", cls.session_ttl_s)),
+            help="seconds after which a session no call has named is deleted with its checkpoint; its id"
+            " then answers SESSION_EXPIRED (default 0: never; tenants' session_ttl_s override it)",
         )
         parser.add_argument(
             "--torch-threads",
@@ -182,6 +192,7 @@ class ServerConfig:
             workers=args.workers,
             scheduling=args.scheduling,
             evict_idle_after_s=args.evict_idle_after,
+            session_ttl_s=args.session_ttl,
             torch_threads=args.torch_threads,
             checkpoint_dir=args.checkpoint_dir or None,
             checkpoint_interval_s=args.checkpoint_interval,

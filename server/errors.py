@@ -12,6 +12,7 @@ from .auth import Unauthenticated
 
 __all__ = [
     "SessionNotFound",
+    "SessionExpired",
     "SessionExists",
     "SessionMoving",
     "CallCancelled",
@@ -29,6 +30,18 @@ class SessionNotFound(LookupError):
 
     def __init__(self, name: str):
         super().__init__(f"session {name!r} not found; list them with ListSessions or create one")
+        self.name = name
+
+
+class SessionExpired(SessionNotFound):
+    """The session was deleted for going unused longer than its time-to-live (``--session-ttl``)."""
+
+    def __init__(self, name: str):
+        LookupError.__init__(
+            self,
+            f"session {name!r} expired: it went unused longer than this server's session time-to-live,"
+            " and was deleted with its checkpoint; any call keeps a session alive",
+        )
         self.name = name
 
 
@@ -73,6 +86,8 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
         return grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", {}
     if is_out_of_memory(error):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", {}
+    if isinstance(error, SessionExpired):
+        return grpc.StatusCode.NOT_FOUND, "SESSION_EXPIRED", {"session": error.name}
     if isinstance(error, SessionNotFound):
         return grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", {"session": error.name}
     if isinstance(error, CallCancelled):

@@ -13,7 +13,7 @@ import math
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -22,8 +22,9 @@ import torch
 from rnnbuilder import spec
 from rnnbuilder_sim.wire.names import session_name
 
+from .checkpoints import EXPIRED_KEPT_S
 from .config import Limits
-from .errors import LimitExceeded, SessionExists, SessionMoving, SessionNotFound
+from .errors import LimitExceeded, SessionExists, SessionExpired, SessionMoving, SessionNotFound
 from .memory import MB, MemoryLedger, Quota, work_bytes
 from .placement import WouldBlock
 from .planning import build, checked_request, network_errors, plan, summary
@@ -33,6 +34,8 @@ from .snapshot import Snapshot, restore, take
 __all__ = ["SessionManager"]
 
 log = logging.getLogger("rnnsim.sessions")
+EXPIRED_REMEMBERED = 10_000
+"""Expired sessions remembered in memory (for SESSION_EXPIRED) at most; the store's tombstones last longer."""
 
 
 class SessionManager:
@@ -44,6 +47,9 @@ class SessionManager:
     or written by another replica sharing the folder) are loaded on demand. ``holder`` names this
     replica in the store's leases: a session another replica holds is asked for and waited for
     (SessionMoving) rather than loaded from an older checkpoint; ``tend_leases`` does the rest.
+
+    With a ``session_ttl_s`` (or a tenant's ``Quota.session_ttl_s``), sessions no call has named for
+    that long are deleted by ``expire`` (their ids then answer SessionExpired).
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class SessionManager:
         holder: str = "local",
         describable: Callable[[dict], None] | None = None,
         shared_store: bool = False,
+        session_ttl_s: float = 0.0,
     ):
         self.device = device
         self.describable = describable
@@ -78,6 +85,12 @@ class SessionManager:
         """Checkpoints that couldn't be written (logged; the session stays in memory, the others go on)."""
         self.closing = False
         """Shutting down: sessions are being handed over to their checkpoints, calls are refused."""
+        self.session_ttl_s = session_ttl_s
+        """Seconds a session may go unused before it expires, for tenants without their own; 0: never."""
+        self.expiries: Counter[str] = Counter()
+        """Sessions expired, by tenant."""
+        self._expired: OrderedDict[SessionKey, float] = OrderedDict()
+        """Recently expired sessions, oldest first, with when they expired (seconds since the epoch)."""
         self._sessions: dict[SessionKey, Session] = {}
         """By id and owner: tenants' ids are their own (one's id never collides with nor reveals another's)."""
         self._lock = threading.Lock()
@@ -146,6 +159,9 @@ class SessionManager:
                 self._sessions[session.key] = session
             if self.store is not None:
                 self.store.take_lease(session.id, owner, self.holder)
+                self.store.clear_expired(session.id, owner)
+            with self._lock:
+                self._expired.pop(session.key, None)
         log.info(
             "session %s created: %s, input %s, batch %d",
             session.id,
@@ -201,8 +217,22 @@ class SessionManager:
         if session is None and discover and self.store is not None:
             session = self._discover(session_id, owner)
         if session is None:
-            raise SessionNotFound(session_name(session_id))
+            raise self._gone(session_id, owner, look_in_store=discover)
+        session.used_at = time.time()  # any call keeps its session alive
         return session
+
+    def _gone(self, session_id: str, owner: str, look_in_store: bool = True) -> SessionNotFound:
+        """The error for a session that isn't (any more): SessionExpired if it expired lately, here
+        or (``look_in_store``: its tombstone, which another replica may have left) in the store."""
+        name = session_name(session_id)
+        with self._lock:
+            expired = self._expired.get(SessionKey(session_id, owner))
+        if expired is not None and time.time() - expired < EXPIRED_KEPT_S:
+            return SessionExpired(name)
+        stored = look_in_store and self.store is not None and SESSION_ID.fullmatch(session_id)
+        if stored and self.store.expired(session_id, owner, EXPIRED_KEPT_S):
+            return SessionExpired(name)
+        return SessionNotFound(name)
 
     def list(self, owner: str | None = None) -> list[Session]:
         """The sessions (of ``owner``, if given), resident or not, oldest first."""
@@ -232,6 +262,7 @@ class SessionManager:
         shape, batch_size, seed = snapshot.input_shape, snapshot.batch_size, snapshot.seed
         session = plan(factory, shape, batch_size, seed, owner, session_id, self.limits, self.registry)
         session.dirty = False
+        session.used_at = 0.0  # the store knows when it was last used: see ``expire``
         session.create_time = snapshot.create_time or session.create_time
         _describe(session, snapshot, nbytes, modified)
         return session
@@ -298,8 +329,8 @@ class SessionManager:
         if not session.lock.acquire(blocking=wait):
             raise WouldBlock(session.id)
         try:
-            if not self.registered(session):  # deleted while this call waited
-                raise SessionNotFound(session_name(session.id))
+            if not self.registered(session):  # deleted (or expired) while this call waited
+                raise self._gone(session.id, session.owner)
             if self.closing:
                 raise SessionMoving(session.id, "is leaving this replica, which is shutting down")
             if not session.resident:
@@ -309,6 +340,7 @@ class SessionManager:
                     self._load(session)
             with self._reserved(session, work, evict=wait):
                 session.last_used = time.monotonic()
+                session.used_at = time.time()
                 yield
                 session.dirty |= changes
         finally:
@@ -413,7 +445,7 @@ class SessionManager:
         if snapshot is None:
             self.store.drop_lease(session.id, session.owner, self.holder)
             self._forget(session)
-            raise SessionNotFound(session_name(session.id))
+            raise self._gone(session.id, session.owner)
         build(spec.from_spec(snapshot.description, self.registry), session, self.device)
         try:
             restore(session, snapshot, self.limits.max_batch_size)
@@ -428,6 +460,107 @@ class SessionManager:
             session.id,
             extra={"event": "session_restored", "session": session.id, "tenant": session.owner},
         )
+
+    # -- expiry -----------------------------------------------------------------------------------
+
+    def ttl(self, owner: str) -> float:
+        """Seconds ``owner``'s sessions may go unused before they expire; 0: never."""
+        own = self._quota(owner).session_ttl_s
+        return self.session_ttl_s if own is None else own
+
+    def shortest_ttl(self) -> float:
+        """The shortest time-to-live of any tenant (0: sessions never expire here)."""
+        ttls = [self.session_ttl_s] + [q.session_ttl_s for q in self.quotas.values() if q.session_ttl_s is not None]
+        return min((t for t in ttls if t > 0), default=0.0)
+
+    def record_use(self) -> int:
+        """Record in the store when each session used since its last record was last used, so that
+        a restarted server and replicas sharing the folder know; returns how many were recorded.
+        Run once per expiry round: a busy or streaming session costs one small write a round."""
+        if self.store is None:
+            return 0
+        recorded = 0
+        for session in self.list():
+            used = session.used_at
+            if used <= session.use_recorded:
+                continue
+            try:
+                self.store.mark_used(session.id, session.owner, used)
+            except OSError as error:
+                log.warning("could not record the use of session %s: %s", session.id, error)
+                continue
+            session.use_recorded = used
+            recorded += 1
+        return recorded  # a record of a session closed meanwhile is pruned with the tombstones
+
+    def expire(self) -> int:
+        """Delete the sessions (checkpoint, lease and all) that no call has named for longer than
+        their owner's time-to-live; returns how many. A busy session, or one another replica holds
+        (which expires it itself), is left for a later round. Their ids answer SessionExpired for
+        ``EXPIRED_KEPT_S`` (here, and through tombstones in the store on every replica)."""
+        self.record_use()
+        now = time.time()
+        stored = self.store.last_used() if self.store is not None else {}
+        with self._lock:
+            registered = dict(self._sessions)
+            while self._expired and now - next(iter(self._expired.values())) > EXPIRED_KEPT_S:
+                self._expired.popitem(last=False)
+        expired = 0
+        for key in set(registered) | set(stored):
+            ttl = self.ttl(key.owner)
+            session = registered.get(key)
+            last = max(stored.get(key, 0.0), session.used_at if session is not None else 0.0)
+            if ttl > 0 and now - last >= ttl:
+                try:
+                    expired += self._expire(key, session, now - ttl)
+                except OSError as error:
+                    log.warning("could not expire session %s: %s", key.id, error)
+        if self.store is not None:
+            self.store.prune_marks(EXPIRED_KEPT_S)
+        return expired
+
+    def _expire(self, key: SessionKey, session: Session | None, cutoff: float) -> bool:
+        """Delete an unused session: ``session`` if registered here (unless a call has it or named it
+        since ``cutoff``), else only its files; False if it was left."""
+        if self.store is not None and self.store.lease_holder(*key) not in (None, self.holder):
+            return False
+        if session is None:
+            with self._lock:
+                if key in self._sessions:  # registered since: the next round sees it
+                    return False
+            self._remember_expired(key)
+            self.store.remove(*key)
+        else:
+            if not session.lock.acquire(blocking=False):
+                return False
+            try:
+                if session.used_at >= cutoff or not self._forget(session):
+                    return False
+                self._remember_expired(key)
+                session.unload()
+                if self.store is not None:
+                    self.store.remove(*key)
+            finally:
+                session.lock.release()
+        self.expiries[key.owner] += 1
+        log.info(
+            "session %s expired: unused for %s s",
+            key.id,
+            f"{self.ttl(key.owner):g}",
+            extra={"event": "session_expired", "session": key.id, "tenant": key.owner},
+        )
+        return True
+
+    def _remember_expired(self, key: SessionKey) -> None:
+        """Answer SessionExpired for ``key`` from now on (for ``EXPIRED_KEPT_S``): the tombstone goes
+        into the store before the files are removed, so that no replica finds neither."""
+        with self._lock:
+            self._expired[key] = time.time()
+            self._expired.move_to_end(key)
+            while len(self._expired) > EXPIRED_REMEMBERED:
+                self._expired.popitem(last=False)
+        if self.store is not None:
+            self.store.mark_expired(*key)
 
     # -- replicas: leases, hand-over and checkpoints ----------------------------------------------
 

@@ -34,6 +34,8 @@ class Quota:
 
     max_sessions: int | None = None
     max_memory_mb: int | None = None
+    session_ttl_s: float | None = None
+    """Seconds a session may go unused before it expires; 0: never; None: the server's ``--session-ttl``."""
 
 
 def held_bytes(model: torch.nn.Module, *states) -> int:

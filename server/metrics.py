@@ -87,6 +87,12 @@ class _SessionCollector:
         for reason in ("idle", "memory"):
             evictions.add_metric([reason], self.manager.evictions[reason])
         yield evictions
+        expiries = CounterMetricFamily(
+            "rnnsim_session_expiries", "Sessions deleted for going unused past their time-to-live", labels=["tenant"]
+        )
+        for tenant, count in sorted(self.manager.expiries.items()):
+            expiries.add_metric([tenant], count)
+        yield expiries
         yield CounterMetricFamily(
             "rnnsim_restores", "Sessions loaded back from their checkpoints", value=self.manager.restores
         )

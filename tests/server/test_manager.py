@@ -4,6 +4,8 @@ stands in for the checkpoint folder, and each test drives the manager directly."
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from dataclasses import replace
 
 import pytest
@@ -13,8 +15,8 @@ import rnnbuilder as rb
 from rnnbuilder import nn, snn, spec
 from server import Limits, SessionManager
 from server import operations as ops
-from server.errors import LimitExceeded, SessionExists, SessionMoving, SessionNotFound
-from server.memory import MB
+from server.errors import LimitExceeded, SessionExists, SessionExpired, SessionMoving, SessionNotFound
+from server.memory import MB, Quota
 from server.placement import Placement, WouldBlock
 from server.scheduler import FairScheduler
 from server.session import SessionKey
@@ -34,6 +36,8 @@ class FakeStore:
         self.leases: dict[SessionKey, str] = {}
         self.asked: set[SessionKey] = set()
         self.writes = 0
+        self.used = {}
+        self.tombstones = {}
 
     def write(self, session_id: str, owner: str, snapshot: Snapshot) -> None:
         self.snapshots[SessionKey(session_id, owner)] = snapshot
@@ -80,6 +84,28 @@ class FakeStore:
     def remove(self, session_id: str, owner: str) -> None:
         self.snapshots.pop(SessionKey(session_id, owner), None)
         self.leases.pop(SessionKey(session_id, owner), None)
+        self.used.pop(SessionKey(session_id, owner), None)
+
+    used: dict[SessionKey, float]
+    tombstones: dict[SessionKey, float]
+
+    def mark_used(self, session_id: str, owner: str, when: float) -> None:
+        self.used[SessionKey(session_id, owner)] = when
+
+    def last_used(self) -> dict[SessionKey, float]:
+        return {key: self.used.get(key, 0.0) for key in self.snapshots}
+
+    def mark_expired(self, session_id: str, owner: str) -> None:
+        self.tombstones[SessionKey(session_id, owner)] = time.time()
+
+    def expired(self, session_id: str, owner: str, within_s: float) -> bool:
+        return time.time() - self.tombstones.get(SessionKey(session_id, owner), -math.inf) < within_s
+
+    def clear_expired(self, session_id: str, owner: str) -> None:
+        self.tombstones.pop(SessionKey(session_id, owner), None)
+
+    def prune_marks(self, expired_kept_s: float) -> None:
+        pass
 
 
 def manager(store: FakeStore | None = None, holder: str = "here", **settings) -> SessionManager:
@@ -424,3 +450,76 @@ def test_memory_reserved_by_a_call_is_released_after_it():
     s = create(m)
     ops.run(m, s, inputs(3), [])
     assert m.ledger.reserved() == 0
+
+
+def test_a_session_unused_past_its_ttl_expires_and_its_id_says_so():
+    """``expire`` deletes a session unused past the TTL, with its checkpoint; its id answers SessionExpired."""
+    store = FakeStore()
+    m = manager(store, session_ttl_s=60)
+    s = create(m)
+    s.used_at -= 61
+    assert m.expire() == 1
+    assert m.list() == [] and store.snapshots == {} and m.expiries["default"] == 1
+    with pytest.raises(SessionExpired):
+        m.get(s.id)
+
+
+def test_a_session_used_within_its_ttl_is_kept_and_its_use_recorded():
+    """A session a call named within the TTL stays, and its last use goes into the store."""
+    store = FakeStore()
+    m = manager(store, session_ttl_s=60)
+    s = create(m)
+    s.used_at -= 61
+    m.get(s.id)
+    assert m.expire() == 0
+    assert store.used[s.key] == s.used_at
+
+
+def test_a_busy_session_is_not_expired():
+    """A session a call holds is left for a later round."""
+    m = manager(FakeStore(), session_ttl_s=60)
+    s = create(m)
+    s.used_at -= 61
+    with s.lock:
+        assert m.expire() == 0
+    assert m.expire() == 1
+
+
+def test_a_tenant_ttl_overrides_the_servers():
+    """A tenant's own TTL counts for its sessions; 0 keeps them forever."""
+    m = manager(FakeStore(), session_ttl_s=60, quotas={"keeper": Quota(session_ttl_s=0)})
+    kept, gone = create(m, "keeper"), create(m, "other")
+    kept.used_at -= 1000
+    gone.used_at -= 1000
+    assert m.expire() == 1
+    assert m.list() == [kept]
+
+
+def test_a_stored_session_unused_past_its_ttl_expires_without_being_loaded():
+    """A session only the store has (another replica's, or from before a restart) expires from its recorded use."""
+    store = FakeStore()
+    s = create(manager(store))
+    store.leases.clear()
+    store.used[s.key] = time.time() - 61
+    m = manager(store, session_ttl_s=60)
+    assert m.expire() == 1 and store.snapshots == {} and m.restores == 0
+    with pytest.raises(SessionExpired):
+        m.get(s.id)
+
+
+def test_a_session_another_replica_holds_is_left_to_it():
+    """A replica never expires a session another one holds: that one decides, knowing its last use."""
+    store = FakeStore()
+    s = create(manager(store, holder="there"))
+    store.used[s.key] = time.time() - 61
+    assert manager(store, session_ttl_s=60).expire() == 0
+    assert s.key in store.snapshots
+
+
+def test_a_new_session_may_take_an_expired_id():
+    """Creating a session under an expired id makes a new session, found as any other."""
+    m = manager(FakeStore(), session_ttl_s=60)
+    s = create(m, session_id="reused")
+    s.used_at -= 61
+    m.expire()
+    assert m.get(create(m, session_id="reused").id).id == "reused"
