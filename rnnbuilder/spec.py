@@ -10,7 +10,8 @@ checked against its type hint, and every mistake raises ``SpecError`` naming the
 The format is ``{"format": "rnnbuilder.spec/1", "root": FACTORY}``. A FACTORY is one of
 
 - ``{"type": "nn.Linear", "args": {"out_features": 10}}``: arguments by name, omitted ones take
-  their defaults; surrogates are such objects too, and tuples are lists;
+  their defaults; surrogates are such objects too, and tuples are lists. An integer argument takes
+  a real with no fractional part (``8.0``) as that integer, and refuses any other real;
 - ``{"type": "Sequential", "factories": [FACTORY, ...]}``;
 - ``{"type": "Network", "layers": [NODE, ...], "names": [{"name": "output", "node": 2}, ...]}``.
   Nodes refer to each other by index in ``"layers"``, and each comes after its inputs (a
@@ -18,6 +19,9 @@ The format is ``{"format": "rnnbuilder.spec/1", "root": FACTORY}``. A FACTORY is
   NODE is ``{"kind": "input"}``, ``{"kind": "layer", "input": i, "factories": [FACTORY, ...]}``,
   ``{"kind": "stack" | "sum" | "list", "inputs": [i, ...]}`` or ``{"kind": "placeholder",
   "layer": i, "hint": name or null, "initial_value": null | "zeros" | "ones" | number}``.
+
+A key that means nothing where it is given (``"args"`` on a Sequential or Network, ``"factories"``
+on anything but a Sequential, an unknown key of a node) is refused, never ignored.
 
 >>> from rnnbuilder import Network, Placeholder, nn
 >>> n = Network()
@@ -77,6 +81,7 @@ _NODE_KEYS = {  # kind -> (required keys, optional keys)
     "placeholder": (("layer",), ("hint", "initial_value")),
     **{kind: (("inputs",), ()) for kind in _COMBINE},
 }
+_EXACT = 2**53  # every integer up to this is exactly a double; beyond it, doubles skip integers
 _INITIAL = {"zeros": initial.zeros, "ones": initial.ones}
 _SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", type(None): "null"}
 # Unannotated custom arguments take any JSON value; lists stay lists, as there is no hint to make tuples.
@@ -343,12 +348,12 @@ class _Reader:
         name = _tag(value, path, "type")
         cls = self.registry._lookup(name, bases, f"{path}.type")
         if issubclass(cls, Network):
-            _keys(value, path, ("type", "layers", "names"))
+            _keys(value, path, ("type", "layers", "names"), owner=name)
             return self.network(cls(), value, path)
         if issubclass(cls, Sequential):
-            _keys(value, path, ("type", "factories"))
+            _keys(value, path, ("type", "factories"), owner=name)
             return _call(path, cls, *self.factories(value["factories"], f"{path}.factories"))
-        _keys(value, path, ("type",), ("args",))
+        _keys(value, path, ("type",), ("args",), owner=name)
         params = _parameters(cls)
         args = value.get("args", {})
         extra = _extra_keywords(cls)  # a module with **kwargs takes any other names
@@ -375,6 +380,8 @@ class _Reader:
             return self.object(value, (hint,), path)
         if hint is float:
             return _number(value, path)
+        if hint is int:
+            return _integer(value, path)
         if hint not in _SCALARS:
             raise SpecError(path, f"arguments of type {hint} can't be given in a description")
         if not isinstance(value, (list, tuple) if hint is list else hint) or (hint is int and isinstance(value, bool)):
@@ -383,6 +390,8 @@ class _Reader:
 
     def union(self, value, hint, path: str):
         options = typing.get_args(hint)
+        if isinstance(value, float) and float in options:  # a real stays a real where one may go (8.0 isn't 8)
+            return _number(value, path)
         objects = tuple(o for o in options if isinstance(o, type) and issubclass(o, _DESCRIBED))
         if isinstance(value, dict) and objects:
             return self.object(value, objects, path)
@@ -480,14 +489,35 @@ def _type_name(hint) -> str:
     return _SCALARS.get(hint, "any value" if hint is Any else str(hint))
 
 
-def _keys(value, path: str, required, optional=(), what: str = "key") -> None:
-    """Check that ``value`` is an object with all ``required`` keys and nothing but those and ``optional``."""
+# Keys that mean something only for some factories: key -> what they belong to.
+_KEY_OWNERS = {
+    "args": "factories and surrogates other than Sequential and Network",
+    "factories": "Sequential",
+    "layers": "Network",
+    "names": "Network",
+}
+
+
+def _keys(value, path: str, required, optional=(), what: str = "key", owner: str | None = None) -> None:
+    """Check that ``value`` is an object with all ``required`` keys and nothing but those and ``optional``.
+
+    ``owner`` is the type of the object ``value`` describes: a key that belongs to other types is refused
+    saying that ``owner`` takes no such thing, rather than as unknown.
+    """
     if not isinstance(value, dict):
         raise SpecError(path, f"expected an object, got {_show(value)}")
     allowed = (*required, *optional)
     for key in value:
-        if key not in allowed:
-            raise SpecError(_join(path, key), f"unknown {what}; expected one of: {', '.join(allowed) or 'none'}")
+        if key in allowed:
+            continue
+        if owner is not None and key in _KEY_OWNERS:
+            takes = "arguments" if key == "args" else key
+            raise SpecError(
+                _join(path, key),
+                f"{owner} takes no {takes} ({key} are only for {_KEY_OWNERS[key]}); "
+                f"expected only: {', '.join(allowed)}",
+            )
+        raise SpecError(_join(path, key), f"unknown {what}; expected one of: {', '.join(allowed) or 'none'}")
     for key in required:
         if key not in value:
             raise SpecError(_join(path, key), f"missing required {what}")
@@ -513,6 +543,20 @@ def _number(value, path: str) -> float:
     if not math.isfinite(number):
         raise SpecError(path, f"expected a finite number, got {_show(value)}")
     return number
+
+
+def _integer(value, path: str) -> int:
+    """An integer argument; a real with no fractional part (8.0, as clients without integers send) counts,
+    up to 2**53, beyond which reals skip integers, so that the real stands for one integer only."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise SpecError(path, f"expected integer, got {_show(value)}: this argument needs a whole number")
+        if abs(value) > _EXACT:
+            raise SpecError(path, f"expected integer, got {_show(value)}: give it as an integer, not a real")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path, f"expected integer, got {_show(value)}")
+    return value
 
 
 def _call(path: str, fn, *args, **kwargs):

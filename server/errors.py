@@ -6,6 +6,7 @@ import grpc
 import torch
 
 from rnnbuilder import RnnbuilderError, ShapeError
+from rnnbuilder_sim.wire.names import session_id, session_name
 from rnnbuilder_sim.wire.tensors import TensorError
 
 from .auth import Unauthenticated
@@ -18,11 +19,33 @@ __all__ = [
     "CallCancelled",
     "LimitExceeded",
     "InvalidRequest",
+    "DOMAIN",
+    "REASONS",
     "status_of",
     "is_out_of_memory",
 ]
 
 DOMAIN = "rnnbuilder-sim"
+"""The ``google.rpc.ErrorInfo.domain`` of every error this server sends."""
+
+REASONS: dict[str, tuple[grpc.StatusCode, tuple[str, ...]]] = {
+    "UNAUTHENTICATED": (grpc.StatusCode.UNAUTHENTICATED, ()),
+    "OUT_OF_MEMORY": (grpc.StatusCode.RESOURCE_EXHAUSTED, ()),
+    "SESSION_EXPIRED": (grpc.StatusCode.NOT_FOUND, ("session",)),
+    "SESSION_NOT_FOUND": (grpc.StatusCode.NOT_FOUND, ("session",)),
+    "CANCELLED": (grpc.StatusCode.CANCELLED, ()),
+    "SESSION_MOVING": (grpc.StatusCode.UNAVAILABLE, ("session",)),
+    "SESSION_EXISTS": (grpc.StatusCode.ALREADY_EXISTS, ("session",)),
+    "LIMIT_EXCEEDED": (grpc.StatusCode.RESOURCE_EXHAUSTED, ("limit", "requested", "allowed")),
+    "INVALID_SHAPE": (grpc.StatusCode.INVALID_ARGUMENT, ()),
+    "INVALID_NETWORK": (grpc.StatusCode.INVALID_ARGUMENT, ("path",)),
+    "INVALID_TENSOR": (grpc.StatusCode.INVALID_ARGUMENT, ()),
+    "INVALID_REQUEST": (grpc.StatusCode.INVALID_ARGUMENT, ()),
+    "INTERNAL": (grpc.StatusCode.INTERNAL, ()),
+}
+"""Every ErrorInfo reason: its status code and the metadata keys it may carry. The contract lists
+the same table (the ``.proto``'s comment above the service, and docs/contract.md); a test keeps
+them equal. A session is always named by its resource name ``sessions/<id>`` under ``session``."""
 
 
 class SessionNotFound(LookupError):
@@ -82,33 +105,45 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, dict[str, str
 
     Unknown errors are INTERNAL: the servicer logs them and sends no internals to the client.
     """
+    reason, metadata = _reason_of(error)
+    return REASONS[reason][0], reason, metadata
+
+
+def _reason_of(error: BaseException) -> tuple[str, dict[str, str]]:
+    """The reason (a key of ``REASONS``) and the metadata for ``error``."""
     if isinstance(error, Unauthenticated):
-        return grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", {}
+        return "UNAUTHENTICATED", {}
     if is_out_of_memory(error):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", {}
+        return "OUT_OF_MEMORY", {}
     if isinstance(error, SessionExpired):
-        return grpc.StatusCode.NOT_FOUND, "SESSION_EXPIRED", {"session": error.name}
+        return "SESSION_EXPIRED", _session(error.name)
     if isinstance(error, SessionNotFound):
-        return grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", {"session": error.name}
+        return "SESSION_NOT_FOUND", _session(error.name)
     if isinstance(error, CallCancelled):
-        return grpc.StatusCode.CANCELLED, "CANCELLED", {}
+        return "CANCELLED", {}
     if isinstance(error, SessionMoving):
-        return grpc.StatusCode.UNAVAILABLE, "SESSION_MOVING", {"session": error.session_id}
+        return "SESSION_MOVING", _session(error.session_id)
     if isinstance(error, SessionExists):
-        return grpc.StatusCode.ALREADY_EXISTS, "SESSION_EXISTS", {"session": error.session_id}
+        return "SESSION_EXISTS", _session(error.session_id)
     if isinstance(error, LimitExceeded):
         metadata = {"limit": error.limit, "requested": str(error.requested), "allowed": str(error.allowed)}
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, "LIMIT_EXCEEDED", metadata
+        return "LIMIT_EXCEEDED", metadata
     if isinstance(error, ShapeError):
-        return grpc.StatusCode.INVALID_ARGUMENT, "INVALID_SHAPE", {}
+        return "INVALID_SHAPE", {}
     if isinstance(error, RnnbuilderError):
         path = getattr(error, "path", None)
-        return grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NETWORK", ({"path": path} if path else {})
+        return "INVALID_NETWORK", ({"path": path} if path else {})
     if isinstance(error, TensorError):
-        return grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TENSOR", {}
+        return "INVALID_TENSOR", {}
     if isinstance(error, (InvalidRequest, ValueError, TypeError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", {}
-    return grpc.StatusCode.INTERNAL, "INTERNAL", {}
+        return "INVALID_REQUEST", {}
+    return "INTERNAL", {}
+
+
+def _session(name_or_id: str) -> dict[str, str]:
+    """The metadata naming a session: always its resource name ``sessions/<id>``, under ``session``,
+    whether the error was raised with the name or the bare id."""
+    return {"session": name_or_id if session_id(name_or_id) is not None else session_name(name_or_id)}
 
 
 def is_out_of_memory(error: BaseException) -> bool:

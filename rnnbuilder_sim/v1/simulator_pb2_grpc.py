@@ -35,6 +35,30 @@ class SimulatorServiceStub:
     ListSessions) may go to any replica; ListSessions then lists that replica's sessions. Every
     response carries the initial metadata "rnnsim-server-id: <replica>", naming the replica that
     answered.
+
+    Errors: a failed call's status has one google.rpc.ErrorInfo detail, domain "rnnbuilder-sim",
+    whose reason is one of these, as REASON (status code) {metadata keys}: meaning.
+    UNAUTHENTICATED (UNAUTHENTICATED) {}: with tenants, the call has no valid token.
+    OUT_OF_MEMORY (RESOURCE_EXHAUSTED) {}: the device ran out of memory; only this call failed.
+    SESSION_EXPIRED (NOT_FOUND) {session}: deleted after going unused past the session time-to-live.
+    SESSION_NOT_FOUND (NOT_FOUND) {session}: no session has this name (or another tenant's has).
+    CANCELLED (CANCELLED) {}: the caller went away before the call's result was kept.
+    SESSION_MOVING (UNAVAILABLE) {session}: the session is between replicas, or this replica is
+    shutting down; retry in a moment (the Python client does).
+    SESSION_EXISTS (ALREADY_EXISTS) {session}: the session_id asked for is taken.
+    LIMIT_EXCEEDED (RESOURCE_EXHAUSTED) {limit, requested, allowed}: over a server or tenant limit.
+    INVALID_SHAPE (INVALID_ARGUMENT) {}: a shape doesn't fit the session's network.
+    INVALID_NETWORK (INVALID_ARGUMENT) {path}: the NetworkSpec can't be built.
+    INVALID_TENSOR (INVALID_ARGUMENT) {}: a Tensor's dtype, shape and bytes don't agree.
+    INVALID_REQUEST (INVALID_ARGUMENT) {}: anything else malformed, such as a name not "sessions/<id>".
+    INTERNAL (INTERNAL) {}: a server fault; the server logs it and sends no internals.
+    The metadata keys:
+    session: the session's resource name "sessions/{session_id}", never the bare id, in every
+    reason (for CreateSession without a session_id, "sessions/new").
+    limit: which limit, as "max_batch_size" or "tenant max_sessions".
+    requested: the amount asked for, a decimal integer.
+    allowed: the most the limit allows, a decimal integer.
+    path: where in the NetworkSpec, as "root.factories[1].args.tau"; absent when unknown.
     """
 
     def __init__(self, channel):
@@ -140,6 +164,30 @@ class SimulatorServiceServicer:
     ListSessions) may go to any replica; ListSessions then lists that replica's sessions. Every
     response carries the initial metadata "rnnsim-server-id: <replica>", naming the replica that
     answered.
+
+    Errors: a failed call's status has one google.rpc.ErrorInfo detail, domain "rnnbuilder-sim",
+    whose reason is one of these, as REASON (status code) {metadata keys}: meaning.
+    UNAUTHENTICATED (UNAUTHENTICATED) {}: with tenants, the call has no valid token.
+    OUT_OF_MEMORY (RESOURCE_EXHAUSTED) {}: the device ran out of memory; only this call failed.
+    SESSION_EXPIRED (NOT_FOUND) {session}: deleted after going unused past the session time-to-live.
+    SESSION_NOT_FOUND (NOT_FOUND) {session}: no session has this name (or another tenant's has).
+    CANCELLED (CANCELLED) {}: the caller went away before the call's result was kept.
+    SESSION_MOVING (UNAVAILABLE) {session}: the session is between replicas, or this replica is
+    shutting down; retry in a moment (the Python client does).
+    SESSION_EXISTS (ALREADY_EXISTS) {session}: the session_id asked for is taken.
+    LIMIT_EXCEEDED (RESOURCE_EXHAUSTED) {limit, requested, allowed}: over a server or tenant limit.
+    INVALID_SHAPE (INVALID_ARGUMENT) {}: a shape doesn't fit the session's network.
+    INVALID_NETWORK (INVALID_ARGUMENT) {path}: the NetworkSpec can't be built.
+    INVALID_TENSOR (INVALID_ARGUMENT) {}: a Tensor's dtype, shape and bytes don't agree.
+    INVALID_REQUEST (INVALID_ARGUMENT) {}: anything else malformed, such as a name not "sessions/<id>".
+    INTERNAL (INTERNAL) {}: a server fault; the server logs it and sends no internals.
+    The metadata keys:
+    session: the session's resource name "sessions/{session_id}", never the bare id, in every
+    reason (for CreateSession without a session_id, "sessions/new").
+    limit: which limit, as "max_batch_size" or "tenant max_sessions".
+    requested: the amount asked for, a decimal integer.
+    allowed: the most the limit allows, a decimal integer.
+    path: where in the NetworkSpec, as "root.factories[1].args.tau"; absent when unknown.
     """
 
     def GetServerInfo(self, request, context):
@@ -368,6 +416,30 @@ class SimulatorService:
     ListSessions) may go to any replica; ListSessions then lists that replica's sessions. Every
     response carries the initial metadata "rnnsim-server-id: <replica>", naming the replica that
     answered.
+
+    Errors: a failed call's status has one google.rpc.ErrorInfo detail, domain "rnnbuilder-sim",
+    whose reason is one of these, as REASON (status code) {metadata keys}: meaning.
+    UNAUTHENTICATED (UNAUTHENTICATED) {}: with tenants, the call has no valid token.
+    OUT_OF_MEMORY (RESOURCE_EXHAUSTED) {}: the device ran out of memory; only this call failed.
+    SESSION_EXPIRED (NOT_FOUND) {session}: deleted after going unused past the session time-to-live.
+    SESSION_NOT_FOUND (NOT_FOUND) {session}: no session has this name (or another tenant's has).
+    CANCELLED (CANCELLED) {}: the caller went away before the call's result was kept.
+    SESSION_MOVING (UNAVAILABLE) {session}: the session is between replicas, or this replica is
+    shutting down; retry in a moment (the Python client does).
+    SESSION_EXISTS (ALREADY_EXISTS) {session}: the session_id asked for is taken.
+    LIMIT_EXCEEDED (RESOURCE_EXHAUSTED) {limit, requested, allowed}: over a server or tenant limit.
+    INVALID_SHAPE (INVALID_ARGUMENT) {}: a shape doesn't fit the session's network.
+    INVALID_NETWORK (INVALID_ARGUMENT) {path}: the NetworkSpec can't be built.
+    INVALID_TENSOR (INVALID_ARGUMENT) {}: a Tensor's dtype, shape and bytes don't agree.
+    INVALID_REQUEST (INVALID_ARGUMENT) {}: anything else malformed, such as a name not "sessions/<id>".
+    INTERNAL (INTERNAL) {}: a server fault; the server logs it and sends no internals.
+    The metadata keys:
+    session: the session's resource name "sessions/{session_id}", never the bare id, in every
+    reason (for CreateSession without a session_id, "sessions/new").
+    limit: which limit, as "max_batch_size" or "tenant max_sessions".
+    requested: the amount asked for, a decimal integer.
+    allowed: the most the limit allows, a decimal integer.
+    path: where in the NetworkSpec, as "root.factories[1].args.tau"; absent when unknown.
     """
 
     @staticmethod

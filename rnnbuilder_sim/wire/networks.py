@@ -118,7 +118,7 @@ def _read_factory(message: pb.Factory, path: str) -> dict:
         description["names"] = [{"name": n.name, "node": n.node_index} for n in message.names]
     if message.type == "Sequential":
         description.setdefault("factories", [])
-    elif message.type != "Network" or message.args:
+    if message.args or message.type not in ("Sequential", "Network"):  # args where they mean nothing: spec refuses
         description["args"] = {name: _read_value(v, f"{path}.args.{name}") for name, v in sorted(message.args.items())}
     return description
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import rnnbuilder as rb
-from client import Client, InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from client import AlreadyExistsError, Client, InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from client.errors import from_rpc_error
 from rnnbuilder import nn, snn, spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
@@ -146,6 +146,27 @@ def test_unknown_session_id_is_not_found(client, pair):
     with pytest.raises(NotFoundError) as caught:
         client.get_session(UNKNOWN)
     assert_error(caught.value, NotFoundError, "SESSION_NOT_FOUND", UNKNOWN)
+    assert_undisturbed(*pair)
+
+
+def test_not_found_and_already_exists_name_the_session_alike(stub, pair):
+    """NOT_FOUND and ALREADY_EXISTS name a session the same way: its resource name, under the
+    ErrorInfo metadata key "session" (not the bare id in one and the name in the other)."""
+    session_id = "named-alike"
+    name = f"sessions/{session_id}"
+    request = pb.CreateSessionRequest(
+        session=pb.Session(network=wire.to_message(spec.to_spec(network())), input_shape=IN_SHAPE, batch_size=B),
+        session_id=session_id,
+    )
+    stub.CreateSession(request, timeout=30)
+    try:
+        taken = rpc_error(stub.CreateSession, request)
+        assert_error(taken, AlreadyExistsError, "SESSION_EXISTS", session_id)
+    finally:
+        stub.DeleteSession(pb.DeleteSessionRequest(name=name), timeout=30)
+    missing = rpc_error(stub.GetSession, pb.GetSessionRequest(name=name))
+    assert_error(missing, NotFoundError, "SESSION_NOT_FOUND", name)
+    assert taken.metadata == missing.metadata == {"session": name}
     assert_undisturbed(*pair)
 
 

@@ -497,3 +497,98 @@ def test_not_a_factory_is_not_written():
     with pytest.raises(SpecError, match="expected a factory") as info:
         spec.to_spec(torch.nn.Linear(2, 3))
     assert info.value.path == "root"
+
+
+def test_integral_real_for_int_builds_as_int():
+    """8.0 for an integer argument builds exactly as 8: same factory, same parameter shapes."""
+    rebuilt = spec.from_spec(document(linear(out_features=8.0)))
+    assert rebuilt == nn.Linear(8) and type(rebuilt.out_features) is int
+    expected, got = seeded_model(nn.Linear(8), (4,)), seeded_model(rebuilt, (4,))
+    assert {k: v.shape for k, v in got.state_dict().items()} == {k: v.shape for k, v in expected.state_dict().items()}
+    assert spec.to_spec(rebuilt) == spec.to_spec(nn.Linear(8))
+
+
+def test_integral_reals_in_a_tuple_argument_build_as_ints():
+    """Integral reals inside a tuple of integers become those integers."""
+    pool = spec.from_spec(document({"type": "nn.MaxPool2d", "args": {"kernel_size": [2.0, 3.0]}}))
+    assert pool.kernel_size == (2, 3) and all(type(k) is int for k in pool.kernel_size)
+
+
+def test_fractional_real_for_int_is_refused():
+    """8.5 for an integer argument fails at that argument, saying a whole number is needed."""
+    raises_at("root.args.out_features", document(linear(out_features=8.5)), match="expected integer.*whole number")
+
+
+def test_real_stays_real_where_a_real_may_go():
+    """An integral real for an argument that takes any number stays a real."""
+    registry = spec.builtin_registry()
+    registry.register("test.Shift", ShiftFactory)
+    shift = spec.from_spec(document({"type": "test.Shift", "args": {"offset": 2.0}}), registry)
+    assert type(shift.arguments["offset"]) is float
+
+
+def test_sequential_with_args_is_refused():
+    """A Sequential with args fails at its args, saying a Sequential takes none."""
+    description = spec.to_spec(rb.Sequential(nn.Linear(4), nn.ReLU()))
+    description["root"]["args"] = {"out_features": 3}
+    raises_at("root.args", description, match="Sequential takes no arguments")
+
+
+def test_sequential_with_empty_args_is_refused():
+    """Even an empty args object on a Sequential is refused."""
+    description = spec.to_spec(rb.Sequential(nn.Linear(4)))
+    description["root"]["args"] = {}
+    raises_at("root.args", description, match="Sequential takes no arguments")
+
+
+def test_network_with_args_is_refused():
+    """A Network with args fails at its args, saying a Network takes none."""
+    description = network_spec()
+    description["root"]["args"] = {"out_features": 3}
+    raises_at("root.args", description, match="Network takes no arguments")
+
+
+def test_nested_sequential_with_args_is_refused():
+    """A Sequential with args inside a network layer fails at that place."""
+    description = network_spec()
+    description["root"]["layers"][1]["factories"][0] = {"type": "Sequential", "factories": [linear(out_features=2)]}
+    description["root"]["layers"][1]["factories"][0]["args"] = {"bias": False}
+    raises_at("root.layers[1].factories[0].args", description, match="Sequential takes no arguments")
+
+
+def test_factory_with_factories_is_refused():
+    """factories on a factory other than Sequential fail there, saying it takes none."""
+    description = document({**linear(out_features=2), "factories": [{"type": "nn.ReLU"}]})
+    raises_at("root.factories", description, match="nn.Linear takes no factories")
+
+
+def test_surrogate_with_factories_is_refused():
+    """factories on a surrogate argument fail at the surrogate's key."""
+    description = document(
+        {"type": "snn.LIF", "args": {"spike_function": {"type": "snn.SpikeLinear", "factories": []}}}
+    )
+    raises_at("root.args.spike_function.factories", description, match="snn.SpikeLinear takes no factories")
+
+
+def test_sequential_with_layers_is_refused():
+    """layers and names on a Sequential fail there, saying it takes none."""
+    description = spec.to_spec(rb.Sequential(nn.Linear(4)))
+    description["root"]["layers"] = network_spec()["root"]["layers"]
+    raises_at("root.layers", description, match="Sequential takes no layers")
+
+
+def test_network_with_factories_is_refused():
+    """factories on a Network fail there, saying it takes none."""
+    description = network_spec()
+    description["root"]["factories"] = [linear(out_features=2)]
+    raises_at("root.factories", description, match="Network takes no factories")
+
+
+def test_unknown_top_level_factory_key_is_refused():
+    """A key no factory takes fails as unknown at that key."""
+    raises_at("root.kwargs", document({**linear(out_features=2), "kwargs": {}}), match="unknown key")
+
+
+def test_huge_integral_real_for_int_is_refused():
+    """A real beyond 2**53, which stands for no one integer, is refused for an integer argument."""
+    raises_at("root.args.out_features", document(linear(out_features=1e300)), match="expected integer.*not a real")

@@ -541,3 +541,37 @@ def test_raw_bool_bytes_other_than_0_or_1_are_refused():
     for decoder in (tensors.shape_of, tensors.decode, tensors.decode_torch):
         with pytest.raises(tensors.TensorError, match="0 or 1"):
             decoder(message)
+
+
+def test_sequential_args_on_the_wire_are_refused():
+    """Args on a Sequential message reach the description and are refused there, not dropped."""
+    message = network.factory_to_message(rb.Sequential(nn.Linear(4), nn.ReLU()))
+    message.root.args["out_features"].int_value = 3
+    with pytest.raises(SpecError, match="Sequential takes no arguments") as caught:
+        spec.from_spec(network.from_message(message))
+    assert caught.value.path == "root.args"
+
+
+def test_network_args_on_the_wire_are_refused():
+    """Args on a Network message are refused at the Network's args."""
+    message = network.factory_to_message(rich_network())
+    message.root.args["bias"].bool_value = False
+    with pytest.raises(SpecError, match="Network takes no arguments") as caught:
+        spec.from_spec(network.from_message(message))
+    assert caught.value.path == "root.args"
+
+
+def test_integral_number_value_for_an_int_argument_builds_as_int():
+    """A double 8.0 for an integer argument builds exactly as the integer 8."""
+    message = network.factory_to_message(nn.Linear(8))
+    message.root.args["out_features"].number_value = 8.0
+    assert spec.from_spec(network.from_message(message)) == nn.Linear(8)
+
+
+def test_fractional_number_value_for_an_int_argument_is_refused():
+    """A double 8.5 for an integer argument is refused at that argument."""
+    message = network.factory_to_message(nn.Linear(8))
+    message.root.args["out_features"].number_value = 8.5
+    with pytest.raises(SpecError, match="whole number") as caught:
+        spec.from_spec(network.from_message(message))
+    assert caught.value.path == "root.args.out_features"
