@@ -82,7 +82,7 @@ class Stacked:
         self._net = _skeleton(first.net)
         self._slots = _slots(self._net)
         self._flatten, self._build = _codec(first.get_initial_state(1))
-        direct = _direct(first.net, list(self._signature), self._build)
+        direct = _direct(first.net, list(self._signature), self._flatten, self._build)
         self._vstep = direct or vmap(self._batched, randomness="different")
         self._module = _Step(self._net)
         # Modules that cache their tensors when assigned (torch's RNNs) get them through
@@ -284,13 +284,14 @@ def _skeleton(net: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(net, memo)
 
 
-def _direct(net: torch.nn.Module, names: list[str], build) -> Callable | None:
+def _direct(net: torch.nn.Module, names: list[str], flatten, build) -> Callable | None:
     """The batched step written out with batched matrix products, for the common networks: a layer
     or a ``Sequential`` of Linear layers, neuron layers and parameter-free modules on flat
     features; None for any other (vmap steps those). A neuron's update is elementwise, so it
     runs on (members, batch, n) as it is, and a parameter-free module on the members' batches
     merged: both give each member's numbers bit for bit. Only the Linear layers' ``baddbmm`` can
-    round differently from a member's own ``addmm``."""
+    round differently from a member's own ``addmm``. ``flatten`` and ``build``: the state's codec
+    (``_codec``), between state trees and their leaves."""
     layers = list(net.runners) if isinstance(net, SequentialRunner) else [net]
     prefix = "runners.{}." if isinstance(net, SequentialRunner) else ""
     index = {name: i for i, name in enumerate(names)}
@@ -322,7 +323,7 @@ def _direct(net: torch.nn.Module, names: list[str], build) -> Callable | None:
                 new_parts.append(part)
             new = tuple(new_parts)
         out: list[torch.Tensor] = []
-        _flatten_into(new, out)
+        flatten(new, out)
         return y, out
 
     return batched
@@ -346,14 +347,3 @@ def _parameter_free(module: torch.nn.Module) -> bool:
     """No tensors of its own, and no randomness (dropout draws per call, not per member)."""
     tensors = next(module.parameters(), None) is None and next(module.buffers(), None) is None
     return tensors and not any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in module.modules())
-
-
-def _flatten_into(tree, out: list) -> None:
-    if isinstance(tree, torch.Tensor):
-        out.append(tree)
-    elif isinstance(tree, (tuple, list)):
-        for item in tree:
-            _flatten_into(item, out)
-    elif isinstance(tree, dict):
-        for item in tree.values():
-            _flatten_into(item, out)

@@ -29,7 +29,7 @@ from rnnbuilder_sim.wire.names import session_name
 
 from .errors import CallCancelled
 from .memory import work_bytes
-from .operations import Simulation, checked_reply
+from .operations import Simulation, checked_input, checked_reply
 from .placement import RUN_HERE_SECONDS, Placement, WouldBlock
 from .session import Session, Timing
 
@@ -94,10 +94,14 @@ class Batcher:
         for key, cohort in list(self._cohorts.items()):
             with cohort.lock:
                 cohort.sessions = [s for s in cohort.sessions if registered(s)]
-                if any(not (m.resident and registered(m)) for m in cohort.members):
+                if any(self._departed(m) for m in cohort.members):
                     cohort.members, cohort.models, cohort.stacked = [], [], None
                 if not cohort.sessions and not cohort.waiting:
                     del self._cohorts[key]
+
+    def _departed(self, member: Session) -> bool:
+        """A stacked member that left: deleted, or evicted (its parameters no longer belong in a stack)."""
+        return not (member.resident and self.manager.registered(member))
 
     def stacked_sessions(self) -> int:
         """How many sessions' parameters the stacks hold a copy of."""
@@ -125,6 +129,7 @@ class Batcher:
             cohort.sessions = [s for s in cohort.sessions if self.manager.registered(s)] + [session]
         if len(cohort.sessions) < 2 or cohort.broken:
             return await run_alone()
+        checked_input(self.manager, session, x, batch=session.batch_size)  # bad input fails alone, before it waits
         loop = asyncio.get_running_loop()
         call = _Call(session, x, tenant, bitpacked, loop.create_future())
         cohort.waiting.append(call)
@@ -162,12 +167,11 @@ class Batcher:
     async def _run_batch(self, cohort: _Cohort, calls: list[_Call]) -> None:
         tenant = calls[0].tenant
         try:
+            ran = False
             # The loop would have run each of these calls alone if short: the batch may take as long.
             if cohort.timing is not None and cohort.timing.bound(len(calls)) <= RUN_HERE_SECONDS * len(calls):
                 ran, results = self.placement.scheduler.run_here(tenant, lambda: self._step(cohort, calls))
-                if not ran:
-                    results = await self.placement.in_turn(tenant, self._step, cohort, calls)
-            else:
+            if not ran:
                 results = await self.placement.in_turn(tenant, self._step, cohort, calls)
         except Exception as error:  # a network vmap can't batch: its calls run alone from now on
             log.warning("a cohort's batched step failed (%s); its calls run one by one", error, exc_info=True)
@@ -232,8 +236,7 @@ class Batcher:
         members = cohort.members
         moved = (s not in members or s.model is not cohort.models[members.index(s)] for s in sessions)
         # A member gone (deleted, evicted) leaves the stack, which would hold its parameters on.
-        gone = (not (m.resident and self.manager.registered(m)) for m in members)
-        if cohort.stacked is None or any(moved) or any(gone):
+        if cohort.stacked is None or any(moved) or any(self._departed(m) for m in members):
             cohort.sessions = [s for s in cohort.sessions if self.manager.registered(s)]
             members = [s for s in cohort.sessions if s.resident]
             members += [s for s in sessions if s not in members]

@@ -386,7 +386,6 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         run = functools.partial(operations.run, self.manager, session, x, record, packed)
         alone = functools.partial(self.placement.run_soon, tenant.name, session, x, run)
         if self.batcher is not None and x.shape[0] == 1 and not record and not request.exact:
-            operations.checked_input(self.manager, session, x, batch=session.batch_size)  # before it waits
             simulation = await self.batcher.run(tenant.name, session, x, packed, alone)
         else:
             simulation = await alone()
