@@ -104,20 +104,7 @@ class CheckpointStore:
 
     def index(self) -> list[tuple[SessionKey, int]]:
         """``(session, modification time in ns)`` of every checkpoint file, by name."""
-        found = []
-        with os.scandir(self.directory) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if not entry.name.endswith(_SUFFIX):
-                    continue
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        raise ValueError("not a regular file")
-                    found.append((_key(entry.name, _SUFFIX), entry.stat(follow_symlinks=False).st_mtime_ns))
-                except FileNotFoundError:  # removed since the listing: the session was closed
-                    continue
-                except (OSError, ValueError) as error:
-                    self._skip(Path(entry.path), error)
-        return found
+        return [(key, info.st_mtime_ns) for key, info in self._files((_SUFFIX,)).get(_SUFFIX, [])]
 
     def holds(self, session_id: str, owner: str) -> bool:
         """Whether the folder has something by the name of the session's checkpoint."""
@@ -241,18 +228,23 @@ class CheckpointStore:
     def _times(self) -> dict[str, dict[SessionKey, float]]:
         """Modification times (seconds since the epoch) of the regular files in the folder named
         ``<session id>.<owner hex>.<kind>``, by kind (``.snapshot``, ``.used``, ``.expired``)."""
-        found: dict[str, dict[SessionKey, float]] = {}
+        found = self._files((_SUFFIX, _USED, _EXPIRED))
+        return {suffix: {key: info.st_mtime for key, info in files} for suffix, files in found.items()}
+
+    def _files(self, suffixes: tuple[str, ...]) -> dict[str, list[tuple[SessionKey, os.stat_result]]]:
+        """The regular files named ``<session id>.<owner hex><suffix>``, by suffix, each in name
+        order with its ``lstat``; anything else so named is skipped and logged once."""
+        found: dict[str, list[tuple[SessionKey, os.stat_result]]] = {}
         with os.scandir(self.directory) as entries:
-            for entry in entries:
-                suffix = next((s for s in (_SUFFIX, _USED, _EXPIRED) if entry.name.endswith(s)), None)
+            for entry in sorted(entries, key=lambda e: e.name):
+                suffix = next((s for s in suffixes if entry.name.endswith(s)), None)
                 if suffix is None:
                     continue
                 try:
                     if not entry.is_file(follow_symlinks=False):
                         raise ValueError("not a regular file")
-                    modified = entry.stat(follow_symlinks=False).st_mtime
-                    found.setdefault(suffix, {})[_key(entry.name, suffix)] = modified
-                except FileNotFoundError:  # removed since the listing
+                    found.setdefault(suffix, []).append((_key(entry.name, suffix), entry.stat(follow_symlinks=False)))
+                except FileNotFoundError:  # removed since the listing: the session was closed
                     continue
                 except (OSError, ValueError) as error:
                     self._skip(Path(entry.path), error)
