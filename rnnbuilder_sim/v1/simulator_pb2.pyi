@@ -30,6 +30,18 @@ class TensorEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TENSOR_ENCODING_RAW: _ClassVar[TensorEncoding]
     TENSOR_ENCODING_BITPACKED: _ClassVar[TensorEncoding]
 
+class ArgumentType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ARGUMENT_TYPE_UNSPECIFIED: _ClassVar[ArgumentType]
+    ARGUMENT_TYPE_INTEGER: _ClassVar[ArgumentType]
+    ARGUMENT_TYPE_REAL: _ClassVar[ArgumentType]
+    ARGUMENT_TYPE_BOOLEAN: _ClassVar[ArgumentType]
+    ARGUMENT_TYPE_STRING: _ClassVar[ArgumentType]
+    ARGUMENT_TYPE_FACTORY: _ClassVar[ArgumentType]
+    ARGUMENT_TYPE_TENSOR: _ClassVar[ArgumentType]
+    ARGUMENT_TYPE_LIST: _ClassVar[ArgumentType]
+    ARGUMENT_TYPE_NULL: _ClassVar[ArgumentType]
+
 class StateCarry(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STATE_CARRY_UNSPECIFIED: _ClassVar[StateCarry]
@@ -50,6 +62,15 @@ DATA_TYPE_BOOL: DataType
 TENSOR_ENCODING_UNSPECIFIED: TensorEncoding
 TENSOR_ENCODING_RAW: TensorEncoding
 TENSOR_ENCODING_BITPACKED: TensorEncoding
+ARGUMENT_TYPE_UNSPECIFIED: ArgumentType
+ARGUMENT_TYPE_INTEGER: ArgumentType
+ARGUMENT_TYPE_REAL: ArgumentType
+ARGUMENT_TYPE_BOOLEAN: ArgumentType
+ARGUMENT_TYPE_STRING: ArgumentType
+ARGUMENT_TYPE_FACTORY: ArgumentType
+ARGUMENT_TYPE_TENSOR: ArgumentType
+ARGUMENT_TYPE_LIST: ArgumentType
+ARGUMENT_TYPE_NULL: ArgumentType
 STATE_CARRY_UNSPECIFIED: StateCarry
 STATE_CARRY_NONE: StateCarry
 STATE_CARRY_START: StateCarry
@@ -103,7 +124,7 @@ class Factory(_message.Message):
     def __init__(self, type: _Optional[str] = ..., args: _Optional[_Mapping[str, Value]] = ..., factories: _Optional[_Iterable[_Union[Factory, _Mapping]]] = ..., layers: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., names: _Optional[_Iterable[_Union[LayerName, _Mapping]]] = ...) -> None: ...
 
 class Value(_message.Message):
-    __slots__ = ("bool_value", "int_value", "number_value", "string_value", "list_value", "factory_value", "null_value")
+    __slots__ = ("bool_value", "int_value", "number_value", "string_value", "list_value", "factory_value", "null_value", "tensor_value")
     BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
     INT_VALUE_FIELD_NUMBER: _ClassVar[int]
     NUMBER_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +132,7 @@ class Value(_message.Message):
     LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
     FACTORY_VALUE_FIELD_NUMBER: _ClassVar[int]
     NULL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_VALUE_FIELD_NUMBER: _ClassVar[int]
     bool_value: bool
     int_value: int
     number_value: float
@@ -118,7 +140,8 @@ class Value(_message.Message):
     list_value: ValueList
     factory_value: Factory
     null_value: bool
-    def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., number_value: _Optional[float] = ..., string_value: _Optional[str] = ..., list_value: _Optional[_Union[ValueList, _Mapping]] = ..., factory_value: _Optional[_Union[Factory, _Mapping]] = ..., null_value: _Optional[bool] = ...) -> None: ...
+    tensor_value: Tensor
+    def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., number_value: _Optional[float] = ..., string_value: _Optional[str] = ..., list_value: _Optional[_Union[ValueList, _Mapping]] = ..., factory_value: _Optional[_Union[Factory, _Mapping]] = ..., null_value: _Optional[bool] = ..., tensor_value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ValueList(_message.Message):
     __slots__ = ("values",)
@@ -219,7 +242,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "device", "factory_types", "surrogate_types", "limits", "losses", "optimizers", "server_id", "batching")
+    __slots__ = ("version", "device", "factory_types", "surrogate_types", "limits", "losses", "optimizers", "server_id", "batching", "factories", "surrogates", "encoders")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     FACTORY_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +252,9 @@ class GetServerInfoResponse(_message.Message):
     OPTIMIZERS_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
+    FACTORIES_FIELD_NUMBER: _ClassVar[int]
+    SURROGATES_FIELD_NUMBER: _ClassVar[int]
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
     version: str
     device: str
     factory_types: _containers.RepeatedScalarFieldContainer[str]
@@ -238,7 +264,36 @@ class GetServerInfoResponse(_message.Message):
     optimizers: _containers.RepeatedScalarFieldContainer[str]
     server_id: str
     batching: bool
-    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., factory_types: _Optional[_Iterable[str]] = ..., surrogate_types: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., losses: _Optional[_Iterable[str]] = ..., optimizers: _Optional[_Iterable[str]] = ..., server_id: _Optional[str] = ..., batching: _Optional[bool] = ...) -> None: ...
+    factories: _containers.RepeatedCompositeFieldContainer[FactoryDescription]
+    surrogates: _containers.RepeatedCompositeFieldContainer[FactoryDescription]
+    encoders: _containers.RepeatedCompositeFieldContainer[FactoryDescription]
+    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., factory_types: _Optional[_Iterable[str]] = ..., surrogate_types: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., losses: _Optional[_Iterable[str]] = ..., optimizers: _Optional[_Iterable[str]] = ..., server_id: _Optional[str] = ..., batching: _Optional[bool] = ..., factories: _Optional[_Iterable[_Union[FactoryDescription, _Mapping]]] = ..., surrogates: _Optional[_Iterable[_Union[FactoryDescription, _Mapping]]] = ..., encoders: _Optional[_Iterable[_Union[FactoryDescription, _Mapping]]] = ...) -> None: ...
+
+class FactoryDescription(_message.Message):
+    __slots__ = ("type", "description", "arguments")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    description: str
+    arguments: _containers.RepeatedCompositeFieldContainer[ArgumentDescription]
+    def __init__(self, type: _Optional[str] = ..., description: _Optional[str] = ..., arguments: _Optional[_Iterable[_Union[ArgumentDescription, _Mapping]]] = ...) -> None: ...
+
+class ArgumentDescription(_message.Message):
+    __slots__ = ("name", "types", "item_types", "required", "default_value", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    ITEM_TYPES_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    types: _containers.RepeatedScalarFieldContainer[ArgumentType]
+    item_types: _containers.RepeatedScalarFieldContainer[ArgumentType]
+    required: bool
+    default_value: Value
+    description: str
+    def __init__(self, name: _Optional[str] = ..., types: _Optional[_Iterable[_Union[ArgumentType, str]]] = ..., item_types: _Optional[_Iterable[_Union[ArgumentType, str]]] = ..., required: _Optional[bool] = ..., default_value: _Optional[_Union[Value, _Mapping]] = ..., description: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_sessions", "max_parameters_per_session", "max_timesteps_times_batch", "max_batch_size", "max_message_bytes", "max_state_elements_per_session", "max_memory_mb", "max_network_nodes")
@@ -373,18 +428,20 @@ class SetParametersResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("name", "input", "record_layers", "output_encoding", "exact")
+    __slots__ = ("name", "input", "record_layers", "output_encoding", "exact", "encoder")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     RECORD_LAYERS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ENCODING_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
     name: str
     input: Tensor
     record_layers: _containers.RepeatedScalarFieldContainer[str]
     output_encoding: TensorEncoding
     exact: bool
-    def __init__(self, name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., record_layers: _Optional[_Iterable[str]] = ..., output_encoding: _Optional[_Union[TensorEncoding, str]] = ..., exact: _Optional[bool] = ...) -> None: ...
+    encoder: Factory
+    def __init__(self, name: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., record_layers: _Optional[_Iterable[str]] = ..., output_encoding: _Optional[_Union[TensorEncoding, str]] = ..., exact: _Optional[bool] = ..., encoder: _Optional[_Union[Factory, _Mapping]] = ...) -> None: ...
 
 class RunResponse(_message.Message):
     __slots__ = ("output", "recordings")
