@@ -11,5 +11,7 @@ if [ ! -f "$stamp" ]; then
   "$PY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q "torch>=2.4"
   "$PY" -m pip install -q -e "$ROOT[$EXTRAS]"
+  # Norse checks NIR import and export; its torchvision requirement would swap torch (pyproject's test extra).
+  case "$EXTRAS" in dev|test) "$PY" -m pip install -q --no-deps "norse==1.1.0" ;; esac
   touch "$stamp"
 fi
