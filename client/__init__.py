@@ -9,6 +9,10 @@ Arrays and rnnbuilder networks become messages through ``rnnbuilder_sim.wire``, 
 server uses too. Every call about a session carries its id in the ``SESSION_HEADER`` metadata, so a
 proxy in front of several replicas can route by it (``deploy/``); ``Session.server_id`` names the
 replica that answered.
+
+``client.aio.AsyncClient`` is the same client for asyncio. The two share everything but their I/O:
+what each call sends and how its reply converts (``_calls``, ``_convert``), the routing metadata
+(``_routing``), retries and stream resumption (``_retry``) and the errors (``errors``).
 """
 
 from rnnbuilder_sim.wire.names import SERVER_ID_HEADER, SESSION_HEADER

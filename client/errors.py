@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -15,6 +18,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "from_rpc_error",
+    "translated",
 ]
 
 
@@ -71,3 +75,13 @@ def from_rpc_error(error: grpc.RpcError) -> SimulatorError:
         if detail.Unpack(info):
             reason, metadata = info.reason, dict(info.metadata)
     return _BY_CODE.get(code, SimulatorError)(code, message, reason, metadata)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Raise ``SimulatorError`` subclasses instead of the raw ``grpc.RpcError``s (and grpc.aio's)
+    of the calls made within."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None

@@ -1,10 +1,11 @@
 """Demo client: a recurrent spiking network simulated on an rnnbuilder-sim server.
 
 Builds a ``Network`` with a recurrent LIF population (a placeholder cycle) and an adaptive
-readout, opens a session on the server, streams Poisson spike trains to it chunk by chunk over one
-bidirectional stream (the state stays on the server), records the hidden layer's spikes, checks
-the result against the same network run locally with the session's weights, prints a summary with
-a terminal spike raster and saves the raster as a PNG.
+readout, opens a session on the server, streams Poisson spike trains (``rnnbuilder.encode.rate``)
+to it chunk by chunk over one bidirectional stream (the state stays on the server), records the
+hidden layer's spikes, checks the result against the same network run locally with the session's
+weights, prints a summary with a terminal spike raster and saves the raster as a PNG
+(``rnnbuilder.plot.raster``).
 
 Usage: python examples/demo.py --address HOST:PORT [--steps 200] [--chunk 25] [--out out/raster.png]
 """
@@ -19,7 +20,7 @@ import torch
 
 import rnnbuilder as rb
 from client import Client
-from rnnbuilder import nn, snn
+from rnnbuilder import encode, nn, plot, snn
 
 
 def build_network() -> rb.Network:
@@ -32,7 +33,8 @@ def build_network() -> rb.Network:
 
 def poisson(steps: int, batch: int, channels: int, rate: float, seed: int) -> np.ndarray:
     """Spike trains (time, batch, channels), each channel firing with probability ``rate`` per step."""
-    return (np.random.default_rng(seed).random((steps, batch, channels)) < rate).astype(np.float32)
+    generator = torch.Generator().manual_seed(seed)
+    return encode.rate(torch.full((batch, channels), rate), num_steps=steps, generator=generator).numpy()
 
 
 def terminal_raster(spikes: np.ndarray, rows: int = 10, width: int = 100) -> str:
@@ -44,18 +46,16 @@ def terminal_raster(spikes: np.ndarray, rows: int = 10, width: int = 100) -> str
 
 
 def save_raster(hidden: np.ndarray, output: np.ndarray, path: Path) -> None:
+    """Rasters of sequence 0 of the hidden and output spikes (time, batch, neurons), as a PNG."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # a file, never a window
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=[3, 1])
-    for ax, spikes, title in ((axes[0], hidden, "hidden LIF (recurrent)"), (axes[1], output, "output Adaptive")):
-        t, neuron = np.nonzero(spikes)
-        ax.scatter(t, neuron, s=2, marker="|", color="black")
-        ax.set_ylabel("neuron")
-        ax.set_title(title, fontsize=10)
-    axes[1].set_xlabel("timestep")
+    plot.raster(hidden, ax=axes[0], title="hidden LIF (recurrent)")
+    plot.raster(output, ax=axes[1], title="output Adaptive")
+    axes[0].set_xlabel("")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -94,7 +94,7 @@ def main() -> None:
     print(f"hidden firing rate: {hidden.mean():.3f} spikes/step/neuron; output: {output.mean():.3f}")
     print("hidden spikes, batch 0, first 10 neurons, first 100 steps:")
     print(terminal_raster(hidden[:, 0]))
-    save_raster(hidden[:, 0], output[:, 0], args.out)
+    save_raster(hidden, output, args.out)
     print(f"raster saved to {args.out}")
 
 

@@ -1,14 +1,15 @@
 """Train a spiking network on the server: scikit-learn's digits, rate-coded into spike trains.
 
 Loads the 8x8 digits bundled with scikit-learn (no download), scales the pixels to [0, 1] and
-rate-codes each image into a Bernoulli spike train of 25 timesteps (a pixel of intensity p spikes
-with probability p at every step, from a seeded generator), splits 75/25 stratified, and trains
-``Sequential(nn.Linear(128), snn.LIF(), nn.Linear(10), snn.LIF())`` through the service with
-surrogate-gradient BPTT: ``Session.fit`` with Adam (lr 2e-3, batches of 64), cross-entropy on the
-output spike counts, the held-out split as validation after every epoch, and a progress bar. Then
-it prints the test accuracy, and saves two PNGs: the learning curve (loss and accuracy per epoch)
-and a spike raster of the trained network on one test digit, recorded on a second session of batch
-size 1 that got the trained weights through ``parameters()`` / ``load_parameters``.
+rate-codes each image into a Bernoulli spike train of 25 timesteps with ``rnnbuilder.encode.rate``
+(a pixel of intensity p spikes with probability p at every step, from a seeded generator), splits
+75/25 stratified, and trains ``Sequential(nn.Linear(128), snn.LIF(), nn.Linear(10), snn.LIF())``
+through the service with surrogate-gradient BPTT: ``Session.fit`` with Adam (lr 2e-3, batches of
+64), cross-entropy on the output spike counts, the held-out split as validation after every epoch,
+and a progress bar. Then it prints the test accuracy, and saves two PNGs: the learning curve (loss
+and accuracy per epoch) and a spike raster of the trained network on one test digit
+(``rnnbuilder.plot.raster``), recorded on a second session of batch size 1 that got the trained
+weights through ``parameters()`` / ``load_parameters``.
 
 Usage: python examples/train_digits.py --address HOST:PORT [--epochs 15] [--out out/]
        python examples/train_digits.py --local-server      # an in-process server on a free port
@@ -21,10 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import rnnbuilder as rb
 from client import Client
-from rnnbuilder import nn, snn
+from rnnbuilder import encode, nn, plot, snn
 
 TIMESTEPS = 25
 HIDDEN = 128
@@ -44,8 +46,9 @@ def load_data(seed: int = 0, timesteps: int = TIMESTEPS):
     digits = load_digits()
     images = (digits.data / 16.0).astype(np.float32)  # (1797, 64), pixels 0..16 -> [0, 1]
     labels = digits.target.astype(np.int64)
-    rng = np.random.default_rng(seed)
-    spikes = (rng.random((len(images), timesteps, images.shape[1])) < images[:, None, :]).astype(np.float32)
+    generator = torch.Generator().manual_seed(seed)
+    spikes = encode.rate(torch.from_numpy(images), num_steps=timesteps, generator=generator)  # (time, samples, 64)
+    spikes = spikes.transpose(0, 1).numpy()
     train, test = train_test_split(np.arange(len(images)), test_size=0.25, stratify=labels, random_state=seed)
     return (spikes[train], labels[train]), (spikes[test], labels[test]), images[test]
 
@@ -103,16 +106,12 @@ def save_raster(
     axes = []
     for spec, spikes, title in panels:
         ax = fig.add_subplot(spec, sharex=axes[0] if axes else None)
-        times = [np.flatnonzero(spikes[:, neuron]) for neuron in range(spikes.shape[1])]
-        ax.eventplot(times, lineoffsets=np.arange(spikes.shape[1]), linelengths=0.85, linewidths=1.5, colors="black")
-        ax.set_ylim(spikes.shape[1] - 0.5, -0.5)
-        ax.set_xlim(-0.5, spikes.shape[0] - 0.5)
-        ax.set_ylabel("neuron")
-        ax.set_title(f"{title} ({int(spikes.sum())} spikes)", fontsize=10)
+        plot.raster(spikes[:, None], ax=ax, title=f"{title} ({int(spikes.sum())} spikes)")  # (time, batch 1, neurons)
         axes.append(ax)
+    for ax in axes[:-1]:
+        ax.set_xlabel("")
     axes[-1].set_yticks(range(CLASSES))
     axes[-1].tick_params(axis="y", labelsize=7)
-    axes[-1].set_xlabel("timestep")
     verdict = "correct" if predicted == label else "wrong"
     fig.suptitle(f"Trained network on a test digit: true class {label}, predicted {predicted} ({verdict})")
     fig.tight_layout()

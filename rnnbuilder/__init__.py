@@ -17,7 +17,7 @@ and take and return their state explicitly: ``out, state = model(x, state)``.
 >>> more, state = model(torch.rand(50, 32, 64), state)
 """
 
-from . import base, custom, initial, nn, porting, rnn, snn, spec
+from . import base, custom, describe, encode, initial, nn, plot, porting, rnn, snn, spec
 from ._factory import INPUT_MODES, Model, ModuleFactory
 from ._graph.network import Network
 from ._graph.nodes import Input, Layer, List, Node, Placeholder, Sequential, Stack, Sum
@@ -53,6 +53,9 @@ __all__ = [
     "snn",
     "base",
     "custom",
+    "describe",
+    "encode",
+    "plot",
     "initial",
     "spec",
     "porting",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -12,7 +13,7 @@ from ._runner import Runner, Shape
 from ._tree import State, last_state, tree_leaves, tree_map
 from .errors import ShapeError
 
-__all__ = ["INPUT_MODES", "ModuleFactory", "Model", "as_shape"]
+__all__ = ["INPUT_MODES", "ModuleFactory", "Model", "ArgumentEquality", "argument_key", "as_shape"]
 
 INPUT_MODES = ("sequence", "batch", "single")
 
@@ -286,6 +287,46 @@ class Model(torch.nn.Module):
             device = t.device
             break
         return device, dtype
+
+
+def argument_key(value):
+    """``value`` (a factory's arguments: numbers, tensors, tuples, lists, dicts, factories) as a
+    hashable value that compares equal where the arguments are equal; a tensor counts by its dtype,
+    shape and values, not by identity, so factories with tensor arguments compare and hash by value.
+
+    >>> argument_key((1.0, torch.tensor([0.5, 2.0]))) == argument_key((1.0, torch.tensor([0.5, 2.0])))
+    True
+    """
+    if isinstance(value, torch.Tensor):
+        value, shape = value.detach().cpu(), tuple(value.shape)
+        return (torch.Tensor, str(value.dtype), shape, value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if isinstance(value, (tuple, list)):
+        return (type(value), *map(argument_key, value))
+    if isinstance(value, dict):
+        return (dict, *sorted((k, argument_key(v)) for k, v in value.items()))
+    return value
+
+
+class ArgumentEquality:
+    """Mixin for a frozen dataclass factory with tensor arguments, declared with ``eq=False``: it
+    compares and hashes by its arguments' values (``argument_key``), not by the tensors' identity.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True, eq=False)
+    ... class Offset(ArgumentEquality):
+    ...     offset: torch.Tensor
+    >>> Offset(torch.ones(2)) == Offset(torch.ones(2)), len({Offset(torch.ones(2)), Offset(torch.ones(2))})
+    (True, 1)
+    """
+
+    def _argument_key(self):
+        return argument_key(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self._argument_key() == other._argument_key()
+
+    def __hash__(self):
+        return hash((type(self), self._argument_key()))
 
 
 def as_shape(in_shape) -> Shape:

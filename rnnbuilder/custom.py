@@ -4,6 +4,18 @@ Recurrent modules subclass ``CustomModule``; ``register_recurrent`` turns the cl
 factory class. Stateless modules only need ``register_non_recurrent``. A factory takes the
 arguments of the module's constructor, positional and keyword, and passes them on as given.
 
+A server lists registered types with their arguments (``rnnbuilder.describe``): a custom factory's
+description is the first paragraph of its module's docstring, and an argument's is the docstring
+after an annotated class attribute of the argument's name, as dataclass fields have them::
+
+    class Scale(torch.nn.Module):
+        \"\"\"Multiplies its input by a constant.\"\"\"
+
+        factor: float
+        \"\"\"The constant, unitless.\"\"\"
+
+        def __init__(self, factor: float = 2.0): ...
+
 >>> import torch
 >>> class Hadamard(torch.nn.Module):          # a two-element list input -> its elementwise product
 ...     def forward(self, inputs):
@@ -24,7 +36,7 @@ import itertools
 
 import torch
 
-from ._factory import ModuleFactory
+from ._factory import ModuleFactory, argument_key
 from ._runner import Runner, StatelessRunner, flat_shape, map_input, time_batch
 from ._tree import tree_leaves, tree_map
 from .errors import ShapeError
@@ -86,7 +98,8 @@ class CustomModule(torch.nn.Module, abc.ABC):
 
 
 class CustomFactory(ModuleFactory):
-    """Base of the factory classes ``register_*`` return. Arguments go to the module's constructor as given.
+    """Base of the factory classes ``register_*`` return. Arguments go to the module's constructor as given,
+    tensors copied: a model never shares storage with its factory, so training leaves the factory as it was.
 
     ``args`` and ``kwargs`` are the arguments as given; ``arguments`` are those that have a name
     (named parameters, however they were passed, and extra keywords a ``**kwargs`` takes), which is
@@ -94,7 +107,9 @@ class CustomFactory(ModuleFactory):
     """
 
     module_class: type[torch.nn.Module]
+    """The module class the factory builds."""
     flatten_input: bool
+    """Whether the module sees (batch, n) instead of (batch, *in_shape)."""
 
     def __init__(self, *args, **kwargs):
         try:
@@ -123,7 +138,7 @@ class CustomFactory(ModuleFactory):
         return inspect.signature(cls.module_class)
 
     def _make_module(self, in_shape):
-        module = self.module_class(*self.args, **self.kwargs)
+        module = self.module_class(*_fresh(self.args), **_fresh(self.kwargs))
         if hasattr(module, "enter_in_shape"):
             module.enter_in_shape(in_shape)
         return module
@@ -140,9 +155,20 @@ class CustomFactory(ModuleFactory):
         return f"{type(self).__name__}({', '.join(shown)})"
 
     def __eq__(self, other):
-        return type(self) is type(other) and self._canonical == other._canonical
+        return type(self) is type(other) and argument_key(self._canonical) == argument_key(other._canonical)
 
     __hash__ = None
+
+
+def _fresh(value):
+    """``value`` with every tensor in it (in tuples, lists and dicts) a detached copy."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(map(_fresh, value))
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    return value
 
 
 def register_recurrent(

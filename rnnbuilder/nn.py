@@ -12,7 +12,14 @@ default device and dtype and moved with ``model.to(...)``. Where rnnbuilder 0.1.
 its positional order is kept (it is torch's). String arguments (``padding``, ``padding_mode``,
 ``mode``, ``approximate``) and ``Upsample``'s ``size``/``scale_factor``/``align_corners`` are checked
 at construction: a ``ValueError`` lists the valid values. ``return_indices=True`` is refused: the
-module would return (values, indices), and a layer passes on one tensor.
+module would return (values, indices), and a layer passes on one tensor. ``Conv1d/2d/3d`` also take
+``weight`` (after torch's arguments) and a ``bias`` tensor: the initial values, as a NIR graph has
+them.
+
+The layers NIR graphs need that ``torch.nn`` lacks: ``Affine(weight, bias)`` (a ``Linear`` from
+given weights), ``Scale(scale)``, ``SumPool2d`` and ``Delay(steps)``, which keeps state (the last
+inputs). A factory holding tensors compares by their values; every model it builds starts from
+copies of them, trainable.
 
 ``inplace=True`` works as in torch: the layer overwrites its input tensor. Right after a layer that
 nothing else reads (``Linear(8), ReLU(inplace=True)`` in one ``Sequential`` or layer) that saves
@@ -32,12 +39,12 @@ a recording) may see the overwritten values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 
-from ._factory import ModuleFactory
-from ._runner import StatelessRunner, flat_shape
+from ._factory import ArgumentEquality, ModuleFactory
+from ._runner import Runner, StatelessRunner, flat_shape
 from .errors import ShapeError
 
 __all__ = [
@@ -77,6 +84,12 @@ __all__ = [
     "Softmax",
     "LogSoftmax",
     "Identity",
+    "Affine",
+    "Scale",
+    "SumPool2d",
+    "Delay",
+    "DelayState",
+    "delay_step",
 ]
 
 IntOrSingle = int | tuple[int]
@@ -159,12 +172,39 @@ def _no_indices(owner) -> None:
         )
 
 
+# Layers that carry their parameters (from a NIR graph, or any trained weights): a factory that
+# holds tensors compares and hashes by their values, and every model it builds starts from them.
+
+
+def _float_tensor(owner, name: str, value, dims: int | None = None) -> None:
+    """Refuse a ``value`` that isn't a real-valued tensor with ``dims`` dims (any if None)."""
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        raise TypeError(f"{type(owner).__name__}.{name} must be a floating-point torch.Tensor, got {value!r}")
+    if dims is not None and value.dim() != dims:
+        raise ValueError(f"{type(owner).__name__}.{name} must have {dims} dims, got shape {tuple(value.shape)}")
+
+
+def _load(owner, module: torch.nn.Module, **tensors) -> None:
+    """Set ``module``'s parameters of these names to copies of the given tensors (None: leave it)."""
+    for name, value in tensors.items():
+        if value is None:
+            continue
+        target = getattr(module, name)
+        if tuple(target.shape) != tuple(value.shape):
+            need, got = tuple(target.shape), tuple(value.shape)
+            raise ShapeError(f"{type(owner).__name__}.{name} has shape {got}, but this input needs {need}")
+        with torch.no_grad():
+            target.copy_(value)
+
+
 @dataclass(frozen=True)
 class Linear(StatelessFactory):
     """Fully connected layer on the flattened input: (*in_shape) -> (out_features,)."""
 
     out_features: int
+    """Number of output features."""
     bias: bool = True
+    """Whether to add a learnable bias."""
     flatten_input: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -182,7 +222,9 @@ class Bilinear(StatelessFactory):
     """Bilinear form of a two-element list input (see ``Layer.append``): [(a,), (b,)] -> (out_features,)."""
 
     out_features: int
+    """Number of output features."""
     bias: bool = True
+    """Whether to add a learnable bias."""
 
     def __post_init__(self):
         _positive_ints(self, out_features=self.out_features)
@@ -201,24 +243,49 @@ class _Bilinear(torch.nn.Bilinear):
         return super().forward(*inputs)
 
 
-@dataclass(frozen=True)
-class _Conv(StatelessFactory):
+@dataclass(frozen=True, eq=False)
+class _Conv(ArgumentEquality, StatelessFactory):
     out_channels: int
+    """Number of output channels."""
     kernel_size: IntOrTuple
+    """Size of the kernel, in input elements: one int for every spatial dim, or one per dim."""
     stride: IntOrTuple = 1
+    """Step of the kernel, in input elements: one int for every spatial dim, or one per dim."""
     padding: IntOrTuple | str = 0
+    """Zeros (see padding_mode) added to each side, in elements (one or one per dim), or 'valid' or 'same'."""
     dilation: IntOrTuple = 1
+    """Spacing of the kernel's elements, in input elements: one int, or one per spatial dim."""
     groups: int = 1
-    bias: bool = True
+    """Number of blocked connections from input to output channels; divides both channel counts."""
+    bias: bool | torch.Tensor = True
+    """Whether to add a learnable bias; a tensor of shape (out_channels,) is its initial value."""
     padding_mode: str = "zeros"
+    """What the padding holds: 'zeros', 'reflect', 'replicate' or 'circular'."""
+    weight: torch.Tensor | None = None
+    """The kernel's initial value, shape (out_channels, in_channels // groups, *kernel_size); ``None``:
+    torch's random initialisation."""
     rank: ClassVar[int]
 
     def __post_init__(self):
         _check_conv(self)
+        kernel = self.kernel_size if isinstance(self.kernel_size, tuple) else (self.kernel_size,) * self.rank
+        if self.weight is not None:
+            _float_tensor(self, "weight", self.weight, self.rank + 2)
+            if self.weight.shape[0] != self.out_channels or tuple(self.weight.shape[2:]) != kernel:
+                raise ValueError(
+                    f"{type(self).__name__}.weight must have shape ({self.out_channels}, in_channels // groups, "
+                    f"{', '.join(map(str, kernel))}), got {tuple(self.weight.shape)}"
+                )
+        if isinstance(self.bias, torch.Tensor):
+            _float_tensor(self, "bias", self.bias, 1)
 
     def _module(self, in_shape):
-        args = {f.name: getattr(self, f.name) for f in fields(self)}
-        return self.torch_class(_channels(self, in_shape, self.rank), **args)
+        args = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "weight"}
+        args["bias"] = self.bias is not False
+        module = self.torch_class(_channels(self, in_shape, self.rank), **args)
+        bias = self.bias if isinstance(self.bias, torch.Tensor) else None
+        _load(self, module, weight=self.weight, bias=bias)
+        return module
 
 
 def _check_conv(conv) -> None:
@@ -231,7 +298,7 @@ def _check_conv(conv) -> None:
             raise ValueError(f"{type(conv).__name__}.padding='same' needs stride 1, got stride={conv.stride!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Conv1d(_Conv):
     """1-D convolution: (channels, length) -> (out_channels, length'); arguments as ``Conv2d``."""
 
@@ -239,7 +306,7 @@ class Conv1d(_Conv):
     rank: ClassVar[int] = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Conv2d(_Conv):
     """2-D convolution: (channels, height, width) -> (out_channels, height', width').
 
@@ -255,7 +322,7 @@ class Conv2d(_Conv):
     rank: ClassVar[int] = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Conv3d(_Conv):
     """3-D convolution: (channels, depth, height, width) -> (out_channels, d', h', w'); arguments as ``Conv2d``."""
 
@@ -269,14 +336,23 @@ class _ConvTranspose(StatelessFactory):
     as in torch, ``padding`` is ints only and ``padding_mode`` only 'zeros'."""
 
     out_channels: int
+    """Number of output channels."""
     kernel_size: IntOrTuple
+    """Size of the kernel, in elements: one int for every spatial dim, or one per dim."""
     stride: IntOrTuple = 1
+    """Step of the kernel over the output, in elements: one int, or one per spatial dim."""
     padding: IntOrTuple = 0
+    """As in torch: each side of the input gets dilation * (kernel_size - 1) - padding zeros, in elements."""
     output_padding: IntOrTuple = 0
+    """Extra size added to one side of the output, in elements: one int, or one per dim."""
     groups: int = 1
+    """Number of blocked connections from input to output channels; divides both channel counts."""
     bias: bool = True
+    """Whether to add a learnable bias."""
     dilation: IntOrTuple = 1
+    """Spacing of the kernel's elements, in elements: one int, or one per spatial dim."""
     padding_mode: str = "zeros"
+    """What the padding holds: only 'zeros', as in torch."""
     rank: ClassVar[int]
 
     def __post_init__(self):
@@ -285,7 +361,9 @@ class _ConvTranspose(StatelessFactory):
         _check_conv(self)
         _one_of(self, "padding_mode", self.padding_mode, ("zeros",))
 
-    _module = _Conv._module
+    def _module(self, in_shape):
+        args = {f.name: getattr(self, f.name) for f in fields(self)}
+        return self.torch_class(_channels(self, in_shape, self.rank), **args)
 
 
 @dataclass(frozen=True)
@@ -315,11 +393,17 @@ class MaxPool1d(StatelessFactory):
     """Max pooling over (channels, length). ``return_indices=True`` is refused (see the module docs)."""
 
     kernel_size: IntOrSingle
+    """Size of the window, in input elements."""
     stride: IntOrSingle | None = None
+    """Step of the window, in input elements; None: kernel_size."""
     padding: IntOrSingle = 0
+    """Negative infinity added to each side, in input elements."""
     dilation: IntOrSingle = 1
+    """Spacing of the window's elements, in input elements."""
     return_indices: bool = False
+    """Must be False: a layer passes on one tensor, not (values, indices)."""
     ceil_mode: bool = False
+    """Whether the output size is rounded up instead of down."""
     torch_class: ClassVar = torch.nn.MaxPool1d
 
     def __post_init__(self):
@@ -331,11 +415,17 @@ class MaxPool2d(StatelessFactory):
     """Max pooling over (channels, height, width). ``return_indices=True`` is refused (see the module docs)."""
 
     kernel_size: IntOrPair
+    """Size of the window, in input elements: one int for both dims, or (height, width)."""
     stride: IntOrPair | None = None
+    """Step of the window, in input elements: one int or (height, width); None: kernel_size."""
     padding: IntOrPair = 0
+    """Negative infinity added to each side, in input elements: one int or (height, width)."""
     dilation: IntOrPair = 1
+    """Spacing of the window's elements, in input elements: one int or (height, width)."""
     return_indices: bool = False
+    """Must be False: a layer passes on one tensor, not (values, indices)."""
     ceil_mode: bool = False
+    """Whether the output size is rounded up instead of down."""
     torch_class: ClassVar = torch.nn.MaxPool2d
 
     def __post_init__(self):
@@ -347,10 +437,15 @@ class AvgPool1d(StatelessFactory):
     """Average pooling over (channels, length)."""
 
     kernel_size: IntOrSingle
+    """Size of the window, in input elements."""
     stride: IntOrSingle | None = None
+    """Step of the window, in input elements; None: kernel_size."""
     padding: IntOrSingle = 0
+    """Zeros added to each side, in input elements."""
     ceil_mode: bool = False
+    """Whether the output size is rounded up instead of down."""
     count_include_pad: bool = True
+    """Whether padded zeros count in the average's divisor."""
     torch_class: ClassVar = torch.nn.AvgPool1d
 
 
@@ -359,11 +454,17 @@ class AvgPool2d(StatelessFactory):
     """Average pooling over (channels, height, width); ``divisor_override`` replaces the window size."""
 
     kernel_size: IntOrPair
+    """Size of the window, in input elements: one int for both dims, or (height, width)."""
     stride: IntOrPair | None = None
+    """Step of the window, in input elements: one int or (height, width); None: kernel_size."""
     padding: IntOrPair = 0
+    """Zeros added to each side, in input elements: one int or (height, width)."""
     ceil_mode: bool = False
+    """Whether the output size is rounded up instead of down."""
     count_include_pad: bool = True
+    """Whether padded zeros count in the average's divisor."""
     divisor_override: int | None = None
+    """What each window's sum is divided by; None: the number of elements averaged."""
     torch_class: ClassVar = torch.nn.AvgPool2d
 
     def __post_init__(self):
@@ -376,6 +477,7 @@ class AdaptiveAvgPool1d(StatelessFactory):
     """Average pooling to a fixed length: (channels, length) -> (channels, output_size)."""
 
     output_size: int
+    """Length of the output."""
     torch_class: ClassVar = torch.nn.AdaptiveAvgPool1d
 
 
@@ -385,6 +487,7 @@ class AdaptiveAvgPool2d(StatelessFactory):
     keeps that dim of the input."""
 
     output_size: int | tuple[int | None, int | None]
+    """Size of the output: one int for both dims, or (height, width), None keeping that dim."""
     torch_class: ClassVar = torch.nn.AdaptiveAvgPool2d
 
 
@@ -394,7 +497,9 @@ class AdaptiveMaxPool2d(StatelessFactory):
     that dim of the input. ``return_indices=True`` is refused (see the module docs)."""
 
     output_size: int | tuple[int | None, int | None]
+    """Size of the output: one int for both dims, or (height, width), None keeping that dim."""
     return_indices: bool = False
+    """Must be False: a layer passes on one tensor, not (values, indices)."""
     torch_class: ClassVar = torch.nn.AdaptiveMaxPool2d
 
     def __post_init__(self):
@@ -406,10 +511,15 @@ class _BatchNorm(StatelessFactory):
     """``momentum=None`` keeps a cumulative average; ``bias`` (keyword only, as in torch) is the shift."""
 
     eps: float = 1e-5
+    """Added to the variance for numerical stability."""
     momentum: float | None = 0.1
+    """Weight of each new batch in the running statistics; None: a cumulative average."""
     affine: bool = True
+    """Whether to learn a scale and shift per channel."""
     track_running_stats: bool = True
+    """Whether to keep running statistics for eval mode; False: batch statistics always."""
     bias: bool = field(default=True, kw_only=True)
+    """Whether the learned affine transform has a shift (with affine=True)."""
     rank: ClassVar[tuple[int, ...]]
 
     def _module(self, in_shape):
@@ -442,8 +552,11 @@ class LayerNorm(StatelessFactory):
     """Layer norm over all data dims of each sample."""
 
     eps: float = 1e-5
+    """Added to the variance for numerical stability."""
     elementwise_affine: bool = True
+    """Whether to learn a scale (and, with bias, a shift) per element."""
     bias: bool = True
+    """Whether the learned affine transform has a shift (with elementwise_affine=True)."""
 
     def _module(self, in_shape):
         return torch.nn.LayerNorm(tuple(in_shape), self.eps, self.elementwise_affine, self.bias)
@@ -454,9 +567,13 @@ class GroupNorm(StatelessFactory):
     """Group norm over (channels, ...): ``num_groups`` must divide the channels."""
 
     num_groups: int
+    """Number of groups the channels are split into; must divide the number of channels."""
     eps: float = 1e-5
+    """Added to the variance for numerical stability."""
     affine: bool = True
+    """Whether to learn a scale and shift per channel."""
     bias: bool = field(default=True, kw_only=True)
+    """Whether the learned affine transform has a shift (with affine=True)."""
 
     def _module(self, in_shape):
         return torch.nn.GroupNorm(self.num_groups, in_shape[0], self.eps, self.affine, bias=self.bias)
@@ -467,7 +584,9 @@ class Dropout(StatelessFactory):
     """Zeroes elements with probability ``p`` in training mode (fresh mask every timestep)."""
 
     p: float = 0.5
+    """Probability of zeroing an element (for Dropout2d a whole channel), in [0, 1]."""
     inplace: bool = False
+    """Whether to overwrite the input tensor (see the module docs)."""
     torch_class: ClassVar = torch.nn.Dropout
 
     def __post_init__(self):
@@ -491,7 +610,9 @@ class Flatten(StatelessFactory):
     """
 
     start_dim: int = 0
+    """First data dim to flatten, counted from 0 (negative: from the end)."""
     end_dim: int = -1
+    """Last data dim to flatten, counted from 0 (negative: from the end)."""
 
     def _module(self, in_shape):
         return torch.nn.Flatten(_torch_dim(self.start_dim), _torch_dim(self.end_dim))
@@ -502,7 +623,9 @@ class Unflatten(StatelessFactory):
     """Splits data dim ``dim`` into ``unflattened_size``: (64,) -> (4, 4, 4) with ``Unflatten(0, (4, 4, 4))``."""
 
     dim: int
+    """Data dim to split, counted from 0 (negative: from the end)."""
     unflattened_size: tuple[int, ...]
+    """Sizes the dim is split into; their product is the dim's size."""
 
     def _module(self, in_shape):
         return torch.nn.Unflatten(_torch_dim(self.dim), tuple(self.unflattened_size))
@@ -518,10 +641,15 @@ class Upsample(StatelessFactory):
     """
 
     size: IntOrTuple | None = None
+    """Output size of the dims after channels: one int for all, or one per dim; None: use scale_factor."""
     scale_factor: float | tuple[float, ...] | None = None
+    """Multiplier of the sizes of the dims after channels: one, or one per dim; None: use size."""
     mode: str = "nearest"
+    """Interpolation: 'nearest', 'linear', 'bilinear', 'bicubic', 'trilinear', 'area' or 'nearest-exact'."""
     align_corners: bool | None = None
+    """Whether corner elements of input and output align (interpolating modes only); None: no."""
     recompute_scale_factor: bool | None = None
+    """Whether the interpolation recomputes the scale from the output size; None: no."""
     torch_class: ClassVar = torch.nn.Upsample
 
     def __post_init__(self):
@@ -553,6 +681,7 @@ class ReLU(StatelessFactory):
     """
 
     inplace: bool = False
+    """Whether to overwrite the input tensor (see the module docs)."""
     torch_class: ClassVar = torch.nn.ReLU
 
 
@@ -561,7 +690,9 @@ class LeakyReLU(StatelessFactory):
     """x if x > 0 else negative_slope * x."""
 
     negative_slope: float = 0.01
+    """Slope for negative inputs."""
     inplace: bool = False
+    """Whether to overwrite the input tensor (see the module docs)."""
     torch_class: ClassVar = torch.nn.LeakyReLU
 
 
@@ -570,7 +701,9 @@ class ELU(StatelessFactory):
     """x if x > 0 else alpha * (exp(x) - 1)."""
 
     alpha: float = 1.0
+    """Scale of the negative part, alpha * (exp(x) - 1)."""
     inplace: bool = False
+    """Whether to overwrite the input tensor (see the module docs)."""
     torch_class: ClassVar = torch.nn.ELU
 
 
@@ -579,6 +712,7 @@ class GELU(StatelessFactory):
     """Gaussian error linear unit; ``approximate`` is 'none' or 'tanh'."""
 
     approximate: str = "none"
+    """'none' for the exact function, 'tanh' for the tanh approximation."""
     torch_class: ClassVar = torch.nn.GELU
 
     def __post_init__(self):
@@ -590,6 +724,7 @@ class SiLU(StatelessFactory):
     """x * sigmoid(x)."""
 
     inplace: bool = False
+    """Whether to overwrite the input tensor (see the module docs)."""
     torch_class: ClassVar = torch.nn.SiLU
 
 
@@ -612,8 +747,11 @@ class Hardtanh(StatelessFactory):
     """x clamped to [min_val, max_val] (torch's deprecated ``min_value``/``max_value`` spellings are not taken)."""
 
     min_val: float = -1.0
+    """Lower bound of the output."""
     max_val: float = 1.0
+    """Upper bound of the output."""
     inplace: bool = False
+    """Whether to overwrite the input tensor (see the module docs)."""
     torch_class: ClassVar = torch.nn.Hardtanh
 
 
@@ -622,7 +760,9 @@ class Softplus(StatelessFactory):
     """log(1 + exp(beta * x)) / beta."""
 
     beta: float = 1.0
+    """Steepness: log(1 + exp(beta * x)) / beta."""
     threshold: float = 20.0
+    """Where beta * x passes this, the output is x (for numerical stability)."""
     torch_class: ClassVar = torch.nn.Softplus
 
 
@@ -631,6 +771,7 @@ class Softmax(StatelessFactory):
     """Softmax over data dim ``dim`` (0 is the first data dim)."""
 
     dim: int = 0
+    """Data dim the softmax normalizes over, counted from 0 (negative: from the end)."""
 
     def _module(self, in_shape):
         return torch.nn.Softmax(_torch_dim(self.dim))
@@ -641,6 +782,7 @@ class LogSoftmax(StatelessFactory):
     """Log-softmax over data dim ``dim`` (0 is the first data dim)."""
 
     dim: int = 0
+    """Data dim the log-softmax normalizes over, counted from 0 (negative: from the end)."""
 
     def _module(self, in_shape):
         return torch.nn.LogSoftmax(_torch_dim(self.dim))
@@ -656,3 +798,164 @@ class Identity(StatelessFactory):
 def _torch_dim(dim: int) -> int:
     """A data dim as a torch dim of the merged (batch, *data) tensor."""
     return dim + 1 if dim >= 0 else dim
+
+
+@dataclass(frozen=True, eq=False)
+class Affine(ArgumentEquality, StatelessFactory):
+    """``y = weight @ x + bias`` on the flattened input, from given tensors: (in_features,) ->
+    (out_features,), as ``Linear`` but initialised from ``weight`` and ``bias`` (both trainable).
+
+    >>> layer = Affine(torch.tensor([[1.0, 2.0], [0.0, -1.0]]), torch.tensor([0.5, 0.0]))
+    >>> out, _ = layer.make_model((2,))(torch.tensor([[[1.0, 1.0]]]))
+    >>> out.tolist()
+    [[[3.5, -1.0]]]
+    """
+
+    weight: torch.Tensor
+    """The weight matrix, shape (out_features, in_features); in_features must be the input's size."""
+    bias: torch.Tensor | None = None
+    """The bias, shape (out_features,); ``None``: no bias."""
+    flatten_input: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _float_tensor(self, "weight", self.weight, 2)
+        if self.bias is not None:
+            _float_tensor(self, "bias", self.bias, 1)
+            if self.bias.shape[0] != self.weight.shape[0]:
+                raise ValueError(
+                    f"Affine.bias must have {self.weight.shape[0]} elements (weight's rows), got {self.bias.shape[0]}"
+                )
+
+    def _module(self, in_shape):
+        out_features, in_features = self.weight.shape
+        if in_shape[0] != in_features:
+            raise ShapeError(f"Affine takes {in_features} input features (weight's columns), got input {in_shape}")
+        module = torch.nn.Linear(in_features, out_features, bias=self.bias is not None)
+        _load(self, module, weight=self.weight, bias=self.bias)
+        return module
+
+    def _fixed_out_shape(self):
+        return (self.weight.shape[0],)
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.empty(shape))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+@dataclass(frozen=True, eq=False)
+class Scale(ArgumentEquality, StatelessFactory):
+    """``y = x * scale`` elementwise, with a trainable ``scale`` that broadcasts to the input's shape.
+
+    >>> out, _ = Scale(torch.tensor([2.0, -1.0])).make_model((2,))(torch.ones(1, 1, 2))
+    >>> out.tolist()
+    [[[2.0, -1.0]]]
+    """
+
+    scale: torch.Tensor
+    """The factors, broadcastable to the input's data shape (no time or batch dims), e.g. one per feature."""
+
+    def __post_init__(self):
+        _float_tensor(self, "scale", self.scale)
+
+    def _module(self, in_shape):
+        if len(self.scale.shape) > len(in_shape) or _broadcast(self.scale.shape, in_shape) != tuple(in_shape):
+            raise ShapeError(f"Scale.scale of shape {tuple(self.scale.shape)} does not broadcast to input {in_shape}")
+        module = _Scale(tuple(self.scale.shape))
+        _load(self, module, scale=self.scale)
+        return module
+
+
+def _broadcast(a, b) -> tuple[int, ...] | None:
+    try:
+        return tuple(torch.broadcast_shapes(tuple(a), tuple(b)))
+    except RuntimeError:
+        return None
+
+
+@dataclass(frozen=True)
+class SumPool2d(StatelessFactory):
+    """Sum pooling over (channels, height, width): the sum of each window (zero padding).
+
+    >>> out, _ = SumPool2d(2).make_model((1, 2, 2))(torch.ones(1, 1, 1, 2, 2))
+    >>> out.tolist()
+    [[[[[4.0]]]]]
+    """
+
+    kernel_size: IntOrPair
+    """Window size (height, width), or one int for both."""
+    stride: IntOrPair | None = None
+    """Step between windows; ``None``: ``kernel_size``."""
+    padding: IntOrPair = 0
+    """Zeros added on each side of height and width."""
+
+    def __post_init__(self):
+        _positive_ints(self, kernel_size=self.kernel_size)
+
+    def _module(self, in_shape):
+        return torch.nn.AvgPool2d(self.kernel_size, self.stride, self.padding, divisor_override=1)
+
+
+class DelayState(NamedTuple):
+    """A ``Delay`` layer's state: the last inputs, newest first."""
+
+    history: torch.Tensor
+    """(batch, max_steps, n): ``history[:, k]`` is the input of k + 1 timesteps ago, flattened."""
+
+
+def delay_step(x: torch.Tensor, state: DelayState, steps: torch.Tensor) -> tuple[torch.Tensor, DelayState]:
+    """One timestep of a per-neuron delay: x (batch, n) -> y (batch, n) with ``y[:, i]`` the input
+    of ``steps[i]`` timesteps ago (``steps`` (n,) long, each at most ``max_steps``; zeros before
+    the first input), and the new state."""
+    window = torch.cat([x.unsqueeze(1), state.history], dim=1)
+    index = steps.view(1, 1, -1).expand(x.shape[0], 1, x.shape[1])
+    return window.gather(1, index).squeeze(1), DelayState(window[:, : state.history.shape[1]])
+
+
+class _DelayRunner(Runner):
+    def __init__(self, in_shape, steps: torch.Tensor):
+        super().__init__(in_shape, in_shape)
+        self.register_buffer("steps", steps, persistent=False)
+        self.max_steps = int(steps.max()) if steps.numel() else 0
+
+    def initial_state(self, batch_size, device, dtype):
+        return DelayState(torch.zeros(batch_size, self.max_steps, self.steps.numel(), device=device, dtype=dtype))
+
+    def step(self, x, state):
+        y, state = delay_step(x.flatten(1), state, self.steps)
+        return y.reshape(x.shape), state
+
+
+@dataclass(frozen=True, eq=False)
+class Delay(ArgumentEquality, ModuleFactory):
+    """``y[t] = x[t - steps]`` for each neuron (zeros before the first input); the state holds the
+    last ``max(steps)`` inputs.
+
+    >>> x = torch.tensor([1.0, 2.0, 3.0]).reshape(3, 1, 1).expand(3, 1, 2)  # (time, batch, 2)
+    >>> out, state = Delay(torch.tensor([0, 2])).make_model((2,))(x)
+    >>> out[:, 0].tolist()
+    [[1.0, 0.0], [2.0, 0.0], [3.0, 1.0]]
+    """
+
+    steps: int | torch.Tensor = 1
+    """The delay in timesteps: a non-negative int, or a tensor of them that broadcasts to the input's
+    data shape (one per neuron)."""
+
+    def __post_init__(self):
+        steps = torch.as_tensor(self.steps)
+        if (
+            isinstance(self.steps, bool)
+            or steps.is_complex()
+            or not bool((steps == steps.round()).all() and (steps >= 0).all())
+        ):
+            raise ValueError(f"Delay.steps must be a non-negative int or a tensor of them, got {self.steps!r}")
+
+    def _build(self, in_shape):
+        steps = torch.as_tensor(self.steps, device="cpu")
+        if _broadcast(steps.shape, in_shape) != tuple(in_shape) or steps.dim() > len(in_shape):
+            raise ShapeError(f"Delay.steps of shape {tuple(steps.shape)} does not broadcast to input {in_shape}")
+        return _DelayRunner(in_shape, steps.round().long().expand(in_shape).flatten())

@@ -30,9 +30,13 @@ would take minutes to build before any size limit could refuse it."""
 @dataclass(frozen=True)
 class _TorchRNN(ModuleFactory):
     hidden_size: int
+    """Number of features of the hidden state and the output."""
     num_layers: int = 1
+    """Number of stacked layers, at most MAX_LAYERS (256)."""
     bias: bool = True
+    """Whether the layers have bias weights."""
     dropout: float = 0.0
+    """Probability of zeroing each layer's output but the last's, in training mode, in [0, 1]."""
     torch_class: ClassVar[type[torch.nn.RNNBase]]
 
     def __post_init__(self):
@@ -94,7 +98,7 @@ class GRU(_TorchRNN):
 @dataclass(frozen=True)
 class TempConvPlus2d(ModuleFactory):
     """A 2-D convolution over space combined with a causal convolution over the last frames
-    (frame stacking), as one causal 3-D convolution:
+    (frame stacking), as one causal 3-D convolution: (channels, height, width) -> (out_channels, height', width').
 
     ``y_t = b + sum_{k < time_kernel_size} W_k * x_{t - k * time_dilation}``, each ``W_k`` a 2-D
     kernel (with ``stride``, ``padding``, ``dilation``, ``groups`` and ``padding_mode`` as in
@@ -115,15 +119,25 @@ class TempConvPlus2d(ModuleFactory):
     """
 
     out_channels: int
+    """Number of output channels."""
     kernel_size: int | tuple[int, int]
+    """Spatial size of the kernel, in pixels: one int for both dims, or (height, width)."""
     time_kernel_size: int
+    """Number of frames the kernel reads: the current one and earlier ones."""
     stride: int | tuple[int, int] = 1
+    """Spatial step of the kernel, in pixels: one int for both dims, or (height, width)."""
     padding: int | tuple[int, int] = 0
+    """Spatial padding added to each side, in pixels: one int for both dims, or (height, width)."""
     dilation: int | tuple[int, int] = 1
+    """Spacing of the kernel's spatial elements, in pixels: one int, or (height, width)."""
     groups: int = 1
+    """Number of blocked connections from input to output channels; divides both channel counts."""
     bias: bool = True
+    """Whether to add a learnable bias."""
     padding_mode: str = "zeros"
+    """What the spatial padding holds: 'zeros', 'reflect', 'replicate' or 'circular'."""
     time_dilation: int = field(default=1, kw_only=True)
+    """Spacing of the frames the kernel reads, in timesteps."""
 
     def __post_init__(self):
         for name in ("time_kernel_size", "time_dilation"):

@@ -13,6 +13,11 @@ The format is ``{"format": "rnnbuilder.spec/1", "root": FACTORY}``. A FACTORY is
   their defaults; surrogates are such objects too, and tuples are lists. An integer argument takes
   a real with no fractional part (``8.0``) as that integer, and refuses any other real;
 - ``{"type": "Sequential", "factories": [FACTORY, ...]}``;
+- a tensor argument (such as a per-neuron time constant) is ``{"tensor": {"dtype": "float32",
+  "shape": [2, 3], "data": [...]}}``: ``data`` lists the elements in row-major order, as numbers
+  (booleans for ``"bool"``), which give back the exact values (a float32 is exactly a JSON double).
+  The dtypes are ``float16``, ``float32``, ``float64``, ``int8``, ``int16``, ``int32``, ``int64``,
+  ``uint8`` and ``bool``;
 - ``{"type": "Network", "layers": [NODE, ...], "names": [{"name": "output", "node": 2}, ...]}``.
   Nodes refer to each other by index in ``"layers"``, and each comes after its inputs (a
   placeholder may refer to a later layer). ``"names"`` are the network's attributes, in order. A
@@ -59,21 +64,33 @@ from typing import Any
 
 import torch
 
-from . import initial, nn, rnn, snn
+from . import encode, initial, nn, rnn, snn
 from ._factory import ModuleFactory
 from ._graph.compiler import definition_order
 from ._graph.network import Network
 from ._graph.nodes import Layer, List, Node, Placeholder, Sequential, Stack, Sum
 from .custom import CustomFactory
+from .encode import Encoder
 from .errors import SpecError
 from .snn import Surrogate
 
-__all__ = ["FORMAT", "Registry", "builtin_registry", "default_registry", "register", "to_spec", "from_spec"]
+__all__ = [
+    "FORMAT",
+    "Registry",
+    "builtin_registry",
+    "default_registry",
+    "register",
+    "to_spec",
+    "from_spec",
+    "encoder_to_spec",
+    "encoder_from_spec",
+]
 
 FORMAT = "rnnbuilder.spec/1"
 """The format marker of the descriptions this version writes and reads."""
 
-_DESCRIBED = (ModuleFactory, Surrogate)
+_DESCRIBED = (ModuleFactory, Surrogate, Encoder)
+_KINDS = ((Surrogate, "surrogate"), (Encoder, "encoder"), (ModuleFactory, "factory"))
 _COMBINE = {cls.kind: cls for cls in (Stack, Sum, List)}
 _NODE_KEYS = {  # kind -> (required keys, optional keys)
     "input": ((), ()),
@@ -85,7 +102,13 @@ _EXACT = 2**53  # every integer up to this is exactly a double; beyond it, doubl
 _INITIAL = {"zeros": initial.zeros, "ones": initial.ones}
 _SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", type(None): "null"}
 # Unannotated custom arguments take any JSON value; lists stay lists, as there is no hint to make tuples.
-_ANY = bool | int | float | str | list[Any] | ModuleFactory | Surrogate | None
+_ANY = bool | int | float | str | list[Any] | ModuleFactory | Surrogate | torch.Tensor | None
+_TENSOR_DTYPES = {
+    name: getattr(torch, name)
+    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+}
+"""The dtypes a tensor argument may have, by the name its description gives."""
+_TENSOR_KEYS = ("dtype", "shape", "data")
 
 
 @functools.cache
@@ -124,7 +147,7 @@ def _extra_keywords(cls: type) -> Any:
 
 
 class Registry:
-    """The types a description may name: ``name -> class``, each a factory or surrogate class.
+    """The types a description may name: ``name -> class``, each a factory, surrogate or encoder class.
 
     >>> import torch
     >>> from rnnbuilder import custom
@@ -160,7 +183,7 @@ class Registry:
         if not isinstance(name, str) or not name:
             raise TypeError(f"a registered name must be a non-empty string, got {name!r}")
         if not (isinstance(cls, type) and issubclass(cls, _DESCRIBED)):
-            raise TypeError(f"only factory and surrogate classes can be registered, got {cls!r}")
+            raise TypeError(f"only factory, surrogate and encoder classes can be registered, got {cls!r}")
         if not issubclass(cls, (Network, Sequential)):
             _parameters(cls)  # fail now, not when a client names it
         if self._types.setdefault(name, cls) is not cls:
@@ -174,6 +197,10 @@ class Registry:
     def surrogate_names(self) -> list[str]:
         """The registered surrogate names, sorted."""
         return self._names_of((Surrogate,))
+
+    def encoder_names(self) -> list[str]:
+        """The registered spike encoder names (``rnnbuilder.encode``), sorted."""
+        return self._names_of((Encoder,))
 
     def copy(self) -> Registry:
         """An independent registry with the same entries."""
@@ -209,7 +236,7 @@ def builtin_registry() -> Registry:
     (True, True)
     """
     registry = Registry()
-    for prefix, module in (("nn", nn), ("rnn", rnn), ("snn", snn)):
+    for prefix, module in (("nn", nn), ("rnn", rnn), ("snn", snn), ("encode", encode)):
         for attr in module.__all__:
             cls = getattr(module, attr)
             if isinstance(cls, type) and issubclass(cls, _DESCRIBED) and is_dataclass(cls):
@@ -257,6 +284,32 @@ def from_spec(spec: dict, registry: Registry | None = None) -> ModuleFactory:
         raise SpecError("root", "nested too deeply") from None
 
 
+def encoder_to_spec(encoder: Encoder, registry: Registry | None = None) -> dict:
+    """A JSON-compatible description of a spike encoder (``rnnbuilder.encode``): a FACTORY object.
+
+    >>> from rnnbuilder import encode
+    >>> encoder_to_spec(encode.Delta(threshold=0.5))
+    {'type': 'encode.Delta', 'args': {'threshold': 0.5, 'padding': False, 'off_spike': False}}
+    """
+    if not isinstance(encoder, Encoder):
+        raise SpecError("encoder", f"expected an encoder such as rnnbuilder.encode.Rate(num_steps=20), got {encoder!r}")
+    return _Writer(_or_default(registry)).object(encoder, "encoder")
+
+
+def encoder_from_spec(description: dict, registry: Registry | None = None) -> Encoder:
+    """The spike encoder ``description`` (``encoder_to_spec``'s) describes, built only from types in
+    ``registry``; ``SpecError`` names what is wrong, such as ``encoder.args.num_steps``.
+
+    >>> encoder_from_spec({"type": "encode.Rate", "args": {"num_steps": 20}})
+    Rate(num_steps=20, gain=1.0, offset=0.0, first_spike_time=0, time_var_input=False, poisson=False)
+    >>> encoder_from_spec({"type": "encode.Rate", "args": {"num_steps": 0}})
+    Traceback (most recent call last):
+    ...
+    rnnbuilder.errors.SpecError: encoder: rate: num_steps must be a positive integer, got 0
+    """
+    return _Reader(_or_default(registry)).object(description, (Encoder,), "encoder")
+
+
 class _Writer:
     def __init__(self, registry: Registry):
         self.registry = registry
@@ -288,6 +341,8 @@ class _Writer:
     def value(self, value, path: str):
         if isinstance(value, _DESCRIBED):
             return self.object(value, path)
+        if isinstance(value, torch.Tensor):
+            return _write_tensor(value, path)
         if isinstance(value, (tuple, list)):
             return [self.value(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if value is None or isinstance(value, (bool, str)):
@@ -305,7 +360,7 @@ class _Writer:
         raise SpecError(
             path,
             f"a {type(value).__name__} can't be described; use numbers, strings, booleans, None, lists, "
-            f"factories or surrogates",
+            f"tensors, factories or surrogates",
         )
 
     def network(self, net: Network, path: str) -> dict:
@@ -382,6 +437,8 @@ class _Reader:
             return _number(value, path)
         if hint is int:
             return _integer(value, path)
+        if hint is torch.Tensor:
+            return _read_tensor(value, path)
         if hint not in _SCALARS:
             raise SpecError(path, f"arguments of type {hint} can't be given in a description")
         if not isinstance(value, (list, tuple) if hint is list else hint) or (hint is int and isinstance(value, bool)):
@@ -392,6 +449,8 @@ class _Reader:
         options = typing.get_args(hint)
         if isinstance(value, float) and float in options:  # a real stays a real where one may go (8.0 isn't 8)
             return _number(value, path)
+        if isinstance(value, dict) and "tensor" in value and torch.Tensor in options:
+            return _read_tensor(value, path)
         objects = tuple(o for o in options if isinstance(o, type) and issubclass(o, _DESCRIBED))
         if isinstance(value, dict) and objects:
             return self.object(value, objects, path)
@@ -485,7 +544,9 @@ def _type_name(hint) -> str:
     if origin is tuple:
         return f"[{', '.join(map(_type_name, options))}]"
     if isinstance(hint, type) and issubclass(hint, _DESCRIBED):
-        return "surrogate" if issubclass(hint, Surrogate) else "factory"
+        return next(name for base, name in _KINDS if issubclass(hint, base))
+    if hint is torch.Tensor:
+        return 'tensor {"tensor": {"dtype", "shape", "data"}}'
     return _SCALARS.get(hint, "any value" if hint is Any else str(hint))
 
 
@@ -606,3 +667,64 @@ def _read_initial(value, path: str):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return initial.Constant(_number(value, path))
     raise SpecError(path, f'expected null, "zeros", "ones" or a number, got {_show(value)}')
+
+
+def _write_tensor(value: torch.Tensor, path: str) -> dict:
+    """The description of a tensor argument: its dtype's name, shape and elements in row-major order."""
+    names = {dtype: name for name, dtype in _TENSOR_DTYPES.items()}
+    if value.dtype not in names:
+        raise SpecError(
+            path, f"a tensor of dtype {value.dtype} can't be described; use one of {', '.join(names.values())}"
+        )
+    value = value.detach().cpu()
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise SpecError(path, "a tensor argument must be finite (JSON has no NaN or infinity)")
+    return {"tensor": {"dtype": names[value.dtype], "shape": list(value.shape), "data": value.flatten().tolist()}}
+
+
+def _read_tensor(value, path: str) -> torch.Tensor:
+    """The tensor a ``{"tensor": {"dtype", "shape", "data"}}`` description holds, checked, as a new tensor."""
+    if not isinstance(value, dict) or "tensor" not in value:
+        raise SpecError(path, f'expected a tensor {{"tensor": {{"dtype", "shape", "data"}}}}, got {_show(value)}')
+    _keys(value, path, ("tensor",))
+    path = f"{path}.tensor"
+    body = value["tensor"]
+    _keys(body, path, _TENSOR_KEYS)
+    name = body["dtype"]
+    if not isinstance(name, str) or name not in _TENSOR_DTYPES:
+        raise SpecError(f"{path}.dtype", f"expected one of {', '.join(_TENSOR_DTYPES)}, got {_show(name)}")
+    shape, data = body["shape"], body["data"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise SpecError(f"{path}.shape", f"expected a list of non-negative integers, got {_show(shape)}")
+    if not isinstance(data, list) or len(data) != math.prod(shape):
+        got = f"{len(data)} elements" if isinstance(data, list) else _show(data)
+        raise SpecError(f"{path}.data", f"expected a list of {math.prod(shape)} elements for shape {shape}, got {got}")
+    dtype = _TENSOR_DTYPES[name]
+    if dtype is torch.bool:
+        check, kind = (lambda x: isinstance(x, bool)), "a boolean"
+    elif dtype.is_floating_point:
+        check, kind = (
+            (lambda x: not isinstance(x, bool) and _number_or_none(x) is not None),
+            "a finite number",
+        )
+    else:
+        info = torch.iinfo(dtype)
+        check, kind = (
+            (lambda x: isinstance(x, int) and not isinstance(x, bool) and info.min <= x <= info.max),
+            f"an integer from {info.min} to {info.max} ({name})",
+        )
+    for i, x in enumerate(data):
+        if not check(x):
+            raise SpecError(f"{path}.data[{i}]", f"expected {kind}, got {_show(x)}")
+    tensor = torch.tensor([float(x) for x in data] if dtype.is_floating_point else data, dtype=dtype).reshape(shape)
+    if dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+        raise SpecError(f"{path}.data", f"an element is too large for {name}")
+    return tensor
+
+
+def _number_or_none(value) -> float | None:
+    """``value`` as a finite float, or None if it is no number or not finite."""
+    try:
+        return _number(value, "")
+    except SpecError:
+        return None

@@ -163,17 +163,20 @@ def create_server(address: str, config: ServerConfig | None = None) -> tuple[Sim
         log.info("%d sessions in %s, each loaded on its first call", manager.register_stored(), store.directory)
     elif config.evict_idle_after_s > 0:
         log.warning("no checkpoint folder: idle sessions stay in memory")
-    options = [
-        ("grpc.max_receive_message_length", config.limits.max_message_bytes),
-        ("grpc.max_send_message_length", config.limits.max_message_bytes),
-    ]
-    grpc_server = grpc.aio.server(options=options)
     scheduler = FairScheduler(config.workers, config.scheduling)
     placement = Placement(scheduler)
     metrics = Metrics(manager, scheduler)
     batching = config.batching if config.batching is not None else device.type == "cuda"
     batcher = Batcher(manager, placement, config.batch_window_us) if batching else None
     servicer = SimulatorServicer(manager, placement, metrics, authenticator, config.server_id, batcher)
+    # The server describes itself (every type and argument) even under a message limit smaller than
+    # that description; replies of data keep within the limit (operations.checked_reply).
+    described = servicer.server_info().ByteSize()
+    options = [
+        ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+        ("grpc.max_send_message_length", max(config.limits.max_message_bytes, described)),
+    ]
+    grpc_server = grpc.aio.server(options=options)
     add_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

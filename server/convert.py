@@ -16,9 +16,11 @@ import torch
 from google.protobuf import message as protobuf_message
 from google.protobuf import timestamp_pb2
 
-from rnnbuilder import spec
+from rnnbuilder import SpecError, spec
+from rnnbuilder.describe import describe
+from rnnbuilder.encode import Encoder
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
-from rnnbuilder_sim.wire import names, networks, tensors
+from rnnbuilder_sim.wire import descriptions, names, networks, tensors
 
 from .config import Limits
 from .errors import InvalidRequest, LimitExceeded
@@ -44,6 +46,7 @@ __all__ = [
     "session_message",
     "server_info",
     "required_tensor",
+    "encoder",
     "bitpacked",
     "run_response",
     "simulate_response",
@@ -111,9 +114,16 @@ def _description(message: pb.NetworkSpec, limits: Limits | None) -> dict:
     before reading it takes time (100,000 chained nodes took 1.7 s to read)."""
     if limits is not None:
         most = limits.max_network_nodes
-        count = networks.node_count(message, stop=most)
-        if count > most:
-            raise LimitExceeded("max_network_nodes", count, most, "factories and nodes in the network (or more)")
+        size = networks.network_size(message, stop=most)
+        if size.nodes > most:
+            raise LimitExceeded("max_network_nodes", size.nodes, most, "factories and nodes in the network (or more)")
+        # Tensor arguments are read into the description as numbers, each a Python object: bounded
+        # like the parameters they become before they are read.
+        most = limits.max_parameters_per_session
+        if size.tensor_elements > most:
+            raise LimitExceeded(
+                "max_parameters_per_session", size.tensor_elements, most, "elements of the network's tensor arguments"
+            )
     return networks.from_message(message)
 
 
@@ -136,17 +146,27 @@ def session_message(session: Session, device: str) -> pb.Session:
 def server_info(
     version: str, device: str, server_id: str, limits: Limits, registry: spec.Registry, batching: bool
 ) -> pb.GetServerInfoResponse:
-    return pb.GetServerInfoResponse(
+    factory_types, surrogate_types = registry.factory_names(), registry.surrogate_names()
+    response = pb.GetServerInfoResponse(
         version=version,
         device=device,
-        factory_types=registry.factory_names(),
-        surrogate_types=registry.surrogate_names(),
+        factory_types=factory_types,
+        surrogate_types=surrogate_types,
         limits=pb.Limits(**{f: getattr(limits, f) for f in pb.Limits.DESCRIPTOR.fields_by_name}),
         losses=loss_names(),
         optimizers=sorted(OPTIMIZERS),
         server_id=server_id,
         batching=batching,
     )
+    response.MergeFrom(_type_descriptions(registry, (*factory_types, *surrogate_types, *registry.encoder_names())))
+    return response
+
+
+@functools.lru_cache(maxsize=4)
+def _type_descriptions(registry: spec.Registry, names: tuple[str, ...]) -> pb.GetServerInfoResponse:
+    """The descriptions of every type ``registry`` allows, made on a server's first GetServerInfo
+    and again only when types were registered since (a registry only grows: ``names`` tells)."""
+    return descriptions.to_server_info(describe(registry))
 
 
 def required_tensor(request, field: str, fits: Callable[[tuple[int, ...]], None], hint: str = "") -> torch.Tensor:
@@ -157,6 +177,17 @@ def required_tensor(request, field: str, fits: Callable[[tuple[int, ...]], None]
     message = getattr(request, field)
     fits(tensors.shape_of(message))
     return tensors.decode_torch(message)
+
+
+def encoder(request: pb.RunRequest, registry: spec.Registry) -> Encoder | None:
+    """The spike encoder a Run names in ``encoder``, if any, of the types in ``registry``;
+    InvalidRequest says what is wrong with it (an unknown type, a bad argument)."""
+    if not request.HasField("encoder"):
+        return None
+    try:
+        return networks.encoder_from_message(request.encoder, registry)
+    except SpecError as e:
+        raise InvalidRequest(str(e)) from None
 
 
 def bitpacked(request: pb.RunRequest | pb.SimulateRequest) -> bool:

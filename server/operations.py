@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import rnnbuilder as rb
+from rnnbuilder.encode import Encoder
 from rnnbuilder_sim.wire.names import session_name
 
 from .config import Limits
@@ -64,6 +65,7 @@ __all__ = [
     "get_parameters",
     "set_parameters",
     "input_fits",
+    "encoded_input_fits",
     "targets_fit",
     "dataset_fits",
     "checked_input",
@@ -102,6 +104,7 @@ def run(
     bitpacked: bool = False,
     wait: bool = True,
     wanted: Callable[[], bool] = lambda: True,
+    encoder: Encoder | None = None,
 ) -> Simulation:
     """Simulate x (time, batch, *input_shape) from the session's state, which then moves on.
 
@@ -109,18 +112,33 @@ def run(
     limit. Without ``wait``: WouldBlock rather than wait for anything (see ``manager.held``). If
     ``wanted()`` is false once the result is ready (its caller went away), CallCancelled and the
     state stays.
+
+    ``encoder``: x is the analog data it takes (see ``encoded_input_fits``), and what runs are the
+    spikes it makes of them, drawn by the session's random generator, which moves on
+    with the state (a failed call leaves both as they were).
     """
-    x = checked_input(manager, session, x, batch=session.batch_size)
-    work = work_bytes(session.entry_elements, x.shape[0], x.shape[1], training=False)
+    if encoder is None:
+        x = checked_input(manager, session, x, batch=session.batch_size)
+        shape = tuple(x.shape)
+    else:
+        encoded_input_fits(manager.limits, session, encoder, tuple(x.shape))
+        if x.is_floating_point() and not finite(x):
+            raise InvalidRequest("input contains NaN or infinity; the encoder takes finite analog data")
+        shape = encoder.encoded_shape(tuple(x.shape))
+    work = work_bytes(session.entry_elements, shape[0], shape[1], training=False)
     limit = manager.limits.max_message_bytes
     # A CPU's work is the thread's CPU time: on a busy server the wall time also counts the waits
     # for a core, and would send calls off the loop just when hand-offs cost the most. A device's
     # work is the wall time the thread waits for it. Reading a thread's CPU clock is a system call
     # (0.7 us here, against 0.05 for perf_counter), so single timesteps are timed now and then.
-    timed = session.timing is None or session.timesteps % TIMED_EVERY == 0 or x.shape[0] > 1
+    timed = session.timing is None or session.timesteps % TIMED_EVERY == 0 or shape[0] > 1
     clock = time.thread_time if manager.device.type == "cpu" else time.perf_counter
     with manager.held(session, work, wait=wait), torch.no_grad():
-        started = clock() if timed else 0.0
+        started = clock() if timed else 0.0  # the spikes' drawing counts in the call's time
+        if encoder is not None:
+            # A copy draws; it becomes the session's generator only with the new state, below.
+            generator = torch.Generator().set_state(session.training.rng.get_state())
+            x = _spikes(encoder, x, generator).to(manager.device)
         if record:
             out, state, recordings = session.model.record(x, record, session.state)
         elif x.shape[0] == 1:  # a stream's timestep: the stepper skips the whole-sequence bookkeeping
@@ -138,7 +156,22 @@ def run(
             raise CallCancelled(f"the call on {session_name(session.id)} was cancelled; its state is unchanged")
         first = session.timesteps
         session.state, session.timesteps = state, first + x.shape[0]
+        if encoder is not None:
+            session.training.rng.set_state(generator.get_state())
     return Simulation(out, recordings, first)
+
+
+def _spikes(encoder: Encoder, data: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The spikes (time, batch, *input_shape), float32 on the CPU, that ``encoder`` makes of the
+    analog ``data`` as float32 on the CPU, its draws from ``generator``: what a client gets with
+    ``encoder(data, generator)`` from a generator in the same state. The CPU, so that the spikes
+    are the same on every device; the data's problems (values out of range) are InvalidRequest."""
+    try:
+        return encoder(data.to(device="cpu", dtype=torch.float32), generator=generator).to(torch.float32)
+    except rb.ShapeError:
+        raise
+    except rb.RnnbuilderError as e:
+        raise InvalidRequest(f"the encoder can't encode this input: {e}") from None
 
 
 def train_step(
@@ -308,6 +341,21 @@ def input_fits(
     work = shape[0] * min(rows or shape[1], shape[1])
     if work > limits.max_timesteps_times_batch:
         raise LimitExceeded("max_timesteps_times_batch", work, limits.max_timesteps_times_batch, "timesteps x batch")
+
+
+def encoded_input_fits(limits: Limits, session: Session, encoder: Encoder, shape: tuple[int, ...]) -> None:
+    """Raise unless analog data of ``shape`` fits ``encoder`` and the session: (batch, *input_shape)
+    for an encoder that adds the time axis, (time, batch, *input_shape) for one that keeps the
+    data's (``Encoder.data_has_time``); the spikes it makes count for the limits, as an input."""
+    tail = (session.batch_size, *session.input_shape)
+    want = (("time",) if encoder.data_has_time else ()) + tail
+    if len(shape) != len(want) or tuple(shape[len(want) - len(tail) :]) != tail:
+        adds = "keeps the data's time axis" if encoder.data_has_time else "adds the time axis"
+        raise rb.ShapeError(
+            f"input for {type(encoder).__name__} must be analog data of shape ({', '.join(map(str, want))}) "
+            f"(the encoder {adds}), got {shape}"
+        )
+    input_fits(limits, session, encoder.encoded_shape(shape), batch=session.batch_size)
 
 
 def targets_fit(session: Session, timesteps: int, batch: int, shape: tuple[int, ...]) -> None:

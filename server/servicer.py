@@ -13,11 +13,13 @@ import traceback
 from collections.abc import AsyncIterator
 
 import grpc
+import torch
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 import rnnbuilder as rb
+from rnnbuilder.encode import Encoder
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from rnnbuilder_sim.wire.names import SERVER_ID_HEADER
@@ -200,6 +202,10 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def GetServerInfo(self, request, context, tenant):
+        return self.server_info()
+
+    def server_info(self) -> pb.GetServerInfoResponse:
+        """What GetServerInfo answers: version, device, the types with their arguments, limits."""
         manager = self.manager
         return convert.server_info(
             VERSION, self.device_name, self.server_id, manager.limits, manager.registry, self.batcher is not None
@@ -280,7 +286,8 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
 
     @_handled
     async def Run(self, request, context, tenant):
-        simulation = await self._simulate(request, tenant, await self._owned(request.name, tenant))
+        encoder = convert.encoder(request, self.manager.registry)
+        simulation = await self._simulate(request, tenant, await self._owned(request.name, tenant), encoder)
         return convert.run_response(simulation, convert.bitpacked(request))
 
     @_handled
@@ -377,19 +384,32 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         return pb.ImportSessionResponse(session=self._message(session))
 
     async def _simulate(
-        self, request: pb.RunRequest | pb.SimulateRequest, tenant: Tenant, session: Session
+        self,
+        request: pb.RunRequest | pb.SimulateRequest,
+        tenant: Tenant,
+        session: Session,
+        encoder: Encoder | None = None,
     ) -> operations.Simulation:
-        """What Run and each chunk of Simulate do, on the session the request names."""
-        fits = functools.partial(operations.input_fits, self.manager.limits, session, batch=session.batch_size)
-        x = convert.required_tensor(request, "input", fits, "send a (time, batch, *input_shape) tensor")
+        """What Run and each chunk of Simulate do, on the session the request names; with an
+        ``encoder``, the input is analog data that the session's generator encodes into spikes."""
+        limits = self.manager.limits
+        if encoder is None:
+            fits = functools.partial(operations.input_fits, limits, session, batch=session.batch_size)
+            x = convert.required_tensor(request, "input", fits, "send a (time, batch, *input_shape) tensor")
+            steps = x
+        else:
+            fits = functools.partial(operations.encoded_input_fits, limits, session, encoder)
+            x = convert.required_tensor(request, "input", fits, "send the analog data the encoder takes")
+            steps = torch.empty(encoder.encoded_shape(tuple(x.shape)), device="meta")  # the spikes' shape, for timing
         record, packed = list(request.record_layers), convert.bitpacked(request)
-        run = functools.partial(operations.run, self.manager, session, x, record, packed)
-        alone = functools.partial(self.placement.run_soon, tenant.name, session, x, run)
-        if self.batcher is not None and x.shape[0] == 1 and not record and not request.exact:
+        run = functools.partial(operations.run, self.manager, session, x, record, packed, encoder=encoder)
+        alone = functools.partial(self.placement.run_soon, tenant.name, session, steps, run)
+        # An encoded call draws from its session's generator under the session's lock: never batched.
+        if self.batcher is not None and x.shape[0] == 1 and not record and not request.exact and encoder is None:
             simulation = await self.batcher.run(tenant.name, session, x, packed, alone)
         else:
             simulation = await alone()
-        self.metrics.timesteps.inc(x.shape[0])
+        self.metrics.timesteps.inc(steps.shape[0])
         if simulation.batch > 1:
             self.metrics.batched_timesteps.inc()
         return simulation

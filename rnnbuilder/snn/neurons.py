@@ -34,6 +34,11 @@ class NeuronFactory(ModuleFactory):
     step_fn: ClassVar
     sequence_fn: ClassVar = None
     """``(xs, state, params) -> (spikes, final state)`` over a whole sequence; ``None``: unroll ``step_fn``."""
+    persistent_buffers: ClassVar[bool] = False
+    """Whether ``neuron_buffers`` go into the model's ``state_dict`` (they hold the factory's arguments)."""
+    learnable_initial_state: ClassVar[bool] = True
+    """Whether training learns the initial membrane (rnnbuilder 0.1.1's neurons) or it stays at its
+    start value (the NIR neurons: NIR has no initial state, so a learnt one couldn't be exported)."""
 
     def __post_init__(self):
         for name in ("tau", "tau_thr"):
@@ -49,8 +54,8 @@ class NeuronFactory(ModuleFactory):
     def neuron_parameters(self, runner: NeuronRunner) -> tuple:
         """The parameter tuple for ``step_fn``."""
 
-    def neuron_buffers(self, n: int) -> dict[str, torch.Tensor]:
-        """Constant (n,) tensors the layer derives from its size; they follow ``.to(device)``."""
+    def neuron_buffers(self, in_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """Constant tensors the layer derives from its shape (no time or batch dims); they follow ``.to(device)``."""
         return {}
 
     def initial_spikes(self, runner: NeuronRunner, v: torch.Tensor) -> torch.Tensor | None:
@@ -78,9 +83,9 @@ class NeuronRunner(Runner):
         super().__init__(in_shape, in_shape)
         self.factory = factory
         self.n = numel(in_shape)
-        self.initial_v = torch.nn.Parameter(torch.zeros(self.n))
-        for name, buffer in factory.neuron_buffers(self.n).items():
-            self.register_buffer(name, buffer, persistent=False)
+        self.initial_v = torch.nn.Parameter(torch.zeros(self.n), requires_grad=factory.learnable_initial_state)
+        for name, buffer in factory.neuron_buffers(self.in_shape).items():
+            self.register_buffer(name, buffer, persistent=factory.persistent_buffers)
 
     def initial_state(self, batch_size, device, dtype):
         v = self.initial_v.to(device=device, dtype=dtype).expand(batch_size, self.n)
@@ -136,7 +141,9 @@ class LIF(NeuronFactory):
     """
 
     tau: float = 5.0
+    """Membrane time constant, in timesteps (decay ``exp(-1 / tau)`` a step)."""
     spike_function: Surrogate = SpikeLinear()
+    """The spike function: a surrogate, whose gradient stands in for the step's (or any callable, step loop only)."""
     state_type: ClassVar = F.LIFState
     step_fn: ClassVar = staticmethod(F.lif_step)
     sequence_fn: ClassVar = staticmethod(F.lif_sequence)
@@ -150,7 +157,9 @@ class NoReset(NeuronFactory):
     """LIF without the reset: ``v = beta * v + x``; ``s = H(v - 1)``."""
 
     tau: float = 5.0
+    """Membrane time constant, in timesteps (decay ``exp(-1 / tau)`` a step)."""
     spike_function: Surrogate = SpikeLinear()
+    """The spike function: a surrogate, whose gradient stands in for the step's (or any callable, step loop only)."""
     state_type: ClassVar = F.LIFState
     step_fn: ClassVar = staticmethod(F.lif_step)
     sequence_fn: ClassVar = staticmethod(F.lif_sequence)
@@ -168,9 +177,13 @@ class Adaptive(NeuronFactory):
     """
 
     tau: float = 5.0
+    """Membrane time constant, in timesteps (decay ``exp(-1 / tau)`` a step)."""
     spike_function: Surrogate = SpikeLinear()
+    """The spike function: a surrogate, whose gradient stands in for the step's (or any callable, step loop only)."""
     tau_thr: float = 5.0
+    """Time constant of the threshold adaptation, in timesteps."""
     gamma: float = 0.25
+    """Threshold increase per spike, in units of the base threshold (1)."""
     state_type: ClassVar = F.AdaptiveState
     step_fn: ClassVar = staticmethod(F.adaptive_step)
     sequence_fn: ClassVar = staticmethod(F.adaptive_sequence)
@@ -187,7 +200,9 @@ class Cooldown(NeuronFactory):
     """
 
     tau: float = 5.0
+    """Membrane time constant, in timesteps (decay ``exp(-1 / tau)`` a step)."""
     spike_function: Surrogate = SpikeLinear()
+    """The spike function: a surrogate, whose gradient stands in for the step's (or any callable, step loop only)."""
     state_type: ClassVar = F.CooldownState
     step_fn: ClassVar = staticmethod(F.cooldown_step)
     sequence_fn: ClassVar = staticmethod(F.cooldown_sequence)
@@ -195,8 +210,8 @@ class Cooldown(NeuronFactory):
     def neuron_parameters(self, runner):
         return F.CooldownParameters(F.decay(self.tau), self.spike_function, runner.sign)
 
-    def neuron_buffers(self, n):
-        return {"sign": F.cooldown_sign(n)}
+    def neuron_buffers(self, in_shape):
+        return {"sign": F.cooldown_sign(numel(in_shape))}
 
     def initial_spikes(self, runner, v):
         return (runner.sign < 0).to(v.dtype)
@@ -216,7 +231,9 @@ class Discontinuous(ModuleFactory):
     """Stateless spiking: ``s = H(x - threshold)``, i.e. LIF with tau -> 0."""
 
     spike_function: Surrogate = SpikeLinear()
+    """The spike function: a surrogate, whose gradient stands in for the step's (or any callable, step loop only)."""
     threshold: float = 1.0
+    """The input spikes where it exceeds this, in input units."""
 
     def __post_init__(self):
         _check_spike_function(self)

@@ -68,6 +68,7 @@ class SpikeLinear(Surrogate):
     """Triangle: ``gradient_factor * max(0, 1 - |v|)``. rnnbuilder's default."""
 
     gradient_factor: float = 0.3
+    """Height of the triangle at v = 0; it is zero from |v| = 1 on."""
 
     def __post_init__(self):
         _positive(self, gradient_factor=self.gradient_factor)
@@ -81,6 +82,7 @@ class FastSigmoid(Surrogate):
     """Fast sigmoid, also known as SuperSpike (Zenke & Ganguli 2018): ``1 / (slope * |v| + 1)**2``."""
 
     slope: float = 25.0
+    """Steepness, in 1 / units of v: the gradient falls to 1/4 at |v| = 1 / slope."""
 
     def __post_init__(self):
         _positive(self, slope=self.slope)
@@ -94,6 +96,7 @@ class ATan(Surrogate):
     """Arctangent (Fang et al. 2021): ``(alpha / 2) / (1 + (pi / 2 * alpha * v)**2)``."""
 
     alpha: float = 2.0
+    """Steepness, in 1 / units of v: the gradient at v = 0 is alpha / 2."""
 
     def __post_init__(self):
         _positive(self, alpha=self.alpha)
@@ -107,6 +110,7 @@ class Triangular(Surrogate):
     """Triangle of unit area and half-width ``width``: ``max(0, width - |v|) / width**2``."""
 
     width: float = 1.0
+    """Half-width of the triangle, in units of v."""
 
     def __post_init__(self):
         _positive(self, width=self.width)
@@ -120,6 +124,7 @@ class Sigmoid(Surrogate):
     """Derivative of a sigmoid of steepness ``slope``: ``slope * s * (1 - s)``, ``s = sigmoid(slope * v)``."""
 
     slope: float = 5.0
+    """Steepness, in 1 / units of v: the gradient at v = 0 is slope / 4."""
 
     def __post_init__(self):
         _positive(self, slope=self.slope)

@@ -3,10 +3,26 @@ messages and back. The one place that converts networks, for the client and the 
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
+import numpy as np
+
 from rnnbuilder import ModuleFactory, SpecError, spec
+from rnnbuilder.encode import Encoder
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
-__all__ = ["to_message", "from_message", "factory_to_message", "node_count"]
+from . import tensors
+
+__all__ = [
+    "to_message",
+    "from_message",
+    "factory_to_message",
+    "network_size",
+    "NetworkSize",
+    "encoder_to_message",
+    "encoder_from_message",
+]
 
 _COMBINE = ("stack", "sum", "list")
 
@@ -36,15 +52,45 @@ def from_message(message: pb.NetworkSpec) -> dict:
     return {"format": spec.FORMAT, "root": _read_factory(message.root, "root")}
 
 
-def node_count(message: pb.NetworkSpec, stop: int) -> int:
-    """The factories and nodes a ``NetworkSpec`` holds, counted without converting it; the count
-    stops once it passes ``stop``, so that a huge network costs no more than a limit's worth.
+def encoder_to_message(encoder: Encoder, registry: spec.Registry | None = None) -> pb.Factory:
+    """The ``Factory`` message of a spike encoder (``rnnbuilder.encode``), as ``RunRequest.encoder`` takes it.
+
+    >>> from rnnbuilder import encode
+    >>> message = encoder_to_message(encode.Rate(num_steps=20, gain=0.5))
+    >>> message.type, message.args["num_steps"].int_value, message.args["gain"].number_value
+    ('encode.Rate', 20, 0.5)
+    >>> encoder_from_message(message)
+    Rate(num_steps=20, gain=0.5, offset=0.0, first_spike_time=0, time_var_input=False, poisson=False)
+    """
+    return _factory(spec.encoder_to_spec(encoder, registry))
+
+
+def encoder_from_message(message: pb.Factory, registry: spec.Registry | None = None) -> Encoder:
+    """The spike encoder a ``Factory`` message names, built only from the encoder types in
+    ``registry`` (the default registry when None); ``SpecError`` names what is wrong, under
+    ``encoder``."""
+    return spec.encoder_from_spec(_read_factory(message, "encoder"), registry)
+
+
+class NetworkSize(NamedTuple):
+    """How big a ``NetworkSpec`` is, counted without converting it (``network_size``)."""
+
+    nodes: int
+    """Its factories and nodes, counted up to one past the ``stop`` asked for."""
+    tensor_elements: int
+    """The elements its tensor arguments hold (weights, per-neuron coefficients), among those nodes."""
+
+
+def network_size(message: pb.NetworkSpec, stop: int) -> NetworkSize:
+    """The factories and nodes a ``NetworkSpec`` holds and its tensor arguments' elements, counted
+    without converting it; the count stops once the nodes pass ``stop``, so that a huge network
+    costs no more than a limit's worth.
 
     >>> from rnnbuilder import nn, snn, Sequential
-    >>> node_count(factory_to_message(Sequential(nn.Linear(4), snn.LIF())), stop=100)  # + the surrogate
-    4
+    >>> network_size(factory_to_message(Sequential(nn.Linear(4), snn.LIF())), stop=100)  # + the surrogate
+    NetworkSize(nodes=4, tensor_elements=0)
     """
-    count, todo = 0, [message.root]
+    count, elements, todo = 0, 0, [message.root]
     while todo and count <= stop:
         factory = todo.pop()
         count += 1 + len(factory.layers)
@@ -59,7 +105,9 @@ def node_count(message: pb.NetworkSpec, stop: int) -> int:
                 todo.append(value.factory_value)
             elif value.HasField("list_value"):
                 values.extend(value.list_value.values)
-    return count
+            elif value.HasField("tensor_value"):
+                elements += math.prod(value.tensor_value.shape)
+    return NetworkSize(count, elements)
 
 
 def _factory(description: dict) -> pb.Factory:
@@ -72,6 +120,16 @@ def _factory(description: dict) -> pb.Factory:
     for name, value in description.get("args", {}).items():
         message.args[name].CopyFrom(_value(value))
     return message
+
+
+def _tensor(description: dict) -> pb.Tensor:
+    """The ``Tensor`` message of a description's ``{"tensor": {"dtype", "shape", "data"}}``."""
+    body = description["tensor"]
+    try:
+        array = np.asarray(body["data"], dtype=body["dtype"]).reshape(body["shape"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SpecError("tensor", f'malformed tensor argument; expected {{"dtype", "shape", "data"}}: {e}') from None
+    return tensors.encode(array)
 
 
 def _value(value) -> pb.Value:
@@ -87,6 +145,8 @@ def _value(value) -> pb.Value:
         return pb.Value(string_value=value)
     if isinstance(value, list):
         return pb.Value(list_value=pb.ValueList(values=[_value(v) for v in value]))
+    if "tensor" in value and "type" not in value:
+        return pb.Value(tensor_value=_tensor(value))
     return pb.Value(factory_value=_factory(value))
 
 
@@ -133,6 +193,12 @@ def _read_value(message: pb.Value, path: str):
         return [_read_value(v, f"{path}[{i}]") for i, v in enumerate(message.list_value.values)]
     if kind == "factory_value":
         return _read_factory(message.factory_value, path)
+    if kind == "tensor_value":
+        try:
+            array = tensors.decode(message.tensor_value)
+        except tensors.TensorError as e:
+            raise SpecError(path, str(e)) from None
+        return {"tensor": {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.ravel().tolist()}}
     return getattr(message, kind)
 
 

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from client._client import Recording, Session
+from client import Client, Recording, Session
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.wire import tensors
 
 SPIKES = np.array([[[1.0, 0.0, 1.0, 1.0]]], dtype=np.float32)  # (time, batch, neurons)
 
 
-class Answering:
+class Answering(Client):
     """A client whose calls answer every request with SPIKES (and a recorded layer if asked for one)."""
 
-    def __init__(self):
+    def _connect(self, tls):
         self.requests = []
 
     def _routed(self, name, request, session_id):
@@ -35,7 +35,7 @@ class Answering:
 @pytest.fixture
 def session() -> Session:
     session = Session.__new__(Session)
-    session._client, session.server_id = Answering(), ""
+    session._client, session.server_id = Answering("nowhere"), ""
     session.name, session.id, session.timesteps_simulated, session.exact = "sessions/abc", "abc", 0, False
     return session
 

@@ -3,6 +3,9 @@
 The proxy test runs two ``python -m server`` replicas sharing one checkpoint folder and a real nginx
 on loopback, with the production config's upstream servers and listen address replaced. It is
 skipped when no nginx binary is found, unless REQUIRE_NGINX=1 (CI), which makes that a failure.
+A stream resumed across its replica's stop, and a call retried while its replica hands its session
+over, are tested for both clients, with this module's ``scale_out`` fixture, in
+tests/client/test_clients.py.
 """
 
 from __future__ import annotations
@@ -280,78 +283,6 @@ def test_sessions_stay_on_their_replica_and_move_exactly_when_it_stops(scale_out
             for s in sessions:
                 s.close()
         assert not list(checkpoints.glob("*.snapshot")), "closed sessions leave no checkpoint"
-    except BaseException:
-        for log in logs:
-            print(f"==== {log.name}\n{log.read_text()[-6000:]}")
-        raise
-
-
-def test_a_stopping_replica_hands_its_sessions_over_while_a_call_is_in_flight(scale_out):
-    """While a replica finishes a long call before it stops, calls for its other sessions wait (the
-    client retries UNAVAILABLE) and then continue exactly on the other replica; so does the busy
-    session, from the checkpoint written once its call ended, never from an older one."""
-    proxy, replicas, checkpoints, logs = scale_out
-    try:
-        with Client(proxy) as c:
-            busy, idle = sessions_on(c, "replica-a", 2)
-            x = np.ones((3, 2, 3), np.float32)
-            for s in (busy, idle):
-                s.run(x)
-            models = {s.id: s.to_local() for s in (busy, idle)}
-            long = (np.random.default_rng(1).random((20000, 2, 3)) * 2).astype(np.float32)
-            done = {}
-            with Client(proxy) as other:
-                in_flight = other.get_session(busy.id)
-                thread = threading.Thread(target=lambda: done.update(out=in_flight.run(long)))
-                thread.start()
-                time.sleep(0.5)
-                assert thread.is_alive(), "the long call finished before SIGTERM; make it longer"
-                replicas["replica-a"][1].send_signal(signal.SIGTERM)
-                time.sleep(0.2)
-                after = idle.run(x)  # refused while replica-a hands it over, then served by replica-b
-                assert idle.server_id == "replica-b"
-                thread.join(120)
-            assert done["out"].shape == (20000, 2, 6), "the call in flight finished on replica-a"
-            assert replicas["replica-a"][1].wait(60) == 0
-            last = busy.run(x)
-            assert busy.server_id == "replica-b"
-        with torch.no_grad():
-            expected_idle, _ = models[idle.id](torch.from_numpy(np.concatenate([x, x])))
-            expected_busy, _ = models[busy.id](torch.from_numpy(np.concatenate([x, long, x])))
-        assert np.array_equal(after, expected_idle.numpy()[3:])
-        assert np.array_equal(last, expected_busy.numpy()[-3:])
-        assert all(p.read_text() == "replica-b" for p in checkpoints.glob("*.lease")), "replica-a let go of all"
-    except BaseException:
-        for log in logs:
-            print(f"==== {log.name}\n{log.read_text()[-6000:]}")
-        raise
-
-
-def test_a_stream_goes_on_across_its_replicas_stop(scale_out):
-    """A Simulate stream whose replica stops mid-way is resumed by the client on the other replica,
-    without a chunk lost or applied twice: the outputs equal the local model's."""
-    proxy, replicas, checkpoints, logs = scale_out
-    try:
-        with Client(proxy) as c:
-            [s] = sessions_on(c, "replica-a", 1)
-            local = s.to_local()
-            x = (np.random.default_rng(2).random((40, 2, 2, 3)) * 2).astype(np.float32)
-            stopped = replicas["replica-a"][1]
-
-            def chunks():
-                for i, chunk in enumerate(x):
-                    if i == 10:
-                        stopped.send_signal(signal.SIGTERM)
-                        time.sleep(0.3)
-                    yield chunk
-                    time.sleep(0.02)
-
-            outputs = list(s.stream(chunks()))
-            assert stopped.wait(60) == 0
-            assert s.server_id == "replica-b"
-        with torch.no_grad():
-            expected, _ = local(torch.from_numpy(x.reshape(80, 2, 3)))
-        assert np.array_equal(np.concatenate(outputs), expected.numpy())
     except BaseException:
         for log in logs:
             print(f"==== {log.name}\n{log.read_text()[-6000:]}")

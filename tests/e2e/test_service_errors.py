@@ -13,6 +13,7 @@ import contextlib
 import grpc
 import numpy as np
 import pytest
+import torch
 
 import rnnbuilder as rb
 from client import AlreadyExistsError, Client, InvalidArgumentError, NotFoundError, ResourceExhaustedError
@@ -648,6 +649,19 @@ def test_network_over_the_parameter_limit_is_exhausted(limited):
         limited.create_session(big, IN_SHAPE, batch_size=1)
     assert_exhausted(caught.value, "max_parameters_per_session", 3600, 2000)
     assert "parameters" in caught.value.message
+    assert limited.list_sessions() == []
+
+
+def test_tensor_arguments_over_the_parameter_limit_are_exhausted(limited):
+    """Tensor arguments holding more elements than a session may have parameters are refused before
+    they are read, and no session is created."""
+    big = rb.Sequential(
+        nn.Linear(1500), snn.LeakyIntegrateAndFire(tau=torch.full((1500,), 4.0), v_leak=torch.zeros(1500))
+    )
+    with pytest.raises(ResourceExhaustedError) as caught:
+        limited.create_session(big, IN_SHAPE, batch_size=1)
+    assert_exhausted(caught.value, "max_parameters_per_session", 3000, 2000)
+    assert "tensor arguments" in caught.value.message
     assert limited.list_sessions() == []
 
 

@@ -19,6 +19,11 @@ NETWORKS = {
     "cycle": (lambda: recurrent_net(16), (4,), True),
     "lstm": (lambda: rb.Sequential(rnn.LSTM(6), nn.Linear(3)), (4,), False),
     "gru": (lambda: rnn.GRU(5), (3,), False),
+    "linear_cuba_lif": (
+        lambda: rb.Sequential(nn.Linear(16), snn.CubaLeakyIntegrateAndFire(tau_syn=2.0, tau_mem=4.0, r=2.0)),
+        (8,),
+        True,
+    ),
     **{f"linear_{name}": (lambda f=f: rb.Sequential(nn.Linear(16), f), (8,), True) for name, f in NEURONS.items()},
     **{name: (lambda f=f: f, (8,), True) for name, f in NEURONS.items()},
 }
@@ -134,6 +139,21 @@ def test_refresh_makes_a_members_changed_parameters_count():
     expected, _ = _alone(models, x, states)
     assert not torch.equal(stale[2], expected[2])
     assert torch.equal(fresh, expected)
+
+
+def test_each_member_steps_with_its_own_neuron_coefficients():
+    """NIR neurons keep their coefficients as buffers: a member whose buffers were loaded with other
+    values steps with its own, not the first member's."""
+    models, shape = _models("linear_cuba_lif", count=2)
+    with torch.no_grad():
+        models[1].net.runners[1].v_threshold.fill_(0.25)
+        models[1].net.runners[1].decay.fill_(0.5)
+    stacked = rb.Stacked(models)
+    states = [m.get_initial_state(3) for m in models]
+    x = _inputs(2, 3, shape)
+    y, ours = stacked.step(range(2), x, states)
+    expected, theirs = _alone(models, x, states)
+    _assert_close(y, expected, ours, theirs, spikes=True)
 
 
 def test_refresh_copies_in_place():

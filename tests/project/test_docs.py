@@ -89,11 +89,17 @@ def _check_training(ns: dict) -> None:
     assert isinstance(ns["blob"], bytes) and ns["s2"].id != ns["s"].id and ns["s2"].output_shape == (10,)
 
 
+def _check_from_snntorch(ns: dict) -> None:
+    assert ns["agree"] == 1.0  # every output spike as snnTorch's own simulation
+    assert len(ns["hist"]) == 3 and isinstance(ns["trained"], type(ns["graph"]))
+
+
 # (page, heading) -> what the block under that heading must leave in its namespace.
 CHECKS: dict[tuple[str, str], Callable[[dict], None]] = {
     ("library.md", "## In one example"): _check_library,
     ("client.md", "# The client"): _check_client,
     ("training.md", "# Training on the server"): _check_training,
+    ("from-snntorch-and-norse.md", "## In one example"): _check_from_snntorch,
 }
 
 

@@ -15,37 +15,58 @@ PUBLIC: dict[str, str] = {
         AlreadyExistsError Client InvalidArgumentError NotFoundError Recording ResourceExhaustedError SERVER_ID_HEADER
         SESSION_HEADER ServerInfo Session SimulatorError UnauthenticatedError UnavailableError
     """,
+    "client.aio": "AsyncClient AsyncSession",
     "server": """
         InvalidRequest LimitExceeded Limits SERVICE_NAME ServerConfig Session SessionManager SessionNotFound
         SimulatorServer create_server
     """,
-    "rnnbuilder_sim.wire": "names networks tensors",
+    "rnnbuilder_sim.wire": "descriptions names networks tensors",
+    "rnnbuilder_sim.wire.descriptions": "from_message from_server_info to_message to_server_info",
     "rnnbuilder_sim.wire.names": "SERVER_ID_HEADER SESSION_COLLECTION SESSION_HEADER session_id session_name",
-    "rnnbuilder_sim.wire.networks": "factory_to_message from_message node_count to_message",
+    "rnnbuilder_sim.wire.networks": """
+        NetworkSize encoder_from_message encoder_to_message factory_to_message from_message network_size to_message
+    """,
     "rnnbuilder_sim.wire.tensors": "TensorError decode decode_torch encode encode_fields is_binary shape_of to_numpy",
     "rnnbuilder": """
         GraphError INPUT_MODES Input Layer List Model ModuleFactory Network Node Placeholder RnnbuilderError
-        Sequential ShapeError SpecError Stack Stacked Sum __version__ base custom initial last_state named_leaves nn
-        porting replace_leaves rnn snn spec
+        Sequential ShapeError SpecError Stack Stacked Sum __version__ base custom describe encode initial last_state
+        named_leaves nn plot porting replace_leaves rnn snn spec
     """,
     "rnnbuilder.stacked": "Stacked",
     "rnnbuilder.base": "InputBase LayerBase LayerInput ModuleFactory OuterModule",
+    "rnnbuilder.describe": "ArgumentDescription ArgumentKind Descriptions TypeDescription describe describe_type",
     "rnnbuilder.custom": "CustomFactory CustomModule register_non_recurrent register_recurrent",
+    "rnnbuilder.encode": "Delta Encoder Latency Rate delta latency rate",
+    "rnnbuilder.plot": "raster rate_histogram traces",
     "rnnbuilder.errors": "GraphError RnnbuilderError ShapeError SpecError",
+    "rnnbuilder.nir": "from_nir to_nir",
     "rnnbuilder.initial": "Constant InitialValue Ones Zeros ones zeros",
     "rnnbuilder.nn": """
-        AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveMaxPool2d AvgPool1d AvgPool2d BatchNorm1d BatchNorm2d Bilinear
-        Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d Dropout Dropout2d ELU Flatten GELU GroupNorm Hardtanh
-        Identity LayerNorm LeakyReLU Linear LogSoftmax MaxPool1d MaxPool2d ReLU SiLU Sigmoid Softmax Softplus
-        StatelessFactory Tanh Unflatten Upsample
+        AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveMaxPool2d Affine AvgPool1d AvgPool2d BatchNorm1d BatchNorm2d
+        Bilinear Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d Delay DelayState Dropout Dropout2d ELU Flatten
+        GELU GroupNorm Hardtanh Identity LayerNorm LeakyReLU Linear LogSoftmax MaxPool1d MaxPool2d ReLU Scale SiLU
+        Sigmoid Softmax Softplus StatelessFactory SumPool2d Tanh Unflatten Upsample delay_step
     """,
     "rnnbuilder.porting": "DROPPED_KEYS PortingError convert_state_dict original_keys",
     "rnnbuilder.rnn": "GRU LSTM MAX_LAYERS TempConvPlus2d",
-    "rnnbuilder.spec": "FORMAT Registry builtin_registry default_registry from_spec register to_spec",
+    "rnnbuilder.spec": """
+        FORMAT Registry builtin_registry default_registry encoder_from_spec encoder_to_spec from_spec register to_spec
+    """,
     "rnnbuilder.snn": """
-        ATan Adaptive Cooldown Discontinuous FastSigmoid LIF NeuronFactory NoReset Sigmoid SpikeLinear
-        StraightThrough Surrogate Triangular functional fused get_surrogate heaviside set_backend surrogate_names
-        use_backend
+        ATan Adaptive Cooldown CubaLeakyIntegrateAndFire CubaLeakyIntegrator Discontinuous FastSigmoid
+        IntegrateAndFire Integrator LIF LeakyIntegrateAndFire LeakyIntegrator NeuronFactory NoReset Sigmoid SpikeLinear
+        StraightThrough Surrogate Threshold Triangular functional fused get_surrogate heaviside nir_functional
+        set_backend surrogate_names use_backend
+    """,
+    "rnnbuilder.snn.nir_functional": """
+        CubaFireParameters CubaParameters CubaState LeakyFireParameters LeakyParameters LeakyState
+        ThresholdParameters cuba_leaky_integrate_and_fire_sequence cuba_leaky_integrate_and_fire_step
+        cuba_leaky_integrator_sequence cuba_leaky_integrator_step leaky_integrate_and_fire_sequence
+        leaky_integrate_and_fire_step leaky_integrator_sequence leaky_integrator_step threshold_step
+    """,
+    "rnnbuilder.snn.nir_neurons": """
+        CubaLeakyIntegrateAndFire CubaLeakyIntegrator IntegrateAndFire Integrator LeakyIntegrateAndFire
+        LeakyIntegrator Threshold
     """,
     "rnnbuilder.snn.functional": """
         AdaptiveParameters AdaptiveState CooldownParameters CooldownState DiscontinuousParameters LIFParameters

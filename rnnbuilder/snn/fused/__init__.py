@@ -53,7 +53,10 @@ into memory that is already mapped; a block is reused only once nothing refers t
 Modules: ``backends`` (the choice of backend), ``autograd`` (``lif``, ``adaptive``, ``cooldown`` and
 their autograd functions), and the implementations they call, each with the same
 ``*_forward``/``*_backward`` functions: ``torch_impl`` (with ``blocks``, its forward memory) and
-``triton_impl`` (launching the kernels of ``_triton_src``).
+``triton_impl`` (launching the kernels of ``_triton_src``). ``euler`` holds the forward-Euler neurons
+of NIR (``rnnbuilder.snn.nir_functional``): their operations, and one fused loop for all of them
+(the torch path on every backend but ``"reference"``; it keeps the pre-reset membrane, 4 bytes an
+element in float32, for spiking neurons only).
 """
 
 from .autograd import adaptive, cooldown, lif
