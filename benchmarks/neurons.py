@@ -1,4 +1,4 @@
-"""Neuron benchmark: rnnbuilder's fused LIF against snnTorch, Norse and SpikingJelly.
+"""Neuron benchmark: rnnbuilder's fused LIF (and its NIR LIF) against snnTorch, Norse and SpikingJelly.
 
 The Open Neuromorphic SNN-library benchmark setup: one Linear layer plus one LIF layer, batch 16,
 T = 500 timesteps, N in {4096, 8192, 16384} neurons (``--full``, the default on a GPU); ``--quick``
@@ -94,6 +94,14 @@ def rnnbuilder_feedforward(n: int, device, backend: str = "auto") -> Case:
 
     label = "rnnbuilder (fused)" if backend == "auto" else f"rnnbuilder ({backend} loop)"
     return Case(label, run, _params(model), peer=False)
+
+
+def rnnbuilder_nir_feedforward(n: int, device) -> Case:
+    """The NIR neuron that is snnTorch's Leaky with a reset to zero: ``v = beta * v + x`` with
+    ``tau = 1 / (1 - beta)`` and ``r = tau`` (dt = 1), per-neuron tensors as NIR graphs carry them."""
+    tau = torch.full((n,), 1.0 / (1.0 - BETA))
+    model = rb.Sequential(rnn.Linear(n), snn.LeakyIntegrateAndFire(tau=tau, r=tau)).make_model((n,)).to(device)
+    return Case("rnnbuilder NIR LIF (fused)", lambda x: model(x)[0], _params(model), peer=False)
 
 
 def rnnbuilder_recurrent(n: int, device, backend: str = "auto") -> Case:
@@ -450,6 +458,7 @@ def feedforward(device, sizes, steps, batch, repeats, skipped, compile_peers) ->
         makers = [
             lambda n=n: rnnbuilder_feedforward(n, device),
             lambda n=n: rnnbuilder_feedforward(n, device, "reference"),
+            lambda n=n: rnnbuilder_nir_feedforward(n, device),
             lambda n=n: snntorch_feedforward(n, device),
             lambda n=n: norse_feedforward(n, device),
             lambda n=n: spikingjelly_feedforward(n, device, fastest=False),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -166,13 +167,11 @@ class Batcher:
 
     async def _run_batch(self, cohort: _Cohort, calls: list[_Call]) -> None:
         tenant = calls[0].tenant
+        # The loop would have run each of these calls alone if short: the batch may take as long.
+        short = cohort.timing is not None and cohort.timing.bound(len(calls)) <= RUN_HERE_SECONDS * len(calls)
+        step = functools.partial(self._step, cohort, calls)
         try:
-            ran = False
-            # The loop would have run each of these calls alone if short: the batch may take as long.
-            if cohort.timing is not None and cohort.timing.bound(len(calls)) <= RUN_HERE_SECONDS * len(calls):
-                ran, results = self.placement.scheduler.run_here(tenant, lambda: self._step(cohort, calls))
-            if not ran:
-                results = await self.placement.in_turn(tenant, self._step, cohort, calls)
+            results = await self.placement.here_or_in_turn(tenant, short, step, step)
         except Exception as error:  # a network vmap can't batch: its calls run alone from now on
             log.warning("a cohort's batched step failed (%s); its calls run one by one", error, exc_info=True)
             cohort.broken = True

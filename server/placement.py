@@ -1,7 +1,8 @@
 """Where a call's work runs: right here on the event loop, or in its tenant's turn on a scheduler
 slot, a long call one turn per batch. Knows nothing of gRPC.
 
-``run_soon`` holds the one rule for what may run on the event loop.
+``here_or_in_turn`` holds the one rule for what may run on the event loop; ``run_soon`` applies it
+to a simulation, from the session's timing.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
-
-import torch
 
 from .scheduler import FairScheduler
 from .session import Session
@@ -47,26 +46,36 @@ class Placement:
         A call cancelled (or past its deadline) before its turn comes never runs."""
         return await asyncio.wrap_future(self.scheduler.submit(tenant, functools.partial(fn, *args)))
 
-    async def run_soon(self, tenant: str, session: Session, x: torch.Tensor, run: Callable) -> Any:
-        """``run(wait=..., wanted=...)`` on ``x``: right here on the event loop if the simulation is
-        known to be short (``RUN_HERE_SECONDS``) and a slot is free (``wait=False``: it never waits,
-        WouldBlock instead), else in the tenant's turn on a slot. ``wanted()`` turns false if the
-        call goes away meanwhile, so that its result isn't kept."""
+    async def run_soon(self, tenant: str, session: Session, entry_steps: int, run: Callable) -> Any:
+        """``run(wait=..., wanted=...)``, a simulation of ``entry_steps`` timesteps x batch entries:
+        right here on the event loop if it is known to be short (``RUN_HERE_SECONDS``) and a slot
+        is free (``wait=False``: it never waits, WouldBlock instead), else in the tenant's turn on a
+        slot. ``wanted()`` turns false if the call goes away meanwhile, so that its result isn't kept."""
         wanted = threading.Event()
         wanted.set()
-        entry_steps = x.shape[0] * x.shape[1] if x.dim() >= 2 else 0
-        if session.timing is not None and session.timing.bound(entry_steps) <= RUN_HERE_SECONDS:
+        short = session.timing is not None and session.timing.bound(entry_steps) <= RUN_HERE_SECONDS
+        try:
+            return await self.here_or_in_turn(
+                tenant,
+                short,
+                functools.partial(run, wait=False, wanted=wanted.is_set),
+                functools.partial(run, wanted=wanted.is_set),
+            )
+        except asyncio.CancelledError:
+            wanted.clear()
+            raise
+
+    async def here_or_in_turn(self, tenant: str, short: bool, here: Callable[[], Any], later: Callable[[], Any]) -> Any:
+        """``here()`` on the event loop if the work is ``short`` and a slot is free (WouldBlock from
+        it, or no free slot: not here after all), else ``later()`` in the tenant's turn on a slot."""
+        if short:
             try:
-                ran, result = self.scheduler.run_here(tenant, functools.partial(run, wait=False, wanted=wanted.is_set))
+                ran, result = self.scheduler.run_here(tenant, here)
                 if ran:
                     return result
             except WouldBlock:
                 pass
-        try:
-            return await self.in_turn(tenant, functools.partial(run, wanted=wanted.is_set))
-        except asyncio.CancelledError:
-            wanted.clear()
-            raise
+        return await self.in_turn(tenant, later)
 
     async def in_turns(self, tenant: str, steps: Generator[Callable[[], Any], Any, Any]) -> Any:
         """What ``steps`` returns, each job it yields run in the tenant's turn and its result sent

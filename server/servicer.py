@@ -13,7 +13,6 @@ import traceback
 from collections.abc import AsyncIterator
 
 import grpc
-import torch
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -396,20 +395,20 @@ class SimulatorServicer(pb_grpc.SimulatorServiceServicer):
         if encoder is None:
             fits = functools.partial(operations.input_fits, limits, session, batch=session.batch_size)
             x = convert.required_tensor(request, "input", fits, "send a (time, batch, *input_shape) tensor")
-            steps = x
+            timesteps, batch = x.shape[:2]
         else:
             fits = functools.partial(operations.encoded_input_fits, limits, session, encoder)
             x = convert.required_tensor(request, "input", fits, "send the analog data the encoder takes")
-            steps = torch.empty(encoder.encoded_shape(tuple(x.shape)), device="meta")  # the spikes' shape, for timing
+            timesteps, batch = encoder.encoded_shape(tuple(x.shape))[:2]  # the spikes' shape
         record, packed = list(request.record_layers), convert.bitpacked(request)
         run = functools.partial(operations.run, self.manager, session, x, record, packed, encoder=encoder)
-        alone = functools.partial(self.placement.run_soon, tenant.name, session, steps, run)
+        alone = functools.partial(self.placement.run_soon, tenant.name, session, timesteps * batch, run)
         # An encoded call draws from its session's generator under the session's lock: never batched.
         if self.batcher is not None and x.shape[0] == 1 and not record and not request.exact and encoder is None:
             simulation = await self.batcher.run(tenant.name, session, x, packed, alone)
         else:
             simulation = await alone()
-        self.metrics.timesteps.inc(steps.shape[0])
+        self.metrics.timesteps.inc(timesteps)
         if simulation.batch > 1:
             self.metrics.batched_timesteps.inc()
         return simulation
