@@ -69,7 +69,7 @@ class ClientCalls:
     def create_session(
         self,
         net: ModuleFactory | dict | Any,
-        input_shape,
+        input_shape=None,
         batch_size: int = 1,
         seed: int = 0,
         exact: bool = False,
@@ -80,9 +80,12 @@ class ClientCalls:
 
         ``net`` is a factory, a ``rnnbuilder.spec`` description, or a NIR graph: a ``nir.NIRGraph``
         or the path of a ``.nir`` file, imported by ``rnnbuilder.nir.from_nir`` with ``nir_dt``, one
-        timestep in the graph's time unit (required with a graph; needs the ``nir`` extra).
+        timestep in the graph's time unit (required with a graph; needs the ``nir`` extra). A graph
+        declares its input shape: ``input_shape`` may then be left out.
         """
         session_id = new_session_id()
+        if input_shape is None:
+            input_shape = convert.declared_input_shape(net)
         requested = pb.Session(
             network=convert.network_message(net, nir_dt),
             input_shape=[input_shape] if isinstance(input_shape, int) else list(input_shape),

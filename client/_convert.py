@@ -108,6 +108,15 @@ def network_message(net, nir_dt: float | None) -> pb.NetworkSpec:
     return networks.to_message(spec.to_spec(from_nir(net, dt=nir_dt)))
 
 
+def declared_input_shape(net) -> tuple[int, ...]:
+    """The input shape a NIR graph (or its file) declares; a factory or a spec declares none."""
+    if isinstance(net, ModuleFactory | dict):
+        raise TypeError("create_session needs input_shape for a factory or a spec (only a NIR graph declares its own)")
+    from rnnbuilder.nir import input_shape  # NIR support is optional (the "nir" extra)
+
+    return input_shape(net)
+
+
 def snapshot(blob: bytes) -> pb.SessionSnapshot:
     """``Session.save()``'s bytes, read back."""
     try:

@@ -60,7 +60,7 @@ from .._graph.nodes import Node, Placeholder
 from ..errors import GraphError, ShapeError
 from ..snn import Surrogate
 
-__all__ = ["from_nir"]
+__all__ = ["from_nir", "input_shape"]
 
 _NOT_PARAMETERS = {"input_type", "output_type", "metadata"}
 """Fields every NIR node has: its types (checked against the built shapes) and free-form metadata."""
@@ -97,15 +97,39 @@ def from_nir(
     >>> out.tolist()
     [[[2.0, -1.0]]]
     """
+    graph = _graph(graph_or_path, "from_nir")
+    if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a positive number (one timestep in the graph's time unit), got {dt!r}")
+    nodes, edges = _inline(graph)
+    return _Importer(nodes, edges, float(dt), spike_function).network()
+
+
+def input_shape(graph_or_path: nir.NIRGraph | str | os.PathLike) -> tuple[int, ...]:
+    """The data shape (no time or batch dims) that a NIR graph's ``Input`` node declares: the shape
+    to build ``from_nir``'s network for, and a session's ``input_shape``.
+
+    >>> import nir, numpy as np
+    >>> input_shape(nir.NIRGraph.from_list(nir.Affine(np.ones((3, 2), dtype=np.float32), np.zeros(3))))
+    (2,)
+    """
+    graph = _graph(graph_or_path, "input_shape")
+    inputs = [key for key, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(inputs) != 1:
+        raise GraphError(f"a NIR graph needs exactly one Input node to declare its shape, found {inputs or 'none'}")
+    shape = _declared(graph.nodes[inputs[0]].output_type)
+    if shape is None:
+        raise ShapeError(f"NIR Input node {inputs[0]!r} declares no shape; give the input shape yourself")
+    return shape
+
+
+def _graph(graph_or_path, caller: str) -> nir.NIRGraph:
+    """The graph, read from its file where a path is given."""
     if isinstance(graph_or_path, (str, os.PathLike)):
         # Types are checked here, against the shapes the weights give, with errors that name the node.
         graph_or_path = nir.read(graph_or_path, type_check=False)
     if not isinstance(graph_or_path, nir.NIRGraph):
-        raise TypeError(f"from_nir takes a nir.NIRGraph or the path of a NIR file, got {type(graph_or_path).__name__}")
-    if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (math.isfinite(dt) and dt > 0):
-        raise ValueError(f"dt must be a positive number (one timestep in the graph's time unit), got {dt!r}")
-    nodes, edges = _inline(graph_or_path)
-    return _Importer(nodes, edges, float(dt), spike_function).network()
+        raise TypeError(f"{caller} takes a nir.NIRGraph or the path of a NIR file, got {type(graph_or_path).__name__}")
+    return graph_or_path
 
 
 def _inline(graph: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]]]:

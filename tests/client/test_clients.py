@@ -131,7 +131,8 @@ def test_a_nir_graph_runs_as_a_session_and_exports_its_current_weights(client, t
     x = np.random.default_rng(0).random((T, 2, 4), dtype=np.float32) * 3
     expected = local_outputs(from_nir(graph, dt=1.0).make_model((4,)).eval(), [x])
     for source in (graph, tmp_path / "net.nir", str(tmp_path / "net.nir")):
-        s = client.create_session(source, (4,), batch_size=2, nir_dt=1.0)
+        s = client.create_session(source, batch_size=2, nir_dt=1.0)  # the graph declares its input shape
+        assert s.input_shape == (4,)
         assert_spiking_equal([s.run(x)], expected)
     weights = s.parameters()
     name = next(k for k in weights if k.endswith("weight"))
@@ -224,6 +225,8 @@ def test_bad_calls_raise_the_errors_that_say_what_to_fix(client, session):
         client.restore(b"not a snapshot")
     with pytest.raises(ValueError, match="nir_dt"):
         client.create_session(network(), IN_SHAPE, nir_dt=1.0)
+    with pytest.raises(TypeError, match="input_shape"):
+        client.create_session(network())
     session.close()
     with pytest.raises(NotFoundError, match=session.id):
         session.run(spiky_input())

@@ -21,7 +21,7 @@ from rnnbuilder import GraphError, ShapeError, nn
 from rnnbuilder.spec import from_spec, to_spec
 
 nir = pytest.importorskip("nir")
-from rnnbuilder.nir import from_nir  # noqa: E402  (after the skip: the nir extra is optional)
+from rnnbuilder.nir import from_nir, input_shape  # noqa: E402  (after the skip: the nir extra is optional)
 
 # snnTorch's exporter calls nirtorch's extract_nir_graph, which warns that it is deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:nirtorch.extract_nir_graph:DeprecationWarning")
@@ -925,3 +925,22 @@ def test_imported_graph_runs_as_a_session(client):
     with torch.no_grad():
         local, _ = net.make_model((1, 4, 4))(torch.from_numpy(x))
     assert np.array_equal(out, local.numpy()) and local.any()
+
+
+def test_input_shape_is_what_the_input_node_declares(tmp_path):
+    """input_shape gives the shape a graph's Input declares, from the graph or its file."""
+    graph = nir.NIRGraph.from_list(nir.Affine(np.ones((3, 5), dtype=np.float32), np.zeros(3, dtype=np.float32)))
+    nir.write(tmp_path / "g.nir", graph)
+    assert input_shape(graph) == input_shape(tmp_path / "g.nir") == (5,)
+
+
+def test_input_shape_of_an_input_without_a_shape_is_refused():
+    """An Input node that declares no shape gets a ShapeError saying to give the shape."""
+    empty = {"input": np.array([])}
+    graph = nir.NIRGraph(
+        nodes={"input": nir.Input(input_type=empty), "output": nir.Output(output_type={"output": np.array([])})},
+        edges=[("input", "output")],
+        type_check=False,
+    )
+    with pytest.raises(ShapeError, match="declares no shape"):
+        input_shape(graph)

@@ -39,7 +39,7 @@ PUBLIC: dict[str, str] = {
     "rnnbuilder.encode": "Delta Encoder Latency Rate delta latency rate",
     "rnnbuilder.plot": "raster rate_histogram traces",
     "rnnbuilder.errors": "GraphError RnnbuilderError ShapeError SpecError",
-    "rnnbuilder.nir": "from_nir to_nir",
+    "rnnbuilder.nir": "from_nir input_shape to_nir",
     "rnnbuilder.initial": "Constant InitialValue Ones Zeros ones zeros",
     "rnnbuilder.nn": """
         AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveMaxPool2d Affine AvgPool1d AvgPool2d BatchNorm1d BatchNorm2d
