@@ -135,3 +135,17 @@ def local_outputs(model: rb.Model, chunks, state=None) -> list[np.ndarray]:
             out, state = model(torch.from_numpy(np.ascontiguousarray(chunk)), state)
             outputs.append(out.numpy())
     return outputs
+
+
+class Offset(torch.nn.Module):
+    """Adds a tensor argument: a custom module whose factory takes a tensor (spec and wire tests)."""
+
+    def __init__(self, offset: torch.Tensor):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x):
+        return x + self.offset
+
+
+OffsetFactory = custom.register_non_recurrent(Offset, flatten_input=False, shape_change=False)

@@ -10,6 +10,7 @@ import torch
 
 from rnnbuilder import custom, spec
 from rnnbuilder.errors import SpecError
+from tests.helpers import OffsetFactory
 
 
 class Scale(torch.nn.Module):
@@ -21,17 +22,7 @@ class Scale(torch.nn.Module):
         return x * self.factor
 
 
-class Offset(torch.nn.Module):
-    def __init__(self, offset: torch.Tensor):
-        super().__init__()
-        self.offset = offset
-
-    def forward(self, x):
-        return x + self.offset
-
-
 ScaleFactory = custom.register_non_recurrent(Scale, flatten_input=False, shape_change=False)
-OffsetFactory = custom.register_non_recurrent(Offset, flatten_input=False, shape_change=False)
 
 
 @pytest.fixture

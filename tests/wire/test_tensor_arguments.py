@@ -6,21 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnbuilder import SpecError, custom, spec
+from rnnbuilder import SpecError, spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.wire import networks
-
-
-class Offset(torch.nn.Module):
-    def __init__(self, offset: torch.Tensor):
-        super().__init__()
-        self.offset = offset
-
-    def forward(self, x):
-        return x + self.offset
-
-
-OffsetFactory = custom.register_non_recurrent(Offset, flatten_input=False, shape_change=False)
+from tests.helpers import OffsetFactory
 
 
 @pytest.fixture
