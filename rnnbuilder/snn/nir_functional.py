@@ -37,7 +37,7 @@ import torch
 
 from . import fused
 from .functional import SpikeFunction, unroll
-from .fused.euler import charge, euler, fire, reset, synapse
+from .fused.euler import charge, drive, euler, fire, input_current, reset, synapse
 from .surrogate import SpikeLinear
 
 __all__ = [
@@ -137,7 +137,7 @@ class ThresholdParameters(NamedTuple):
 
 def leaky_integrator_step(x: torch.Tensor, state: LeakyState, p: LeakyParameters) -> tuple[torch.Tensor, LeakyState]:
     """``v = decay * v + (leak + gain * x)``; the output is ``v``."""
-    v = charge(state.v, x, p.decay, p.leak, p.gain)
+    v = charge(state.v, drive(x, p.leak, p.gain), p.decay)
     return v, LeakyState(v)
 
 
@@ -145,15 +145,15 @@ def leaky_integrate_and_fire_step(
     x: torch.Tensor, state: LeakyState, p: LeakyFireParameters
 ) -> tuple[torch.Tensor, LeakyState]:
     """``u = decay * v + (leak + gain * x)``; ``s = H(u - v_threshold)``; ``v = (1 - s) * u + s * v_reset``."""
-    u = charge(state.v, x, p.decay, p.leak, p.gain)
+    u = charge(state.v, drive(x, p.leak, p.gain), p.decay)
     s = fire(u, p.v_threshold, p.spike_fn)
     return s, LeakyState(reset(u, s, p.v_reset))
 
 
 def cuba_leaky_integrator_step(x: torch.Tensor, state: CubaState, p: CubaParameters) -> tuple[torch.Tensor, CubaState]:
     """``i = syn_decay * i + syn_gain * x``; ``v = decay * v + (leak + gain * i)``; the output is ``v``."""
-    i = synapse(state.i, x, p.syn_decay, p.syn_gain)
-    v = charge(state.v, i, p.decay, p.leak, p.gain)
+    i = synapse(state.i, input_current(x, p.syn_gain), p.syn_decay)
+    v = charge(state.v, drive(i, p.leak, p.gain), p.decay)
     return v, CubaState(v, i)
 
 
@@ -162,8 +162,8 @@ def cuba_leaky_integrate_and_fire_step(
 ) -> tuple[torch.Tensor, CubaState]:
     """``i = syn_decay * i + syn_gain * x``; ``u = decay * v + (leak + gain * i)``;
     ``s = H(u - v_threshold)``; ``v = (1 - s) * u + s * v_reset``."""
-    i = synapse(state.i, x, p.syn_decay, p.syn_gain)
-    u = charge(state.v, i, p.decay, p.leak, p.gain)
+    i = synapse(state.i, input_current(x, p.syn_gain), p.syn_decay)
+    u = charge(state.v, drive(i, p.leak, p.gain), p.decay)
     s = fire(u, p.v_threshold, p.spike_fn)
     return s, CubaState(reset(u, s, p.v_reset), i)
 
@@ -173,10 +173,13 @@ def threshold_step(x: torch.Tensor, state: tuple, p: ThresholdParameters) -> tup
     return fire(x, p.v_threshold, p.spike_fn), state
 
 
-def _fused(xs: torch.Tensor, p: NamedTuple, spike_fn) -> bool:
+def _fused(xs: torch.Tensor, state: NamedTuple, p: NamedTuple, spike_fn) -> bool:
     """Whether the fused loop runs this call: not for the ``"reference"`` backend, a spike function
-    without a ``gradient``, or coefficients that need a gradient (the fused backward gives them none)."""
-    if any(isinstance(c, torch.Tensor) and c.requires_grad for c in p):
+    without a ``gradient``, coefficients that need a gradient (the fused backward gives them none),
+    or coefficient or state tensors of another dtype than the input (the fused loop writes every
+    op's result in the input's dtype, where the step's type promotion differs op by op)."""
+    tensors = [c for c in (*p, *state) if isinstance(c, torch.Tensor)]
+    if any(t.requires_grad for t in p if isinstance(t, torch.Tensor)) or any(t.dtype != xs.dtype for t in tensors):
         return False
     if spike_fn is None:
         return fused.get_backend() != "reference"
@@ -187,7 +190,7 @@ def leaky_integrator_sequence(
     xs: torch.Tensor, state: LeakyState, p: LeakyParameters
 ) -> tuple[torch.Tensor, LeakyState]:
     """``unroll(leaky_integrator_step, xs, state, p)``, fused."""
-    if not _fused(xs, p, None):
+    if not _fused(xs, state, p, None):
         return unroll(leaky_integrator_step, xs, state, p)
     out, v, _ = euler(xs, state.v, None, None, (p.decay, p.leak, p.gain), None)
     return out, LeakyState(v)
@@ -197,7 +200,7 @@ def leaky_integrate_and_fire_sequence(
     xs: torch.Tensor, state: LeakyState, p: LeakyFireParameters
 ) -> tuple[torch.Tensor, LeakyState]:
     """``unroll(leaky_integrate_and_fire_step, xs, state, p)``, fused."""
-    if not _fused(xs, p, p.spike_fn):
+    if not _fused(xs, state, p, p.spike_fn):
         return unroll(leaky_integrate_and_fire_step, xs, state, p)
     firing = (p.v_threshold, p.v_reset, p.spike_fn)
     s, v, _ = euler(xs, state.v, None, None, (p.decay, p.leak, p.gain), firing)
@@ -208,7 +211,7 @@ def cuba_leaky_integrator_sequence(
     xs: torch.Tensor, state: CubaState, p: CubaParameters
 ) -> tuple[torch.Tensor, CubaState]:
     """``unroll(cuba_leaky_integrator_step, xs, state, p)``, fused."""
-    if not _fused(xs, p, None):
+    if not _fused(xs, state, p, None):
         return unroll(cuba_leaky_integrator_step, xs, state, p)
     out, v, i = euler(xs, state.v, state.i, (p.syn_decay, p.syn_gain), (p.decay, p.leak, p.gain), None)
     return out, CubaState(v, i)
@@ -218,7 +221,7 @@ def cuba_leaky_integrate_and_fire_sequence(
     xs: torch.Tensor, state: CubaState, p: CubaFireParameters
 ) -> tuple[torch.Tensor, CubaState]:
     """``unroll(cuba_leaky_integrate_and_fire_step, xs, state, p)``, fused."""
-    if not _fused(xs, p, p.spike_fn):
+    if not _fused(xs, state, p, p.spike_fn):
         return unroll(cuba_leaky_integrate_and_fire_step, xs, state, p)
     firing = (p.v_threshold, p.v_reset, p.spike_fn)
     s, v, i = euler(xs, state.v, state.i, (p.syn_decay, p.syn_gain), (p.decay, p.leak, p.gain), firing)
