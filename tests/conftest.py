@@ -65,6 +65,17 @@ def server_address():
 
 
 @pytest.fixture
+def stub(server_address):
+    """A raw generated stub on the module's server, for messages the client would never send."""
+    import grpc
+
+    from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server_address) as channel:
+        yield pb_grpc.SimulatorServiceStub(channel)
+
+
+@pytest.fixture
 def client(server_address):
     """A real client connected to the module's server."""
     from client import Client

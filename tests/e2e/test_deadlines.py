@@ -26,7 +26,6 @@ from client import Client
 from client.__main__ import health
 from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
-from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from rnnbuilder_sim.wire import tensors
 from tests.helpers import quiet_snapshot
 
@@ -50,12 +49,6 @@ def spiky_input(seed: int, timesteps: int) -> np.ndarray:
 
 def raw(array: np.ndarray) -> pb.Tensor:
     return tensors.encode(array)
-
-
-@pytest.fixture
-def stub(server_address):
-    with grpc.insecure_channel(server_address) as channel:
-        yield pb_grpc.SimulatorServiceStub(channel)
 
 
 def local_state(model: rb.Model, chunks) -> tuple[dict[str, np.ndarray], object]:

@@ -19,12 +19,6 @@ BATCH, FEATURES = 3, 6
 
 
 @pytest.fixture
-def stub(server_address):
-    with grpc.insecure_channel(server_address) as channel:
-        yield pb_grpc.SimulatorServiceStub(channel)
-
-
-@pytest.fixture
 def open_session(client):
     """``open_session(factory, seed)``: a session of input (FEATURES,) and batch BATCH, closed after the test."""
     sessions = []

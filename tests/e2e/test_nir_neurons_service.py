@@ -14,7 +14,6 @@ from client import InvalidArgumentError
 from client.errors import from_rpc_error
 from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
-from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from rnnbuilder_sim.wire import networks as wire
 from tests.helpers import local_outputs
 
@@ -31,12 +30,6 @@ def network():
         nn.Linear(CLASSES),
         snn.LeakyIntegrateAndFire(tau=torch.tensor([3.0, 4.0, 5.0, 6.0]), r=torch.tensor([3.0, 4.0, 5.0, 6.0])),
     )
-
-
-@pytest.fixture
-def stub(server_address):
-    with grpc.insecure_channel(server_address) as channel:
-        yield pb_grpc.SimulatorServiceStub(channel)
 
 
 def spikes(seed: int, shape, p: float = 0.4) -> np.ndarray:

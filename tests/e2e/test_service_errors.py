@@ -20,7 +20,6 @@ from client import AlreadyExistsError, Client, InvalidArgumentError, NotFoundErr
 from client.errors import from_rpc_error
 from rnnbuilder import nn, snn, spec
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
-from rnnbuilder_sim.v1 import simulator_pb2_grpc as pb_grpc
 from rnnbuilder_sim.wire import networks as wire
 from rnnbuilder_sim.wire.tensors import TensorError
 from server import Limits, ServerConfig
@@ -85,13 +84,6 @@ def assert_undisturbed(target, reference) -> None:
     out = target.run(x)
     assert out.sum() > 0
     assert np.array_equal(out, reference.run(x))
-
-
-@pytest.fixture
-def stub(server_address):
-    """A raw generated stub, for messages the client would never send."""
-    with grpc.insecure_channel(server_address) as channel:
-        yield pb_grpc.SimulatorServiceStub(channel)
 
 
 @pytest.fixture
