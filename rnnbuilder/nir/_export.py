@@ -77,6 +77,7 @@ from ..errors import GraphError, ShapeError
 from ..nn import _DelayRunner, _Scale
 from ..snn.neurons import NeuronRunner, _Threshold
 from ..snn.nir_neurons import _ThresholdModule
+from ._neurons import NEURONS, parameter_names
 
 __all__ = ["to_nir"]
 
@@ -361,10 +362,10 @@ class _Exporter:
             self.lose(path, "its learnable initial membrane is not zero; NIR neurons start at zero")
         if isinstance(factory, (snn.LIF, snn.NoReset)):
             return self.seed_neuron(path, factory, value, shape)
-        kind = _NIR_NEURONS.get(type(factory))
-        if kind is None:
+        nir_class = _NIR_NEURONS.get(type(factory))
+        if nir_class is None:
             raise _no_form(path, _describe(runner), "its dynamics have no NIR neuron")
-        nir_class, arguments = kind
+        arguments = parameter_names(type(factory))
         values = {name: _argument(runner, name, shape) for name in arguments}
         scale = self.dt / _argument(runner, "dt", shape)
         if (scale != 1.0).any():
@@ -403,18 +404,8 @@ _NO_NIR_NEURON = {
 }
 
 
-_NIR_NEURONS = {
-    snn.Integrator: (nir.I, ("r",)),
-    snn.IntegrateAndFire: (nir.IF, ("r", "v_threshold", "v_reset")),
-    snn.LeakyIntegrator: (nir.LI, ("tau", "r", "v_leak")),
-    snn.LeakyIntegrateAndFire: (nir.LIF, ("tau", "r", "v_leak", "v_threshold", "v_reset")),
-    snn.CubaLeakyIntegrator: (nir.CubaLI, ("tau_syn", "tau_mem", "r", "v_leak", "w_in")),
-    snn.CubaLeakyIntegrateAndFire: (
-        nir.CubaLIF,
-        ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"),
-    ),
-}
-"""The NIR neuron family: factory class -> (NIR class, the arguments both have under the same names)."""
+_NIR_NEURONS = {factory: kind for kind, factory in NEURONS.items()}
+"""The NIR neuron family: factory class -> NIR class (the arguments both have: ``parameter_names``)."""
 
 _TIMES = ("tau", "tau_syn", "tau_mem")
 """Arguments in the time unit: rescaled by the graph's dt over the layer's."""

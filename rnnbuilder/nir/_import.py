@@ -59,23 +59,13 @@ from .._graph.network import Network
 from .._graph.nodes import Node, Placeholder
 from ..errors import GraphError, ShapeError
 from ..snn import Surrogate
+from ._neurons import NEURONS, parameter_names
 
 __all__ = ["from_nir", "input_shape"]
 
 _NOT_PARAMETERS = {"input_type", "output_type", "metadata"}
 """Fields every NIR node has: its types (checked against the built shapes) and free-form metadata."""
 _PASS_THROUGH = (nir.Input, nir.Output)
-_NEURONS = {  # NIR type -> (rnnbuilder factory, the NIR fields it takes under the same names)
-    nir.I: (lambda: snn.Integrator, ("r",)),
-    nir.IF: (lambda: snn.IntegrateAndFire, ("r", "v_threshold", "v_reset")),
-    nir.LI: (lambda: snn.LeakyIntegrator, ("tau", "r", "v_leak")),
-    nir.LIF: (lambda: snn.LeakyIntegrateAndFire, ("tau", "r", "v_leak", "v_threshold", "v_reset")),
-    nir.CubaLI: (lambda: snn.CubaLeakyIntegrator, ("tau_syn", "tau_mem", "r", "v_leak", "w_in")),
-    nir.CubaLIF: (
-        lambda: snn.CubaLeakyIntegrateAndFire,
-        ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"),
-    ),
-}
 _DELAY_TOLERANCE = 1e-5
 """How far from a whole number of timesteps (relative) a ``Delay`` may be: float rounding of delay / dt."""
 
@@ -235,7 +225,7 @@ class _Importer:
         delayed: set[tuple[str, str]] = set()
         for component in _cycles(self.nodes, self.edges):
             inside = set(component)
-            neurons = sorted((k for k in component if isinstance(self.nodes[k], tuple(_NEURONS))), key=first_seen.get)
+            neurons = sorted((k for k in component if isinstance(self.nodes[k], tuple(NEURONS))), key=first_seen.get)
             for neuron in neurons:
                 if not _cycles(
                     component, [e for e in self.edges if e[0] in inside and e[1] in inside and e not in delayed]
@@ -247,7 +237,7 @@ class _Importer:
                 raise GraphError(
                     f"the cycle through NIR nodes {', '.join(map(repr, component))} has no neuron whose previous "
                     f"output it could read; rnnbuilder reads a cycle one timestep late at a neuron "
-                    f"({', '.join(t.__name__ for t in _NEURONS)})"
+                    f"({', '.join(t.__name__ for t in NEURONS)})"
                 )
         return delayed
 
@@ -398,9 +388,11 @@ def _ints(value) -> int | tuple[int, ...]:
     return tuple(int(v) for v in array.reshape(-1))
 
 
-def _neuron(factory: Callable[[], type], names: tuple[str, ...]):
+def _neuron(factory: type):
+    names = parameter_names(factory)
+
     def make(node, dt):
-        return factory()(**{name: _parameter(getattr(node, name)) for name in names}, dt=dt)
+        return factory(**{name: _parameter(getattr(node, name)) for name in names}, dt=dt)
 
     return names, make
 
@@ -459,5 +451,5 @@ _CONVERTERS: dict[type, tuple[tuple[str, ...], Callable[[nir.NIRNode, float], Mo
     nir.Flatten: (("start_dim", "end_dim"), lambda node, dt: nn.Flatten(int(node.start_dim), int(node.end_dim))),
     nir.Delay: (("delay",), _delay),
     nir.Threshold: (("threshold",), lambda node, dt: snn.Threshold(v_threshold=_parameter(node.threshold))),
-    **{kind: _neuron(factory, names) for kind, (factory, names) in _NEURONS.items()},
+    **{kind: _neuron(factory) for kind, factory in NEURONS.items()},
 }
