@@ -151,14 +151,14 @@ def describe_type(name: str, cls: type, registry: spec.Registry | None = None) -
     documented = cls.module_class if issubclass(cls, CustomFactory) else cls
     if issubclass(cls, (Network, Sequential)):  # their structure is the description's, not arguments
         return TypeDescription(name, _class_summary(cls), ())
-    defaults = _defaults(cls)
+    defaults, docs = _defaults(cls), _attribute_docs(documented)
     arguments = []
     for argument, (hint, required) in spec._parameters(cls).items():
         kinds = _kinds(hint)
         if not kinds:
             continue
         default = MISSING if required else _written(defaults[argument], registry, f"{name}.{argument}")
-        text = _attribute_docs(documented).get(argument, f"{argument} {_UNDOCUMENTED}")
+        text = docs.get(argument, f"{argument} {_UNDOCUMENTED}")
         arguments.append(ArgumentDescription(argument, kinds, _item_kinds(hint), required, default, text))
     return TypeDescription(name, _class_summary(documented), tuple(arguments))
 

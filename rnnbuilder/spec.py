@@ -441,7 +441,7 @@ class _Reader:
             return _read_tensor(value, path)
         if hint not in _SCALARS:
             raise SpecError(path, f"arguments of type {hint} can't be given in a description")
-        if not isinstance(value, (list, tuple) if hint is list else hint) or (hint is int and isinstance(value, bool)):
+        if not isinstance(value, (list, tuple) if hint is list else hint):
             raise SpecError(path, f"expected {_type_name(hint)}, got {_show(value)}")
         return value
 
