@@ -295,7 +295,7 @@ class SessionCalls:
             keep_order=not shuffle,
             tbptt_steps=tbptt_steps,
         )
-        return self._train(request, convert.Training(convert.batches(y, epochs, batch_size), progress, on_batch))
+        return self._train(request, convert.Training(convert.batches(request), progress, on_batch))
 
     def _train(self, request: pb.TrainRequest, training: convert.Training):
         """``training.history`` once every reply of ``Train`` was taken (or ``training`` stopped it)."""

@@ -23,7 +23,6 @@ __all__ = [
     "batches",
     "config",
     "decoded",
-    "encode_input",
     "evaluate_request",
     "local_model",
     "metrics",
@@ -130,9 +129,7 @@ def run_request(name: str, x, layers: Iterable[str], bitpacked: bool, exact: boo
     the analog data the server draws the input spikes from."""
     request = pb.RunRequest(input=_input_fields(x, bitpacked), **_request_fields(name, layers, bitpacked, exact))
     if encode is not None:
-        from rnnbuilder_sim.wire.networks import encoder_to_message
-
-        request.encoder.CopyFrom(encoder_to_message(encode))
+        request.encoder.CopyFrom(networks.encoder_to_message(encode))
     return request
 
 
@@ -151,22 +148,23 @@ def train_step_request(name: str, x, y, config: pb.TrainingConfig, carry: str) -
     if carry not in _CARRIES:
         raise ValueError(f"carry must be one of {', '.join(_CARRIES)}, got {carry!r}")
     return pb.TrainStepRequest(
-        name=name, input=encode_input(x), targets=tensors.encode(y), config=config, carry=_CARRIES[carry]
+        name=name, input=_input_fields(x, True), targets=tensors.encode_fields(y), config=config, carry=_CARRIES[carry]
     )
 
 
 def train_request(name: str, x, y, config: pb.TrainingConfig, validation, **fields) -> pb.TrainRequest:
     """A TrainRequest; ``fields`` are its epochs, batch_size, keep_order and tbptt_steps."""
-    request = pb.TrainRequest(name=name, inputs=encode_input(x), targets=tensors.encode(y), config=config, **fields)
     if validation is not None:
-        request.validation_inputs.CopyFrom(encode_input(validation[0]))
-        request.validation_targets.CopyFrom(tensors.encode(validation[1]))
-    return request
+        x_val, y_val = validation
+        fields.update(validation_inputs=_input_fields(x_val, True), validation_targets=tensors.encode_fields(y_val))
+    return pb.TrainRequest(
+        name=name, inputs=_input_fields(x, True), targets=tensors.encode_fields(y), config=config, **fields
+    )
 
 
 def evaluate_request(name: str, x, y, loss: str, batch_size: int) -> pb.EvaluateRequest:
     return pb.EvaluateRequest(
-        name=name, inputs=encode_input(x), targets=tensors.encode(y), loss=loss, batch_size=batch_size
+        name=name, inputs=_input_fields(x, True), targets=tensors.encode_fields(y), loss=loss, batch_size=batch_size
     )
 
 
@@ -202,13 +200,13 @@ class Training:
             self._bar.close()
 
 
-def batches(y, epochs: int, batch_size: int) -> int | None:
-    """How many batches ``fit`` trains on; None where the server will refuse the request (it says
-    why), so that the progress bar has no total."""
-    y = tensors.to_numpy(y)
-    if batch_size <= 0 or epochs <= 0 or y.ndim == 0:
+def batches(request: pb.TrainRequest) -> int | None:
+    """How many batches a ``Train`` request trains on; None where the server will refuse it (it
+    says why), so that the progress bar has no total."""
+    samples, epochs, batch_size = request.targets.shape[:1], request.epochs, request.batch_size
+    if batch_size <= 0 or epochs <= 0 or not samples:
         return None
-    return epochs * math.ceil(len(y) / batch_size)
+    return epochs * math.ceil(samples[0] / batch_size)
 
 
 def local_model(description: dict, input_shape: tuple, parameters: Mapping[str, np.ndarray]) -> Model:
@@ -241,12 +239,7 @@ def decoded(items) -> dict[str, np.ndarray]:
 
 
 def named(values: Mapping) -> list[pb.NamedTensor]:
-    return [pb.NamedTensor(name=name, tensor=tensors.encode(value)) for name, value in values.items()]
-
-
-def encode_input(x) -> pb.Tensor:
-    """A dataset's or a batch's input, binary values bit-packed."""
-    return pb.Tensor(**_input_fields(x, True))
+    return [pb.NamedTensor(name=name, tensor=tensors.encode_fields(value)) for name, value in values.items()]
 
 
 def config(loss, optimizer, lr, weight_decay, momentum, grad_clip_norm) -> pb.TrainingConfig:

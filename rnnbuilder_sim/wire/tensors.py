@@ -75,13 +75,11 @@ def encode_fields(value, bitpacked: bool = False) -> dict:
     >>> pb.RunRequest(input=encode_fields([1.0, 0.0], bitpacked=True)).input == encode([1.0, 0.0], bitpacked=True)
     True
     """
-    array = value if type(value) is np.ndarray else to_numpy(value)
+    array = to_numpy(value)
     dtype = array.dtype
-    code = _FROM_NUMPY.get(dtype)
+    code = _FROM_NUMPY.get(dtype)  # both byte orders are keys
     if code is None:
-        code = _FROM_NUMPY.get(dtype.newbyteorder("="))
-        if code is None:
-            raise TensorError(f"can't send arrays of dtype {dtype}; use float32, float64, an int type or bool")
+        raise TensorError(f"can't send arrays of dtype {dtype}; use float32, float64, an int type or bool")
     if bitpacked:
         bits = _packed(array)
         if bits is not None:
