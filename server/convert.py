@@ -174,9 +174,9 @@ def required_tensor(request, field: str, fits: Callable[[tuple[int, ...]], None]
     raises what doesn't fit); InvalidRequest if it is missing, with ``hint`` on what to send."""
     if not request.HasField(field):
         raise InvalidRequest(f"{field} is missing: {hint}" if hint else f"{field} is missing")
-    message = getattr(request, field)
-    fits(tensors.shape_of(message))
-    return tensors.decode_torch(message)
+    checked = tensors.check(getattr(request, field))
+    fits(checked.shape)
+    return checked.to_torch()
 
 
 def encoder(request: pb.RunRequest, registry: spec.Registry) -> Encoder | None:
@@ -212,15 +212,15 @@ def named_tensors(values: dict[str, torch.Tensor], packed: bool = False) -> list
 def decode_named(items, most: int | None, what: str = "tensors") -> dict[str, torch.Tensor]:
     """``NamedTensor`` messages by name; InvalidRequest if a name comes twice, or if they hold more
     than ``most`` elements together (None: no bound), checked before anything is decoded."""
-    shapes = {}
+    checked = {}
     for item in items:
-        if item.name in shapes:
+        if item.name in checked:
             raise InvalidRequest(f"tensor {item.name!r} is given twice")
-        shapes[item.name] = tensors.shape_of(item.tensor)
-    count = sum(math.prod(shape) for shape in shapes.values())
+        checked[item.name] = tensors.check(item.tensor)
+    count = sum(c.count for c in checked.values())
     if most is not None and count > most:
         raise InvalidRequest(f"the {what} hold {count:,} elements, more than fit ({most:,} at most)")
-    return {item.name: tensors.decode_torch(item.tensor) for item in items}
+    return {name: c.to_torch() for name, c in checked.items()}
 
 
 def carry(value: int) -> str:
@@ -244,8 +244,9 @@ def dataset(
     for field in (inputs, targets):
         if not request.HasField(field):
             raise InvalidRequest(f"{field} is missing")
-    fits(tensors.shape_of(getattr(request, inputs)), tensors.shape_of(getattr(request, targets)))
-    return Dataset(tensors.decode_torch(getattr(request, inputs)), tensors.decode_torch(getattr(request, targets)))
+    x, y = tensors.check(getattr(request, inputs)), tensors.check(getattr(request, targets))
+    fits(x.shape, y.shape)
+    return Dataset(x.to_torch(), y.to_torch())
 
 
 def validation(request: pb.TrainRequest, fits: Callable[[tuple[int, ...], tuple[int, ...]], None]) -> Dataset | None:

@@ -9,12 +9,24 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 
-__all__ = ["TensorError", "encode", "encode_fields", "shape_of", "decode", "decode_torch", "is_binary", "to_numpy"]
+__all__ = [
+    "TensorError",
+    "encode",
+    "encode_fields",
+    "check",
+    "Checked",
+    "shape_of",
+    "decode",
+    "decode_torch",
+    "is_binary",
+    "to_numpy",
+]
 
 _NUMPY = {
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
@@ -102,6 +114,38 @@ def _packed(array: np.ndarray) -> bytes | None:
     return np.packbits(bits.ravel(), bitorder="little").tobytes() if zeros + ones == array.size else None
 
 
+class Checked(NamedTuple):
+    """A ``Tensor`` message's contents, found to agree with each other by ``check``."""
+
+    code: int
+    """The ``DataType``."""
+    shape: tuple[int, ...]
+    count: int
+    """The number of elements."""
+    packed: bool
+    """Whether ``data`` is bit-packed."""
+    data: bytes
+
+    def to_torch(self, device=None):
+        """The torch tensor this holds, on ``device``; bfloat16 becomes float32.
+
+        Not always a fresh tensor: a raw one (of two bytes or more, not bfloat16) lies in the bytes that
+        reading the message's ``data`` copied out of it, which no one else holds: read it, copy it, move
+        it, but never write into it (torch has no read-only tensors; a Python ``bytes`` must not change).
+        """
+        torch = _torch or _import_torch()
+        code, shape, count, packed, data = self
+        if packed:
+            tensor = torch.from_numpy(_unpacked(data, code, count).reshape(shape))
+        elif len(data) < 2 or not _LITTLE_ENDIAN:  # Python may share a bytes object of one byte (or none)
+            tensor = torch.from_numpy(_raw(data, code).reshape(shape))
+        elif code == _BFLOAT16:
+            tensor = torch.from_numpy(np.frombuffer(data, dtype="<i2").reshape(shape)).view(torch.bfloat16).float()
+        else:  # a view of the bytes: numpy makes it faster than torch.frombuffer
+            tensor = torch.from_numpy(np.frombuffer(data, dtype=_WIRE[code]).reshape(shape))
+        return tensor if device is None else tensor.to(device)
+
+
 def shape_of(message: pb.Tensor) -> tuple[int, ...]:
     """The shape a ``Tensor`` message holds, once its dtype, encoding and byte count are found to
     agree with it (TensorError if not), without expanding anything: what a receiver checks against
@@ -110,12 +154,20 @@ def shape_of(message: pb.Tensor) -> tuple[int, ...]:
     >>> shape_of(encode(np.ones((2, 3), dtype=np.float32), bitpacked=True))
     (2, 3)
     """
-    return _checked(message, message.data)[1]
+    return check(message).shape
 
 
-def _checked(message: pb.Tensor, data: bytes) -> tuple[int, tuple[int, ...], int, bool]:
-    """``message``'s dtype, shape, element count and whether it is bit-packed, once they are found
-    to agree with ``data`` (its bytes: each read of ``message.data`` copies them); TensorError if not."""
+def check(message: pb.Tensor) -> Checked:
+    """``message``'s dtype, shape and bytes, read once (each read of ``message.data`` copies them)
+    and found to agree (TensorError if not), without expanding anything: a receiver compares
+    ``shape`` with what it expects before ``Checked.to_torch`` makes the tensor (a bit-packed
+    float64 is 64 times its message).
+
+    >>> checked = check(encode(np.ones((2, 3), dtype=np.float32), bitpacked=True))
+    >>> checked.shape, checked.to_torch().sum().item()
+    ((2, 3), 6.0)
+    """
+    data = message.data
     code = message.dtype
     wire = _WIRE.get(code)
     if wire is None:
@@ -131,7 +183,7 @@ def _checked(message: pb.Tensor, data: bytes) -> tuple[int, tuple[int, ...], int
             raise TensorError(
                 f"a bit-packed tensor of shape {list(shape)} needs {(count + 7) // 8} bytes, got {len(data)}"
             )
-        return code, shape, count, True
+        return Checked(code, shape, count, True, data)
     if encoding != _RAW and encoding != _UNSPECIFIED:
         raise TensorError(f"unknown tensor encoding {encoding}")
     if len(data) != count * wire.itemsize:
@@ -141,13 +193,12 @@ def _checked(message: pb.Tensor, data: bytes) -> tuple[int, tuple[int, ...], int
         )
     if code == pb.DATA_TYPE_BOOL and data and max(data) > 1:  # any other byte is no bool (torch's would be invalid)
         raise TensorError("a BOOL tensor's bytes must each be 0 or 1")
-    return code, shape, count, False
+    return Checked(code, shape, count, False, data)
 
 
 def decode(message: pb.Tensor) -> np.ndarray:
     """The numpy array a ``Tensor`` message holds (a fresh, writable array); bfloat16 becomes float32."""
-    data = message.data
-    code, shape, count, packed = _checked(message, data)
+    code, shape, count, packed, data = check(message)
     if packed:
         return _unpacked(data, code, count).reshape(shape)
     return _raw(data, code).reshape(shape)
@@ -171,24 +222,8 @@ def _unpacked(data: bytes, code: int, count: int) -> np.ndarray:
 
 
 def decode_torch(message: pb.Tensor, device=None):
-    """The torch tensor a ``Tensor`` message holds, on ``device``; bfloat16 becomes float32.
-
-    Not always a fresh tensor: a raw one (of two bytes or more, not bfloat16) lies in the bytes that
-    reading the message's ``data`` copied out of it, which no one else holds: read it, copy it, move
-    it, but never write into it (torch has no read-only tensors; a Python ``bytes`` must not change).
-    """
-    torch = _torch or _import_torch()
-    data = message.data
-    code, shape, count, packed = _checked(message, data)
-    if packed:
-        tensor = torch.from_numpy(_unpacked(data, code, count).reshape(shape))
-    elif len(data) < 2 or not _LITTLE_ENDIAN:  # Python may share a bytes object of one byte (or none)
-        tensor = torch.from_numpy(_raw(data, code).reshape(shape))
-    elif code == _BFLOAT16:
-        tensor = torch.from_numpy(np.frombuffer(data, dtype="<i2").reshape(shape)).view(torch.bfloat16).float()
-    else:  # a view of the bytes: numpy makes it faster than torch.frombuffer
-        tensor = torch.from_numpy(np.frombuffer(data, dtype=_WIRE[code]).reshape(shape))
-    return tensor if device is None else tensor.to(device)
+    """The torch tensor a ``Tensor`` message holds, on ``device``: ``check(message).to_torch(device)``."""
+    return check(message).to_torch(device)
 
 
 def _import_torch():

@@ -26,7 +26,9 @@ PUBLIC: dict[str, str] = {
     "rnnbuilder_sim.wire.networks": """
         NetworkSize encoder_from_message encoder_to_message factory_to_message from_message network_size to_message
     """,
-    "rnnbuilder_sim.wire.tensors": "TensorError decode decode_torch encode encode_fields is_binary shape_of to_numpy",
+    "rnnbuilder_sim.wire.tensors": """
+        Checked TensorError check decode decode_torch encode encode_fields is_binary shape_of to_numpy
+    """,
     "rnnbuilder": """
         GraphError INPUT_MODES Input Layer List Model ModuleFactory Network Node Placeholder RnnbuilderError
         Sequential ShapeError SpecError Stack Stacked Sum __version__ base custom describe encode initial last_state
