@@ -85,7 +85,8 @@ class SimulatorServer:
             self._periodic.append(loop.create_task(self._every(min(ttl / 4, EXPIRY_ROUND_S), self.sessions.expire)))
         if self.batcher is not None:
             loop = asyncio.get_running_loop()
-            self._periodic.append(loop.create_task(self._every(RELEASE_STACKS_S, self.batcher.release_departed)))
+            release = self._every(RELEASE_STACKS_S, self.batcher.release_departed, on_loop=True)
+            self._periodic.append(loop.create_task(release))
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -118,10 +119,15 @@ class SimulatorServer:
         self.placement.close()
 
     @staticmethod
-    async def _every(seconds: float, job) -> None:
+    async def _every(seconds: float, job, on_loop: bool = False) -> None:
+        """``job()`` every ``seconds``: on a thread (it reads files, or waits for locks), or
+        ``on_loop`` for a short one that changes what only the loop may change."""
         while True:
             await asyncio.sleep(seconds)
-            await asyncio.to_thread(job)
+            if on_loop:
+                job()
+            else:
+                await asyncio.to_thread(job)
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()

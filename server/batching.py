@@ -90,15 +90,20 @@ class Batcher:
         """Let go of what sessions that left (deleted, evicted) still hold in a stack: a cohort
         with such a member drops its stack (the next batch builds one of those present), and a
         cohort none of whose sessions is left is forgotten. For a periodic task: a stack is
-        otherwise only rebuilt by its cohort's next batch."""
+        otherwise only rebuilt by its cohort's next batch. On the event loop, which alone changes a
+        cohort's sessions and the cohorts; it never waits for a batch."""
         registered = self.manager.registered
         for key, cohort in list(self._cohorts.items()):
-            with cohort.lock:
+            if not cohort.lock.acquire(blocking=False):  # running a batch: see to it next round
+                continue
+            try:
                 cohort.sessions = [s for s in cohort.sessions if registered(s)]
                 if any(self._departed(m) for m in cohort.members):
                     cohort.members, cohort.models, cohort.stacked = [], [], None
                 if not cohort.sessions and not cohort.waiting:
                     del self._cohorts[key]
+            finally:
+                cohort.lock.release()
 
     def _departed(self, member: Session) -> bool:
         """A stacked member that left: deleted, or evicted (its parameters no longer belong in a stack)."""
@@ -236,8 +241,7 @@ class Batcher:
         moved = (s not in members or s.model is not cohort.models[members.index(s)] for s in sessions)
         # A member gone (deleted, evicted) leaves the stack, which would hold its parameters on.
         if cohort.stacked is None or any(moved) or any(self._departed(m) for m in members):
-            cohort.sessions = [s for s in cohort.sessions if self.manager.registered(s)]
-            members = [s for s in cohort.sessions if s.resident]
+            members = [s for s in cohort.sessions if not self._departed(s)]
             members += [s for s in sessions if s not in members]
             cohort.members, cohort.models = members, [s.model for s in members]
             cohort.stacked = rb.Stacked(cohort.models)
