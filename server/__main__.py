@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
@@ -95,10 +94,13 @@ def main(argv=None) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     if args.processes > 1 and args.process_index is None:
-        metrics = None if args.metrics_port is None or args.metrics_port < 0 else args.metrics_port
-        server_id = args.server_id or socket.gethostname()
+        config = ServerConfig.from_arguments(args)
         argv = sys.argv[1:] if argv is None else list(argv)
-        sys.exit(supervise(argv, args.processes, args.address, args.checkpoint_dir, server_id, metrics))
+        sys.exit(
+            supervise(
+                argv, config.processes, args.address, config.checkpoint_dir, config.server_id, config.metrics_port
+            )
+        )
     asyncio.run(serve(args))
 
 
