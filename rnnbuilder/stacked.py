@@ -298,11 +298,9 @@ def _direct(net: torch.nn.Module, names: list[str], flatten, build) -> Callable 
     steps = []
     for i, runner in enumerate(layers):
         at = prefix.format(i)
-        if isinstance(runner, NeuronRunner) and runner.factory.persistent_buffers:
-            # Coefficients kept as buffers (the NIR neurons') may differ between members: vmap reads each slot's.
-            return None
-        if isinstance(runner, NeuronRunner) and len(runner.in_shape) == 1:
+        if isinstance(runner, NeuronRunner) and len(runner.in_shape) == 1 and not runner.factory.persistent_buffers:
             # Buffers a neuron's parameters hold (Cooldown's signs) follow from the size: the same in every member.
+            # Coefficients kept as buffers (the NIR neurons') may differ between members: vmap reads each slot's.
             step_fn, params = runner.factory.step_fn, runner.factory.neuron_parameters(runner)
             steps.append(lambda x, state, tensors, f=step_fn, p=params: f(x, state, p))
         elif isinstance(runner, StatelessRunner) and isinstance(runner.module, torch.nn.Linear):
