@@ -863,18 +863,19 @@ class Scale(ArgumentEquality, StatelessFactory):
         _float_tensor(self, "scale", self.scale)
 
     def _module(self, in_shape):
-        if len(self.scale.shape) > len(in_shape) or _broadcast(self.scale.shape, in_shape) != tuple(in_shape):
+        if not _broadcasts_to(self.scale.shape, in_shape):
             raise ShapeError(f"Scale.scale of shape {tuple(self.scale.shape)} does not broadcast to input {in_shape}")
         module = _Scale(tuple(self.scale.shape))
         _load(self, module, scale=self.scale)
         return module
 
 
-def _broadcast(a, b) -> tuple[int, ...] | None:
+def _broadcasts_to(shape, target) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` (no more dims, each 1 or equal)."""
     try:
-        return tuple(torch.broadcast_shapes(tuple(a), tuple(b)))
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
     except RuntimeError:
-        return None
+        return False
 
 
 @dataclass(frozen=True)
@@ -956,6 +957,6 @@ class Delay(ArgumentEquality, ModuleFactory):
 
     def _build(self, in_shape):
         steps = torch.as_tensor(self.steps, device="cpu")
-        if _broadcast(steps.shape, in_shape) != tuple(in_shape) or steps.dim() > len(in_shape):
+        if not _broadcasts_to(steps.shape, in_shape):
             raise ShapeError(f"Delay.steps of shape {tuple(steps.shape)} does not broadcast to input {in_shape}")
         return _DelayRunner(in_shape, steps.round().long().expand(in_shape).flatten())
