@@ -107,6 +107,7 @@ _TENSOR_DTYPES = {
     name: getattr(torch, name)
     for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
 }
+_TENSOR_DTYPE_NAMES = {dtype: name for name, dtype in _TENSOR_DTYPES.items()}
 """The dtypes a tensor argument may have, by the name its description gives."""
 _TENSOR_KEYS = ("dtype", "shape", "data")
 
@@ -671,7 +672,7 @@ def _read_initial(value, path: str):
 
 def _write_tensor(value: torch.Tensor, path: str) -> dict:
     """The description of a tensor argument: its dtype's name, shape and elements in row-major order."""
-    names = {dtype: name for name, dtype in _TENSOR_DTYPES.items()}
+    names = _TENSOR_DTYPE_NAMES
     if value.dtype not in names:
         raise SpecError(
             path, f"a tensor of dtype {value.dtype} can't be described; use one of {', '.join(names.values())}"

@@ -67,6 +67,9 @@ class _Arguments(ArgumentEquality):
     _positive: ClassVar[tuple[str, ...]] = ()
     """The arguments that must be > 0 (time constants, dt)."""
 
+    def __post_init__(self):
+        self._check_arguments()
+
     def _values(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -123,9 +126,6 @@ class _EulerNeuron(_Arguments, NeuronFactory):
     learnable_initial_state: ClassVar[bool] = False
     parameters_type: ClassVar[type]
     """The NamedTuple of ``step_fn``'s coefficients; a spiking one ends with ``spike_fn``."""
-
-    def __post_init__(self):
-        self._check_arguments()
 
     def neuron_buffers(self, in_shape):
         dtype = torch.get_default_dtype()
@@ -393,9 +393,6 @@ class Threshold(_Arguments, ModuleFactory):
     """The input spikes where it exceeds this, in input units."""
     spike_function: Surrogate = SpikeLinear()
     """The spike function ``H``: a surrogate, whose gradient stands in for the step's."""
-
-    def __post_init__(self):
-        self._check_arguments()
 
     def _build(self, in_shape):
         v_threshold = self._broadcast(in_shape)["v_threshold"].to(torch.get_default_dtype()).contiguous()
