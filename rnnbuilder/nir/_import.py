@@ -174,6 +174,8 @@ class _Importer:
         self.targets = {key: [b for a, b in self.edges if a == key] for key in nodes}
         if self.sources[self.input]:
             raise GraphError(f"NIR Input node {self.input!r} has incoming edges from {self.sources[self.input]}")
+        self.first_seen = {key: i for i, key in enumerate(_reachable(self.input, self.targets))}
+        """Each node reached from the input, by its breadth-first order: how nodes are taken in turn."""
         self._check_paths()
         self.names = _layer_names([k for k in nodes if k not in (self.input, self.output)])
 
@@ -210,9 +212,8 @@ class _Importer:
         return found[0]
 
     def _check_paths(self) -> None:
-        reached = _reachable(self.input, self.targets)
-        leading = _reachable(self.output, self.sources)
-        stray = [key for key in self.nodes if key not in reached or key not in leading]
+        leading = set(_reachable(self.output, self.sources))
+        stray = [key for key in self.nodes if key not in self.first_seen or key not in leading]
         if stray:
             raise GraphError(
                 f"NIR node(s) {', '.join(map(repr, stray))} are not on a path from the input {self.input!r} to the "
@@ -221,19 +222,17 @@ class _Importer:
 
     def _delayed_edges(self) -> set[tuple[str, str]]:
         """The edges read one timestep late: in each cycle, those out of its first neuron(s)."""
-        first_seen = {key: i for i, key in enumerate(_reachable(self.input, self.targets))}
         delayed: set[tuple[str, str]] = set()
         for component in _cycles(self.nodes, self.edges):
             inside = set(component)
-            neurons = sorted((k for k in component if isinstance(self.nodes[k], tuple(NEURONS))), key=first_seen.get)
+            neurons = sorted(
+                (k for k in component if isinstance(self.nodes[k], tuple(NEURONS))), key=self.first_seen.get
+            )
             for neuron in neurons:
-                if not _cycles(
-                    component, [e for e in self.edges if e[0] in inside and e[1] in inside and e not in delayed]
-                ):
+                if not _cycles(component, self._edges_within(inside, delayed)):
                     break
                 delayed.update((neuron, b) for b in self.targets[neuron] if b in inside)
-            remaining = [e for e in self.edges if e[0] in inside and e[1] in inside and e not in delayed]
-            if _cycles(component, remaining):
+            if _cycles(component, self._edges_within(inside, delayed)):
                 raise GraphError(
                     f"the cycle through NIR nodes {', '.join(map(repr, component))} has no neuron whose previous "
                     f"output it could read; rnnbuilder reads a cycle one timestep late at a neuron "
@@ -241,9 +240,13 @@ class _Importer:
                 )
         return delayed
 
+    def _edges_within(self, inside: set[str], delayed: set[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The edges between nodes of ``inside`` that are read at the same timestep."""
+        return [e for e in self.edges if e[0] in inside and e[1] in inside and e not in delayed]
+
     def _order(self, delayed: set[tuple[str, str]]) -> list[str]:
         """Every node but the input, each after the nodes it reads at the same timestep."""
-        first_seen = {key: i for i, key in enumerate(_reachable(self.input, self.targets))}
+        first_seen = self.first_seen
         waiting = {k: sum((a, k) not in delayed for a in self.sources[k]) for k in self.nodes}
         ready, order = sorted((k for k, n in waiting.items() if not n), key=first_seen.get), []
         while ready:
