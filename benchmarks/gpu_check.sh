@@ -8,7 +8,7 @@
 #                   are then rerun serially, to tell a flake under parallel load from a failure.
 #   2. serving      benchmarks/serving.py --quick --processes --device cuda
 #      closed-loop  benchmarks/serving.py --closed-loop --quick --device cuda
-#      batching     benchmarks/batching.py --quick (with --device cuda once it has that flag)
+#      batching     benchmarks/batching.py --quick (Stacked against its floors; it has no device flag: the CPU)
 #   3. neurons      benchmarks/neurons.py --full: kernel bandwidth and the Open Neuromorphic sizes,
 #                   then the recurrent network; it gets what is left (its tables are in the log as
 #                   they are printed, the .md files only when a run completes).
@@ -155,12 +155,7 @@ if wants closed-loop; then
     "$PY" benchmarks/serving.py --closed-loop --quick --device "$DEVICE"
 fi
 if wants batching; then
-  batching=()
-  if "$PY" benchmarks/batching.py --help 2>/dev/null | grep -q -- "--device"; then
-    batching=(--device "$DEVICE")
-  fi
-  part "batching --quick${batching[*]:+ ${batching[*]}}" 90 batching.txt \
-    "$PY" benchmarks/batching.py --quick ${batching[@]+"${batching[@]}"}
+  part "batching --quick" 90 batching.txt "$PY" benchmarks/batching.py --quick
 fi
 
 # -- 3. the neuron benchmark (kernel bandwidth, Open Neuromorphic sizes, then the recurrent network) -
