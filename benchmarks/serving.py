@@ -72,6 +72,7 @@ if str(ROOT) not in sys.path:
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from neurons import cpu_name  # noqa: E402 (this folder is on the path of a script run from it)
 
 import rnnbuilder as rb  # noqa: E402
 from client import Client  # noqa: E402
@@ -512,16 +513,8 @@ def machine_info(device: str, servers: str, loads: tuple[float, float]) -> list[
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return [
-        f"- machine: {cpu}; {os.cpu_count()} CPUs ({usable} usable); {platform.system()} {platform.release()}",
+        f"- machine: {cpu_name()}; {os.cpu_count()} CPUs ({usable} usable); {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} intra-op "
         f"threads), grpcio {grpc.__version__}, protobuf {_protobuf_version()}, numpy {np.__version__}",
         f"- servers: {servers}; simulation device {device}",

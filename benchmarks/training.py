@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from neurons import cpu_name  # noqa: E402 (this folder is on the path of a script run from it)
 
 import rnnbuilder as rb  # noqa: E402
 from client import Client  # noqa: E402
@@ -226,13 +227,7 @@ def report(server_device: str, scenarios: list[Scenario], args, device: torch.de
 
 
 def machine_info(device: torch.device, server_device: str, where: str) -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    with suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
+    cpu = cpu_name()
     if device.type == "cuda":
         cpu += f"; GPU {torch.cuda.get_device_name(device)}"
     return [
