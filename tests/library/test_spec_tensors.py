@@ -3,14 +3,13 @@ malformed with the place named, compared by value, and never shared with the mod
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from rnnbuilder import custom, spec
 from rnnbuilder.errors import SpecError
 from tests.helpers import OffsetFactory
+from tests.library.test_spec import wire
 
 
 class Scale(torch.nn.Module):
@@ -33,10 +32,6 @@ def registry():
     return registry
 
 
-def through_json(description: dict) -> dict:
-    return json.loads(json.dumps(description, allow_nan=False))
-
-
 def tensor_spec(dtype="float32", shape=(2,), data=(1.0, 2.0)) -> dict:
     return {"tensor": {"dtype": dtype, "shape": list(shape), "data": list(data)}}
 
@@ -56,7 +51,7 @@ def test_tensor_argument_round_trips_exactly(registry, dtype):
     """Every value, shape and dtype comes back exactly through JSON (float32's included)."""
     torch.manual_seed(0)
     value = (torch.randn(3, 1, 4) * 100).to(dtype)
-    rebuilt = spec.from_spec(through_json(spec.to_spec(OffsetFactory(offset=value), registry)), registry)
+    rebuilt = spec.from_spec(wire(spec.to_spec(OffsetFactory(offset=value), registry)), registry)
     offset = rebuilt.arguments["offset"]
     assert offset.dtype == dtype and offset.shape == value.shape
     assert torch.equal(offset, value)
@@ -67,7 +62,7 @@ def test_zero_dimensional_tensor_round_trips(registry):
     value = torch.tensor(0.1, dtype=torch.float32)
     description = spec.to_spec(OffsetFactory(offset=value), registry)
     assert description["root"]["args"]["offset"] == tensor_spec(shape=(), data=(value.item(),))
-    assert torch.equal(spec.from_spec(through_json(description), registry).arguments["offset"], value)
+    assert torch.equal(spec.from_spec(wire(description), registry).arguments["offset"], value)
 
 
 def test_union_hint_takes_a_number_or_a_tensor(registry):
