@@ -22,7 +22,7 @@ from client import InvalidArgumentError, NotFoundError, Recording, ResourceExhau
 from rnnbuilder import encode, nn, snn
 from rnnbuilder_sim.wire.tensors import TensorError
 from server import Limits, ServerConfig
-from tests.e2e.test_scale_out import scale_out, sessions_on  # noqa: F401 (a fixture)
+from tests.e2e.test_scale_out import logs_on_failure, scale_out, sessions_on  # noqa: F401 (a fixture)
 from tests.helpers import local_outputs, recurrent_readout_net
 from tests.server_fixture import running_server
 
@@ -283,7 +283,7 @@ def test_a_stream_goes_on_across_its_replicas_stop(connect, scale_out):  # noqa:
     """Behind nginx, a Simulate stream whose replica stops mid-way goes on on the other replica: no
     chunk lost or applied twice, the outputs equal the local model's."""
     proxy, replicas, _, logs = scale_out
-    try:
+    with logs_on_failure(logs):
         c = connect(proxy)
         [s] = sessions_on(c, "replica-a", 1)
         local = s.to_local()
@@ -302,10 +302,6 @@ def test_a_stream_goes_on_across_its_replicas_stop(connect, scale_out):  # noqa:
         assert stopped.wait(60) == 0
         assert s.server_id == "replica-b"
         assert_spiking_equal([np.concatenate(outputs)], local_outputs(local, [x.reshape(80, 2, 3)]))
-    except BaseException:
-        for log in logs:
-            print(f"==== {log.name}\n{log.read_text()[-6000:]}")
-        raise
 
 
 def test_a_call_waits_while_its_replica_hands_the_session_over(connect, scale_out):  # noqa: F811 (the fixture)
@@ -313,7 +309,7 @@ def test_a_call_waits_while_its_replica_hands_the_session_over(connect, scale_ou
     client retries UNAVAILABLE) and then continue exactly on the other replica; so does the busy
     session, from the checkpoint written once its call ended, never from an older one."""
     proxy, replicas, checkpoints, logs = scale_out
-    try:
+    with logs_on_failure(logs):
         c, other = connect(proxy), connect(proxy)
         busy, idle = sessions_on(c, "replica-a", 2)
         x = np.ones((3, 2, 3), np.float32)
@@ -342,7 +338,3 @@ def test_a_call_waits_while_its_replica_hands_the_session_over(connect, scale_ou
         assert np.array_equal(after, expected_idle.numpy()[3:])
         assert np.array_equal(last, expected_busy.numpy()[-3:])
         assert all(p.read_text() == "replica-b" for p in checkpoints.glob("*.lease")), "replica-a let go of all"
-    except BaseException:
-        for log in logs:
-            print(f"==== {log.name}\n{log.read_text()[-6000:]}")
-        raise

@@ -10,6 +10,7 @@ tests/client/test_clients.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -224,6 +225,17 @@ def scale_out(tmp_path):
             _stop(process)
 
 
+@contextlib.contextmanager
+def logs_on_failure(logs):
+    """Print the end of each replica's and the proxy's log if the block fails, then let it fail."""
+    try:
+        yield
+    except BaseException:
+        for log in logs:
+            print(f"==== {log.name}\n{log.read_text()[-6000:]}")
+        raise
+
+
 def sessions_on(client: Client, replica: str, count: int) -> list:
     """``count`` new sessions that the proxy routes to ``replica``. Ids are random, so any few sessions
     may all land on the other replica: make them until enough haven't (the others stay open)."""
@@ -246,7 +258,7 @@ def test_sessions_stay_on_their_replica_and_move_exactly_when_it_stops(scale_out
     proxy, replicas, checkpoints, logs = scale_out
     x = (np.random.default_rng(0).random((SESSIONS, STEPS, 2, 3)) * 2).astype(np.float32)
     half = STEPS // 2
-    try:
+    with logs_on_failure(logs):
         with Client(proxy) as c:
             sessions = [c.create_session(recurrent_net(), (3,), batch_size=2, seed=i) for i in range(SESSIONS)]
             models, outputs, home = [], [], {}
@@ -283,47 +295,38 @@ def test_sessions_stay_on_their_replica_and_move_exactly_when_it_stops(scale_out
             for s in sessions:
                 s.close()
         assert not list(checkpoints.glob("*.snapshot")), "closed sessions leave no checkpoint"
-    except BaseException:
-        for log in logs:
-            print(f"==== {log.name}\n{log.read_text()[-6000:]}")
-        raise
 
 
 def test_calls_keep_succeeding_while_their_replica_stops(scale_out):
     """Clients stepping their sessions without pause while one replica stops see no error, and every session ends
     exactly where a local model does: no step lost, none applied twice."""
     proxy, replicas, checkpoints, logs = scale_out
-    try:
-        with Client(proxy) as c:
-            sessions = [c.create_session(recurrent_net(), (3,), batch_size=2, seed=i) for i in range(8)]
-            x = (np.random.default_rng(3).random((400, 2, 3)) * 2).astype(np.float32)
-            models = {s.id: s.to_local() for s in sessions}
-            outputs = {s.id: [] for s in sessions}
-            errors: list[BaseException] = []
+    with logs_on_failure(logs), Client(proxy) as c:
+        sessions = [c.create_session(recurrent_net(), (3,), batch_size=2, seed=i) for i in range(8)]
+        x = (np.random.default_rng(3).random((400, 2, 3)) * 2).astype(np.float32)
+        models = {s.id: s.to_local() for s in sessions}
+        outputs = {s.id: [] for s in sessions}
+        errors: list[BaseException] = []
 
-            def step_all(session):
-                try:
-                    with Client(proxy) as own:
-                        mine = own.get_session(session.id)
-                        for t in range(len(x)):
-                            outputs[session.id].append(mine.run(x[t : t + 1]))
-                except BaseException as error:  # reported below
-                    errors.append(error)
+        def step_all(session):
+            try:
+                with Client(proxy) as own:
+                    mine = own.get_session(session.id)
+                    for t in range(len(x)):
+                        outputs[session.id].append(mine.run(x[t : t + 1]))
+            except BaseException as error:  # reported below
+                errors.append(error)
 
-            threads = [threading.Thread(target=step_all, args=(s,)) for s in sessions]
-            for thread in threads:
-                thread.start()
-            time.sleep(1.0)
-            replicas["replica-a"][1].send_signal(signal.SIGTERM)
-            for thread in threads:
-                thread.join(300)
-            assert not errors, errors
-            assert any(s.server_id == "replica-a" for s in sessions), "no session was on the stopped replica"
-            for s in sessions:
-                with torch.no_grad():
-                    expected, _ = models[s.id](torch.from_numpy(x))
-                assert np.array_equal(np.concatenate(outputs[s.id]), expected.numpy()), f"session {s.id} diverged"
-    except BaseException:
-        for log in logs:
-            print(f"==== {log.name}\n{log.read_text()[-6000:]}")
-        raise
+        threads = [threading.Thread(target=step_all, args=(s,)) for s in sessions]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        replicas["replica-a"][1].send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(300)
+        assert not errors, errors
+        assert any(s.server_id == "replica-a" for s in sessions), "no session was on the stopped replica"
+        for s in sessions:
+            with torch.no_grad():
+                expected, _ = models[s.id](torch.from_numpy(x))
+            assert np.array_equal(np.concatenate(outputs[s.id]), expected.numpy()), f"session {s.id} diverged"
