@@ -348,3 +348,17 @@ def test_cuba_leaky_integrate_and_fire_is_snntorch_synaptic_bit_for_bit():
         out, state = factory.make_model((4,), full_state=True)(xs)
     assert 0 < spikes.sum() < spikes.numel()
     assert torch.equal(out, spikes) and torch.equal(state.v, v) and torch.equal(state.i, i)
+
+
+def test_a_neuron_planned_on_the_meta_device_first_still_runs_on_the_cpu():
+    """A server plans a network on the meta device before it runs it: constants cached while
+    planning must not tie later runs to the meta device."""
+    from rnnbuilder.snn.fused import torch_impl
+
+    torch_impl._cached_scalar.cache_clear()  # as in a fresh process, whose first plan is on meta
+    factory = rb.Sequential(nn.Linear(4), snn.LeakyIntegrateAndFire(tau=torch.tensor([2.0, 3.0, 4.0, 5.0])))
+    with torch.device("meta"):
+        planned = factory.make_model((3,))
+        planned(torch.ones(1, 2, 3))
+    out, _ = factory.make_model((3,))(torch.ones(5, 2, 3))
+    assert out.device.type == "cpu" and out.shape == (5, 2, 4)

@@ -373,7 +373,7 @@ def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=512)
 def _cached_scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor(value, dtype=dtype)
+    return torch.tensor(value, dtype=dtype, device="cpu")  # CPU even under a default-device context (meta planning)
 
 
 def _chunk(reference: torch.Tensor) -> int:
