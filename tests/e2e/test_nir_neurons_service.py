@@ -4,17 +4,16 @@ trains with ``fit``, and a tensor whose bytes don't fit its shape is INVALID_ARG
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
-import pytest
 import torch
 
 import rnnbuilder as rb
 from client import InvalidArgumentError
-from client.errors import from_rpc_error
 from rnnbuilder import nn, snn
 from rnnbuilder_sim.v1 import simulator_pb2 as pb
 from rnnbuilder_sim.wire import networks as wire
+from tests.e2e.test_service_errors import rpc_error
+from tests.e2e.test_training import spikes
 from tests.helpers import local_outputs
 
 T, B, FEATURES, HIDDEN, CLASSES = 20, 8, 12, 16, 4
@@ -30,10 +29,6 @@ def network():
         nn.Linear(CLASSES),
         snn.LeakyIntegrateAndFire(tau=torch.tensor([3.0, 4.0, 5.0, 6.0]), r=torch.tensor([3.0, 4.0, 5.0, 6.0])),
     )
-
-
-def spikes(seed: int, shape, p: float = 0.4) -> np.ndarray:
-    return (np.random.default_rng(seed).random(shape) < p).astype(np.float32)
 
 
 def test_session_with_tensor_arguments_equals_the_local_model(client):
@@ -65,9 +60,7 @@ def test_tensor_argument_whose_bytes_do_not_fit_its_shape_is_invalid(client, stu
     message.root.factories[3].args["tau"].tensor_value.data = b"\x00" * 12
     before = [s.id for s in client.list_sessions()]
     request = pb.CreateSessionRequest(session=pb.Session(network=message, input_shape=[FEATURES], batch_size=B))
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.CreateSession(request, timeout=30)
-    error = from_rpc_error(caught.value)
+    error = rpc_error(stub.CreateSession, request)
     assert isinstance(error, InvalidArgumentError)
     assert error.reason == "INVALID_NETWORK"
     assert error.metadata["path"] == "root.factories[3].args.tau"
